@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each creates .venv with the project and its dev extras when missing (or when
+# pyproject.toml changed), so both work on a fresh machine with Python 3.11+.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck pytest venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wavequeue needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m ops.demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m ops.bench.emulator_polls
+
+clean:
+	rm -rf $(VENV) out .wavequeue .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Operations: the local stack, Flower config, metrics exporter and benchmarks."""

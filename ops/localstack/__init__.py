@@ -1,0 +1,1 @@
+"""Processes the local stack and the tests start: a private redis-server and friends."""

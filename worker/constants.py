@@ -1,0 +1,36 @@
+"""Names and defaults shared by the producer, the worker and the ops tools.
+
+Everything that two processes must agree on without talking to each other
+(Redis key layout, queue names, the task name) lives here, so that a rename
+is one edit.
+"""
+
+from typing import Final
+
+#: Every Redis key wavequeue writes starts with this prefix, so an operator can
+#: find (or delete) all of them with one SCAN pattern.
+KEY_PREFIX: Final = "wq:"
+JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
+CHAIN_KEY: Final = KEY_PREFIX + "chain:{chain_id}"
+IDEMPOTENCY_KEY: Final = KEY_PREFIX + "idem:{key}"
+#: Recent inference latencies per model (a capped list), used to time the first poll.
+LATENCY_KEY: Final = KEY_PREFIX + "latency:{model}"
+#: Shared WaveSpeed token bucket (images per minute) and in-flight set.
+RATE_BUCKET_KEY: Final = KEY_PREFIX + "ratelimit:bucket"
+IN_FLIGHT_KEY: Final = KEY_PREFIX + "ratelimit:inflight"
+#: Counters the exporter reads (submissions, polls, 429s, failures by code).
+COUNTERS_KEY: Final = KEY_PREFIX + "counters"
+#: Pub/sub channel on which every terminal job announces itself.
+JOB_EVENTS_CHANNEL: Final = KEY_PREFIX + "events:job"
+#: Sorted set of live job ids scored by deadline (for the "stuck past deadline" figure).
+DEADLINES_KEY: Final = KEY_PREFIX + "deadlines"
+
+#: The one task name producers send by; they never import worker.tasks.
+RUN_JOB_TASK: Final = "wavequeue.run_job"
+
+QUEUE_HIGH: Final = "wavequeue.high"
+QUEUE_NORMAL: Final = "wavequeue.normal"
+QUEUES: Final = (QUEUE_HIGH, QUEUE_NORMAL)
+
+#: How many recent completions per model feed the first-poll estimate.
+LATENCY_SAMPLE_SIZE: Final = 50

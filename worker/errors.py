@@ -1,0 +1,81 @@
+"""One exception tree for the whole project.
+
+::
+
+    WavequeueError
+    ├── ConfigError                 bad or missing setting; the process stops at start
+    ├── ValidationError             a request that breaks an endpoint's rules (names every field)
+    ├── JobNotFoundError            no record for that job or chain id
+    └── WaveSpeedError              anything that went wrong talking to WaveSpeed
+        ├── PermanentError          retrying cannot help: 4xx, remote failure with a 1xxx code,
+        │   │                       a status we do not understand
+        │   └── RemoteTaskFailedError   the prediction itself ended failed/cancelled/timeout
+        ├── TransientError          retry later: 5xx, 429, connection errors, remote 5xxx
+        │   └── RateLimitedError    HTTP 429, carries Retry-After
+        └── SubmitOutcomeUnknownError   the submit POST was sent and no answer came back:
+                                        the prediction may exist and may be billed
+
+Messages never contain the API key: errors are built from status codes, remote
+messages and our own words, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class WavequeueError(Exception):
+    """Base of every error wavequeue raises on purpose."""
+
+
+class ConfigError(WavequeueError):
+    """A setting is missing or invalid."""
+
+
+class ValidationError(WavequeueError, ValueError):
+    """A request breaks an endpoint's rules. ``problems`` maps each field to why."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = "; ".join(f"{field}: {why}" for field, why in self.problems.items())
+        super().__init__(f"invalid request: {lines}")
+
+
+class JobNotFoundError(WavequeueError, KeyError):
+    """No record for this id (never created, or expired after its TTL)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class WaveSpeedError(WavequeueError):
+    """A failure talking to WaveSpeed. ``code`` is the remote or HTTP code if known."""
+
+    def __init__(self, message: str, *, code: int | str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class PermanentError(WaveSpeedError):
+    """Retrying the same request cannot succeed."""
+
+
+class RemoteTaskFailedError(PermanentError):
+    """WaveSpeed ran the prediction and it ended failed, cancelled or timed out."""
+
+
+class TransientError(WaveSpeedError):
+    """Worth retrying later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, code: int | str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(TransientError):
+    """HTTP 429."""
+
+
+class SubmitOutcomeUnknownError(WaveSpeedError):
+    """The submit POST went out and no answer came back: it may have created a prediction."""

@@ -1,0 +1,252 @@
+"""The endpoint registry, request validation, and the job record's shape.
+
+One ``Endpoint`` per WaveSpeed model: its path, its kind and the pydantic model
+that validates a request before anything is enqueued. Ranges and enums are the
+ones in the WaveSpeed docs (see DESIGN.md). Adding a model is one entry in
+``ENDPOINTS``.
+
+wavequeue always submits in async mode: ``enable_sync_mode`` would hold a
+worker slot for the whole inference, which is what this system exists to
+avoid, so the request models do not accept it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.errors import ValidationError
+
+MODEL_PREFIX = "wavespeed-ai/"
+
+AspectRatio = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
+SafetyTolerance = Literal["1", "2", "3", "4", "5"]
+Seed = Annotated[int, Field(ge=-1, le=2_147_483_647)]
+Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
+
+_DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+$", re.IGNORECASE)
+
+
+def check_image_reference(value: str) -> str:
+    """An input image is an http(s) URL or a base64 ``data:image/...`` URI."""
+    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        return value
+    if _DATA_URI.match(value):
+        return value
+    raise ValueError("must be an http(s) URL or a data:image/...;base64 URI")
+
+
+ImageRef = Annotated[str, pydantic.AfterValidator(check_image_reference)]
+
+
+class _Request(BaseModel):
+    # strict: no silent "3.5" -> 3.5 or True -> 1; an int is still a valid float.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: Prompt
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("safety_tolerance", mode="before", check_fields=False)
+    @classmethod
+    def _tolerance_as_string(cls, value: object) -> object:
+        # WaveSpeed wants the string "1".."5"; accept the obvious int spelling too.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+
+class KontextProEdit(_Request):
+    image: ImageRef
+    guidance_scale: float = Field(3.5, ge=1.0, le=10.0)
+    safety_tolerance: SafetyTolerance = "2"
+
+
+class KontextMaxTextToImage(_Request):
+    seed: Seed | None = None
+    guidance_scale: float = Field(3.5, ge=1.0, le=20.0)
+    aspect_ratio: AspectRatio = "1:1"
+
+
+class KontextMaxEdit(_Request):
+    image: ImageRef
+    seed: Seed | None = None
+    guidance_scale: float = Field(3.5, ge=1.0, le=20.0)
+    aspect_ratio: AspectRatio | None = None
+
+
+class KontextProTextToImage(_Request):
+    aspect_ratio: AspectRatio = "1:1"
+    num_images: int = Field(1, ge=1, le=4)
+    seed: Seed | None = None
+    guidance_scale: float = Field(3.5, ge=1.0, le=20.0)
+    safety_tolerance: SafetyTolerance = "2"
+
+
+class KontextMultiEdit(_Request):
+    images: list[ImageRef] = Field(min_length=1, max_length=5)
+    seed: Seed | None = None
+    guidance_scale: float = Field(3.5, ge=1.0, le=20.0)
+    aspect_ratio: AspectRatio | None = None
+
+
+class EndpointKind(StrEnum):
+    TEXT_TO_IMAGE = "text-to-image"
+    EDIT = "edit"
+    MULTI = "multi"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One WaveSpeed model: ``model`` is the path after ``wavespeed-ai/``."""
+
+    model: str
+    kind: EndpointKind
+    request: type[_Request]
+
+    @property
+    def path(self) -> str:
+        """The model id as WaveSpeed and its SDK spell it."""
+        return MODEL_PREFIX + self.model
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.model: e
+    for e in (
+        Endpoint("flux-kontext-pro", EndpointKind.EDIT, KontextProEdit),
+        Endpoint(
+            "flux-kontext-max/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextMaxTextToImage
+        ),
+        Endpoint("flux-kontext-max", EndpointKind.EDIT, KontextMaxEdit),
+        Endpoint(
+            "flux-kontext-pro/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextProTextToImage
+        ),
+        Endpoint("flux-kontext-pro/multi", EndpointKind.MULTI, KontextMultiEdit),
+        Endpoint("flux-kontext-max/multi", EndpointKind.MULTI, KontextMultiEdit),
+    )
+}
+
+DEFAULT_TEXT_TO_IMAGE_MODEL = "flux-kontext-max/text-to-image"
+DEFAULT_EDIT_MODEL = "flux-kontext-pro"
+DEFAULT_MULTI_MODEL = "flux-kontext-pro/multi"
+
+
+def get_endpoint(model: str) -> Endpoint:
+    """The endpoint for ``model`` (with or without the ``wavespeed-ai/`` prefix)."""
+    endpoint = ENDPOINTS.get(model.removeprefix(MODEL_PREFIX))
+    if endpoint is None:
+        known = ", ".join(sorted(ENDPOINTS))
+        raise ValidationError({"model": f"unknown model {model!r}; known: {known}"})
+    return endpoint
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "request"
+
+
+def validate_request(model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``fields`` for ``model``; return the JSON body to send to WaveSpeed.
+
+    Raises ``ValidationError`` naming every bad field at once.
+    """
+    endpoint = get_endpoint(model)
+    try:
+        request = endpoint.request.model_validate(dict(fields))
+    except pydantic.ValidationError as exc:
+        problems: dict[str, str] = {}
+        for err in exc.errors():
+            problems.setdefault(_field_name(tuple(err["loc"])), err["msg"])
+        raise ValidationError(problems) from None
+    return request.model_dump(exclude_none=True)
+
+
+class JobStatus(StrEnum):
+    """A job's life. Statuses only move forward (see ``can_move``)."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT})
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.SUBMITTING: 1,
+    JobStatus.SUBMITTED: 2,
+    JobStatus.PROCESSING: 3,
+    JobStatus.COMPLETED: 4,
+    JobStatus.FAILED: 4,
+    JobStatus.TIMED_OUT: 4,
+}
+
+
+def can_move(current: JobStatus, new: JobStatus) -> bool:
+    """Forward only; nothing leaves a terminal status."""
+    return not current.is_terminal and new.rank > current.rank
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+
+
+class JobError(BaseModel):
+    code: int | str
+    message: str
+
+
+class JobRecord(BaseModel):
+    """The public view of a job, as stored in Redis and returned to producers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    model: str
+    input: dict[str, Any]
+    status: JobStatus
+    priority: Priority = Priority.NORMAL
+    prediction_id: str | None = None
+    outputs: list[str] = Field(default_factory=list)
+    has_nsfw_contents: list[bool] = Field(default_factory=list)
+    error: JobError | None = None
+    attempts: int = 0
+    polls: int = 0
+    inference_ms: float | None = None
+    created_at: float
+    submitted_at: float | None = None
+    completed_at: float | None = None
+    deadline_at: float
+    chain_id: str | None = None
+    step: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal

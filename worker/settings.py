@@ -1,0 +1,132 @@
+"""Every knob of wavequeue, read from the environment in one place.
+
+``Settings.from_env()`` is the only reader of ``os.environ`` in the project;
+everything else receives a ``Settings``. The API key is a ``SecretStr`` so that
+printing, logging or repr-ing a ``Settings`` never shows it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from worker.errors import ConfigError
+
+AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
+
+#: Environment variable -> field name. The README's settings table lists these.
+ENV_VARS: dict[str, str] = {
+    "REDIS_URL": "redis_url",
+    "WAVESPEED_API_KEY": "api_key",
+    "WAVESPEED_BASE_URL": "base_url",
+    "WAVEQUEUE_POLL_MIN_INTERVAL": "poll_min_interval",
+    "WAVEQUEUE_POLL_MAX_INTERVAL": "poll_max_interval",
+    "WAVEQUEUE_POLL_BACKOFF": "poll_backoff",
+    "WAVEQUEUE_FIRST_POLL_DEFAULT": "first_poll_default",
+    "WAVEQUEUE_JOB_DEADLINE": "job_deadline",
+    "WAVEQUEUE_RETRY_BUDGET": "retry_budget",
+    "WAVEQUEUE_RETRY_BASE_DELAY": "retry_base_delay",
+    "WAVEQUEUE_RETRY_MAX_DELAY": "retry_max_delay",
+    "WAVEQUEUE_VISIBILITY_TIMEOUT": "visibility_timeout",
+    "WAVEQUEUE_TASK_TIME_LIMIT": "task_time_limit",
+    "WAVEQUEUE_RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
+    "WAVEQUEUE_MAX_IN_FLIGHT": "max_in_flight",
+    "WAVEQUEUE_AMBIGUOUS_SUBMIT": "ambiguous_submit_policy",
+    "WAVEQUEUE_RECORD_TTL": "record_ttl",
+    "WAVEQUEUE_CONNECT_TIMEOUT": "connect_timeout",
+    "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
+    "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
+}
+
+
+class Settings(BaseModel):
+    """Frozen configuration; build it with ``from_env()`` or explicit keywords."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.wavespeed.ai"
+
+    # Poll schedule (seconds). WaveSpeed asks for >= 2 s between image polls.
+    poll_min_interval: float = Field(2.0, gt=0)
+    poll_max_interval: float = Field(30.0, gt=0)
+    poll_backoff: float = Field(1.5, ge=1.0)
+    #: First-poll delay for a model with no completions recorded yet.
+    first_poll_default: float = Field(5.0, gt=0)
+
+    #: A job not terminal this long after it was enqueued ends ``timed_out``.
+    job_deadline: float = Field(900.0, gt=0)
+    #: Error retries per job (transport errors, 5xx, 429); polls do not count.
+    retry_budget: int = Field(8, ge=0)
+    retry_base_delay: float = Field(1.0, gt=0)
+    retry_max_delay: float = Field(60.0, gt=0)
+
+    #: kombu restores an unacked message after this long; must exceed the longest
+    #: countdown plus the task time limit (checked in ``validate_timings``).
+    visibility_timeout: float = Field(600.0, gt=0)
+    #: Hard limit of one task run (one HTTP call and bookkeeping, never a wait).
+    task_time_limit: float = Field(120.0, gt=0)
+
+    #: Shared token bucket across all workers (WaveSpeed images per minute).
+    rate_limit_per_minute: int = Field(500, ge=1)
+    #: Shared cap on predictions submitted and not yet terminal.
+    max_in_flight: int = Field(300, ge=1)
+
+    #: What to do when a submit POST may or may not have reached WaveSpeed.
+    ambiguous_submit_policy: AmbiguousSubmitPolicy = "fail"
+    #: Terminal job and chain records expire after this many seconds.
+    record_ttl: int = Field(7 * 24 * 3600, ge=60)
+
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    #: Countdown messages a worker holds in memory at most (``worker_eta_task_limit``).
+    eta_task_limit: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> Settings:
+        if self.poll_max_interval < self.poll_min_interval:
+            raise ValueError("poll_max_interval must be >= poll_min_interval")
+        if self.retry_max_delay < self.retry_base_delay:
+            raise ValueError("retry_max_delay must be >= retry_base_delay")
+        return self
+
+    @property
+    def longest_countdown(self) -> float:
+        """The longest delay any task reschedules itself with."""
+        return max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
+
+    def validate_timings(self) -> None:
+        """Refuse a visibility timeout that would let kombu redeliver held countdowns."""
+        needed = self.longest_countdown + self.task_time_limit
+        if self.visibility_timeout <= needed:
+            raise ConfigError(
+                f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "
+                f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
+                "redeliver messages that are only waiting for their countdown"
+            )
+
+    def require_api_key(self) -> str:
+        """The API key, or a ConfigError naming the variable to set."""
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ConfigError("WAVESPEED_API_KEY is not set: the worker cannot call WaveSpeed")
+        return self.api_key.get_secret_value()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build from environment variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values = {field: env[var] for var, field in ENV_VARS.items() if env.get(var, "") != ""}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            field_to_var = {field: var for var, field in ENV_VARS.items()}
+            problems = []
+            for err in exc.errors():
+                loc = str(err["loc"][0]) if err["loc"] else ""
+                name = field_to_var.get(loc, loc or "settings")
+                problems.append(f"{name}: {err['msg']}")
+            raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
