@@ -31,6 +31,7 @@ class LazyGroup(click.Group):
 #: Subcommand -> where it lives. Later issues add producer, worker and ops commands.
 COMMANDS: dict[str, str] = {
     "emulator": "emulator.cli:emulator_command",
+    "worker": "worker.cli:worker_command",
 }
 
 

@@ -79,3 +79,16 @@ class RateLimitedError(TransientError):
 
 class SubmitOutcomeUnknownError(WaveSpeedError):
     """The submit POST went out and no answer came back: it may have created a prediction."""
+
+
+class JobFailedError(WavequeueError):
+    """Raised by the task when its job ended failed or timed out, so a Celery chain stops.
+
+    Carries only the job id, status, code and message: never request data.
+    """
+
+    def __init__(self, job_id: str, status: str, code: int | str | None, message: str) -> None:
+        super().__init__(f"job {job_id} {status}: [{code}] {message}")
+        self.job_id = job_id
+        self.status = status
+        self.code = code

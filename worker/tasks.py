@@ -1,0 +1,89 @@
+"""The Celery task: a thin shell that turns a ``JobRunner`` outcome into Celery terms."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from worker.app import app, settings
+from worker.constants import RUN_JOB_TASK
+from worker.errors import JobFailedError
+from worker.ratelimit import AccountLimiter
+from worker.runner import Duplicate, Finished, JobRunner
+from worker.store import JobStore
+from worker.wavespeed import WaveSpeedClient
+
+_local = threading.local()
+_runner_lock = threading.Lock()
+_runner: tuple[int, JobRunner] | None = None
+
+
+def _http_client() -> WaveSpeedClient:
+    """One client (one requests.Session) per worker thread, built in the process that
+    uses it: sockets must not cross a fork, and Session is not documented thread-safe."""
+    client: WaveSpeedClient | None = getattr(_local, "client", None)
+    if client is None or getattr(_local, "pid", None) != os.getpid():
+        client = WaveSpeedClient(
+            base_url=settings.base_url,
+            api_key=settings.require_api_key(),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        _local.client, _local.pid = client, os.getpid()
+    return client
+
+
+def job_runner() -> JobRunner:
+    """The process's runner, created on first use after fork, never at import."""
+    global _runner  # noqa: PLW0603 - one runner per process, built lazily
+    with _runner_lock:
+        if _runner is None or _runner[0] != os.getpid():
+            store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
+            limiter = AccountLimiter(
+                store.client,
+                per_minute=settings.rate_limit_per_minute,
+                max_in_flight=settings.max_in_flight,
+            )
+            _runner = (os.getpid(), JobRunner(settings, store, limiter, _http_client))
+        return _runner[1]
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    name=RUN_JOB_TASK,
+    acks_late=True,
+    max_retries=None,  # polls are not errors: the job's deadline and error budget bound it
+    throws=(JobFailedError,),  # a failed job is an expected outcome: no traceback in the log
+)
+def run_job(
+    self: Task,
+    previous_output: str | None = None,
+    job_id: str = "",
+    poll_seq: int = 0,
+) -> str | None:
+    """Submit, poll or finish job ``job_id``; returns its first output URL.
+
+    ``previous_output`` is filled by a Celery chain with the step before's return value.
+    """
+    outcome = job_runner().run(job_id, poll_seq=poll_seq, previous_output=previous_output)
+    if isinstance(outcome, Duplicate):
+        # Ignore: no state change and, crucially, no chain callback from a duplicate.
+        raise Ignore(outcome.reason)
+    if isinstance(outcome, Finished):
+        record = outcome.record
+        if record.status.value != "completed":
+            error = record.error
+            raise JobFailedError(
+                record.id,
+                record.status.value,
+                error.code if error else None,
+                error.message if error else "",
+            )
+        return outcome.output
+    raise self.retry(
+        countdown=outcome.countdown,
+        kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
+    )

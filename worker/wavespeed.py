@@ -1,0 +1,249 @@
+"""The WaveSpeed HTTP client: ``submit()`` and ``result()``, nothing more.
+
+Every transport and HTTP failure is mapped to the tree in ``worker.errors``
+here, and the remote status is parsed here, into a closed set. The rule that
+shapes the mapping: **a submit POST that may have reached the server is never
+reported as safe to retry** — WaveSpeed has no idempotency key, so a second
+POST may bill twice. Only failures that prove the request was not acted on
+(connection refused, connect timeout, 429, 503) are transient on submit;
+anything else after the bytes left is ``SubmitOutcomeUnknownError``.
+
+Messages are built from status codes and the server's own words, never from
+the request, so the API key cannot leak through an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from worker.errors import (
+    PermanentError,
+    RateLimitedError,
+    RemoteTaskFailedError,
+    SubmitOutcomeUnknownError,
+    TransientError,
+    WaveSpeedError,
+)
+from worker.models import MODEL_PREFIX
+
+#: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
+_TRANSIENT_TASK_CODES = range(5000, 6000)
+_SUBMIT_SAFE_HTTP = frozenset({429, 503})
+_MAX_ERROR_TEXT = 300
+
+
+class RemoteStatus(StrEnum):
+    """Every status WaveSpeed reports; anything else is a protocol error."""
+
+    CREATED = "created"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_running(self) -> bool:
+        return self in (RemoteStatus.CREATED, RemoteStatus.PROCESSING)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A prediction's state as WaveSpeed reported it."""
+
+    id: str
+    status: RemoteStatus
+    outputs: list[str] = field(default_factory=list)
+    has_nsfw_contents: list[bool] = field(default_factory=list)
+    inference_ms: float | None = None
+    error_code: int | str | None = None
+    error_message: str = ""
+
+
+def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
+    """The one place that reads WaveSpeed's ``{code, message, data}`` envelope."""
+    data = envelope.get("data")
+    if not isinstance(data, Mapping) or not data.get("id"):
+        raise PermanentError("WaveSpeed answered without a prediction in data")
+    raw_status = str(data.get("status", ""))
+    try:
+        status = RemoteStatus(raw_status)
+    except ValueError:
+        raise PermanentError(
+            f"WaveSpeed reported unknown status {raw_status!r} for prediction {data['id']}",
+            code="unknown_status",
+        ) from None
+    timings = data.get("timings") if isinstance(data.get("timings"), Mapping) else {}
+    inference = timings.get("inference") if timings else None
+    outputs = data.get("outputs") or []
+    nsfw = data.get("has_nsfw_contents") or []
+    code = data.get("code")
+    if code in (None, 0, 200) and status in (RemoteStatus.FAILED, RemoteStatus.TIMEOUT):
+        code = 5004 if status is RemoteStatus.TIMEOUT else None
+    return Prediction(
+        id=str(data["id"]),
+        status=status,
+        outputs=[str(o) for o in outputs],
+        has_nsfw_contents=[bool(n) for n in nsfw],
+        inference_ms=float(inference) if isinstance(inference, int | float) else None,
+        error_code=code if code not in (0, 200) else None,
+        error_message=str(data.get("error") or ""),
+    )
+
+
+def failure_of(prediction: Prediction) -> WaveSpeedError:
+    """The error a terminally failed prediction stands for: 5xxx is worth a new
+    attempt (the service broke, not the request), anything else is final."""
+    code = prediction.error_code
+    message = prediction.error_message or f"prediction {prediction.status.value}"
+    if isinstance(code, int) and code in _TRANSIENT_TASK_CODES:
+        return TransientError(message, code=code)
+    return RemoteTaskFailedError(message, code=code if code is not None else prediction.status)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time  # noqa: PLC0415 - only for the rare HTTP-date form
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _server_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        message = body.get("message") if isinstance(body, dict) else None
+    except ValueError:
+        message = None
+    text = str(message or response.text or response.reason or "")
+    return text[:_MAX_ERROR_TEXT]
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the request provably never reached the server (refused, DNS, proxy)."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def map_transport_error(exc: requests.RequestException, *, during_submit: bool) -> WaveSpeedError:
+    """Map any ``requests`` exception. On submit, "maybe sent" is never "transient"."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        return PermanentError(f"TLS failure talking to WaveSpeed ({name})", code="tls")
+    if isinstance(exc, requests.ConnectionError) and _never_connected(exc):
+        return TransientError(f"could not connect to WaveSpeed ({name})", code="connect")
+    if isinstance(
+        exc,
+        requests.exceptions.InvalidURL
+        | requests.exceptions.MissingSchema
+        | requests.exceptions.InvalidSchema
+        | requests.exceptions.InvalidHeader
+        | requests.exceptions.URLRequired
+        | requests.exceptions.InvalidJSONError
+        | requests.exceptions.TooManyRedirects,
+    ):
+        return PermanentError(f"bad request to WaveSpeed ({name})", code="client")
+    if during_submit:
+        return SubmitOutcomeUnknownError(
+            f"the submit request was sent and no complete answer came back ({name}); "
+            "the prediction may exist on WaveSpeed and may be billed",
+            code="submit_outcome_unknown",
+        )
+    return TransientError(f"WaveSpeed did not answer ({name})", code="transport")
+
+
+class WaveSpeedClient:
+    """One ``requests.Session`` with connect/read timeouts. Create one per worker
+    process, after fork (sessions hold sockets, which must not cross a fork)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int = 32,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        # urllib3 retries are off: a retried POST could bill twice, and GET retries
+        # belong to the task's own schedule.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.session.headers["User-Agent"] = "wavequeue"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
+        """POST a prediction; returns it (normally ``created``)."""
+        url = f"{self.base_url}/api/v3/{MODEL_PREFIX}{model.removeprefix(MODEL_PREFIX)}"
+        try:
+            response = self.session.post(url, json=dict(body), timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=True) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=True)
+        try:
+            return parse_prediction(response.json())
+        except ValueError:
+            raise SubmitOutcomeUnknownError(
+                "WaveSpeed accepted the submit but its answer was not valid JSON; "
+                "the prediction may exist and may be billed",
+                code="submit_outcome_unknown",
+            ) from None
+
+    def result(self, prediction_id: str) -> Prediction:
+        """GET the prediction's current state."""
+        url = f"{self.base_url}/api/v3/predictions/{prediction_id}/result"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            envelope = response.json()
+        except ValueError:
+            raise TransientError("WaveSpeed answered with invalid JSON", code="bad_json") from None
+        return parse_prediction(envelope)
+
+    @staticmethod
+    def _http_error(response: requests.Response, *, during_submit: bool) -> WaveSpeedError:
+        status = response.status_code
+        message = f"HTTP {status} from WaveSpeed: {_server_message(response)}"
+        if status == 429:
+            return RateLimitedError(message, code=429, retry_after=_retry_after(response))
+        if 400 <= status < 500:  # 400/401/403/404/422...: the same request fails again
+            return PermanentError(message, code=status)
+        if during_submit and status not in _SUBMIT_SAFE_HTTP:
+            # A 500/502/504 may come after the prediction was created.
+            return SubmitOutcomeUnknownError(
+                message + "; the prediction may exist on WaveSpeed and may be billed",
+                code="submit_outcome_unknown",
+            )
+        return TransientError(message, code=status, retry_after=_retry_after(response))
