@@ -161,7 +161,8 @@ def map_transport_error(exc: requests.RequestException, *, during_submit: bool) 
         | requests.exceptions.URLRequired
         | requests.exceptions.InvalidJSONError
         | requests.exceptions.TooManyRedirects,
-    ):
+    ) and not isinstance(exc, requests.exceptions.JSONDecodeError):
+        # JSONDecodeError subclasses InvalidJSONError but means the *answer* was unreadable.
         return PermanentError(f"bad request to WaveSpeed ({name})", code="client")
     if during_submit:
         return SubmitOutcomeUnknownError(
@@ -210,12 +211,8 @@ class WaveSpeedClient:
             raise self._http_error(response, during_submit=True)
         try:
             return parse_prediction(response.json())
-        except ValueError:
-            raise SubmitOutcomeUnknownError(
-                "WaveSpeed accepted the submit but its answer was not valid JSON; "
-                "the prediction may exist and may be billed",
-                code="submit_outcome_unknown",
-            ) from None
+        except requests.exceptions.JSONDecodeError as exc:
+            raise map_transport_error(exc, during_submit=True) from None
 
     def result(self, prediction_id: str) -> Prediction:
         """GET the prediction's current state."""
@@ -228,8 +225,8 @@ class WaveSpeedClient:
             raise self._http_error(response, during_submit=False)
         try:
             envelope = response.json()
-        except ValueError:
-            raise TransientError("WaveSpeed answered with invalid JSON", code="bad_json") from None
+        except requests.exceptions.JSONDecodeError as exc:
+            raise map_transport_error(exc, during_submit=False) from None
         return parse_prediction(envelope)
 
     @staticmethod
