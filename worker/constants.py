@@ -18,8 +18,15 @@ LATENCY_KEY: Final = KEY_PREFIX + "latency:{model}"
 #: Shared WaveSpeed token bucket (images per minute) and in-flight set.
 RATE_BUCKET_KEY: Final = KEY_PREFIX + "ratelimit:bucket"
 IN_FLIGHT_KEY: Final = KEY_PREFIX + "ratelimit:inflight"
-#: Counters the exporter reads (submissions, polls, 429s, failures by code).
+#: Counters the exporter reads (submissions, polls, 429s, failures by code). Each field
+#: is ``name`` or ``name|label=value|label=value`` (see ``store.counter_field``).
 COUNTERS_KEY: Final = KEY_PREFIX + "counters"
+#: Histograms the exporter reads: one hash per name, fields ``le=<bound>``, ``sum``, ``count``.
+HISTOGRAM_KEY: Final = KEY_PREFIX + "hist:{name}"
+#: Bucket upper bounds (seconds) for the job latency histograms.
+LATENCY_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+#: Bucket upper bounds for polls per completed job.
+POLL_COUNT_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0)
 #: Pub/sub channel on which every terminal job announces itself.
 JOB_EVENTS_CHANNEL: Final = KEY_PREFIX + "events:job"
 #: Sorted set of live job ids scored by deadline (for the "stuck past deadline" figure).

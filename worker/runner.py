@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import (
     PermanentError,
     SubmitOutcomeUnknownError,
@@ -155,7 +156,7 @@ class JobRunner:
             slot_ttl=time_left + self.settings.visibility_timeout,
         )
         if not permit.granted:
-            self.store.bump_counters(limiter_waits=1)
+            self.store.count("limiter_waits")
             wait = min(permit.wait, self.settings.retry_max_delay, time_left)
             return Reschedule(wait + self.rng.uniform(0, 0.25), 0, "rate_limit")
         token = uuid.uuid4().hex
@@ -179,7 +180,7 @@ class JobRunner:
         try:
             prediction = self._client().submit(record.model, record.input)
         except SubmitOutcomeUnknownError as exc:
-            self.store.bump_counters(submit_outcome_unknown=1)
+            self.store.count("submit_outcome_unknown", model=record.model)
             return self._ambiguous(snap, token, exc)
         except TransientError as exc:
             # Provably not created (refused, 429, 503): give the token and slot back.
@@ -188,11 +189,11 @@ class JobRunner:
             )
             self.limiter.release(record.id)
             if exc.code == 429:
-                self.store.bump_counters(remote_rate_limited=1)
+                self.store.count("remote_rate_limited")
             return self._error_retry(snap, exc, poll_seq=0)
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
-        self.store.bump_counters(submissions=1)
+        self.store.count("submissions", model=record.model)
         now = self.clock()
         delay = self._poll_delay(record, 0, now)
         moved = self.store.transition(
@@ -222,7 +223,7 @@ class JobRunner:
         )
         if not released:
             return self._after_lost_race(snap.record.id)
-        self.store.bump_counters(resubmissions=1)
+        self.store.count("resubmissions", model=snap.record.model)
         return self._error_retry(snap, exc, poll_seq=0)
 
     # poll ---------------------------------------------------------------------
@@ -245,8 +246,7 @@ class JobRunner:
             return self._error_retry(snap, exc, poll_seq=my_seq)
         except PermanentError as exc:
             return self._fail(snap, {"prediction_id": prediction_id}, exc.code, exc.message)
-        self.store.count(record.id, polls=1)
-        self.store.bump_counters(polls=1)
+        self.store.count("polls", job_id=record.id, model=record.model)
         return self._on_prediction(snap, my_seq, prediction, now)
 
     def _on_prediction(
@@ -284,11 +284,22 @@ class JobRunner:
         )
         if not done:
             return Duplicate("another copy completed this job")
-        self.store.bump_counters(completed=1)
+        record = self.store.get(snap.record.id)
+        self._observe_completion(record, now)
         if prediction.inference_ms is not None:
-            self.store.record_latency(snap.record.model, prediction.inference_ms / 1000)
-        log.info("job %s completed with %d output(s)", snap.record.id, len(prediction.outputs))
-        return Finished(self.store.get(snap.record.id))
+            self.store.record_latency(record.model, prediction.inference_ms / 1000)
+        log.info("job %s completed with %d output(s)", record.id, len(prediction.outputs))
+        return Finished(record)
+
+    def _observe_completion(self, record: JobRecord, now: float) -> None:
+        self.store.count("jobs_completed", model=record.model)
+        self.store.observe("end_to_end_seconds", now - record.created_at, LATENCY_BUCKETS)
+        if record.submitted_at is not None:
+            waited = record.submitted_at - record.created_at
+            self.store.observe("queued_to_submitted_seconds", waited, LATENCY_BUCKETS)
+            ran = now - record.submitted_at
+            self.store.observe("submitted_to_completed_seconds", ran, LATENCY_BUCKETS)
+        self.store.observe("polls_per_job", record.polls, POLL_COUNT_BUCKETS)
 
     def _resubmit_after_remote_failure(
         self, snap: JobSnapshot, prediction: Prediction, failure: TransientError
@@ -335,7 +346,7 @@ class JobRunner:
             expect = {"prediction_id": snap.field("prediction_id")}
             return self._fail(snap, expect, exc.code, message)
         used = int(snap.number("error_retries"))
-        self.store.count(snap.record.id, error_retries=1)
+        self.store.count("error_retries", job_id=snap.record.id, model=snap.record.model)
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         delay = error_backoff(
             used,
@@ -366,8 +377,10 @@ class JobRunner:
         )
         if not done:
             return self._after_lost_race(snap.record.id)
-        counter = "timed_out" if status is JobStatus.TIMED_OUT else f"failed:{error['code']}"
-        self.store.bump_counters(**{counter: 1})
+        if status is JobStatus.TIMED_OUT:
+            self.store.count("jobs_timed_out", model=snap.record.model)
+        else:
+            self.store.count("jobs_failed", model=snap.record.model, code=str(error["code"]))
         log.warning("job %s %s: [%s] %s", snap.record.id, status.value, error["code"], message)
         return Finished(self.store.get(snap.record.id))
 

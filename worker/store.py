@@ -23,6 +23,7 @@ Bookkeeping fields:
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,7 @@ from worker.constants import (
     CHAIN_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
+    HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
     JOB_EVENTS_CHANNEL,
@@ -93,6 +95,17 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return ARGV[1]
 """
+
+
+def counter_field(name: str, **labels: str) -> str:
+    """``name|k=v|k=v`` with labels sorted, so one counter is always one field."""
+    return "|".join([name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+
+
+def parse_counter_field(field: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, *pairs = field.split("|")
+    labels = tuple(tuple(pair.split("=", 1)) for pair in pairs)
+    return name, labels  # type: ignore[return-value]
 
 
 def _encode(value: Any, field: str) -> str:
@@ -261,23 +274,29 @@ class JobStore:
         )
         return bool(result == 1)
 
-    def count(self, job_id: str, **increments: int) -> None:
-        """Bump counters on the record and the global counters, unconditionally."""
+    def count(self, name: str, *, job_id: str | None = None, **labels: str) -> None:
+        """Bump the global counter ``name{labels}``; with ``job_id``, also the record's
+        own field ``name`` (e.g. ``polls``, ``error_retries``). One round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for field, amount in increments.items():
-            pipe.hincrby(JOB_KEY.format(job_id=job_id), field, amount)
+        pipe.hincrby(COUNTERS_KEY, counter_field(name, **labels), 1)
+        if job_id is not None:
+            pipe.hincrby(JOB_KEY.format(job_id=job_id), name, 1)
         pipe.execute()
 
-    def bump_counters(self, **counters: int) -> None:
-        """Global counters the exporter reads (``wq:counters``)."""
-        pipe = self.client.pipeline(transaction=False)
-        for name, amount in counters.items():
-            pipe.hincrby(COUNTERS_KEY, name, amount)
-        pipe.execute()
-
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
+        """Every global counter as ``{(name, ((label, value), ...)): count}``."""
         raw: dict[str, str] = self.client.hgetall(COUNTERS_KEY)  # type: ignore[assignment]
-        return {name: int(value) for name, value in raw.items()}
+        return {parse_counter_field(field): int(value) for field, value in raw.items()}
+
+    def observe(self, name: str, value: float, buckets: Iterable[float]) -> None:
+        """Add ``value`` to histogram ``name`` (non-cumulative buckets; the exporter sums)."""
+        bound = next((b for b in buckets if value <= b), math.inf)
+        key = HISTOGRAM_KEY.format(name=name)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(key, f"le={bound!r}", 1)
+        pipe.hincrbyfloat(key, "sum", value)
+        pipe.hincrby(key, "count", 1)
+        pipe.execute()
 
     # chains -------------------------------------------------------------------
 
