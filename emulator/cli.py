@@ -148,4 +148,7 @@ def emulator_command(
     def announce(running: EmulatorServer) -> None:
         click.echo(f"WaveSpeed emulator listening on {running.base_url} (accepting {keys})")
 
-    server.serve_forever(on_ready=announce)
+    try:
+        server.serve_forever(on_ready=announce)
+    except OSError as exc:  # the port is taken, or the host is not an interface here
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
