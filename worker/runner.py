@@ -158,7 +158,7 @@ class JobRunner:
         if not permit.granted:
             self.store.count("limiter_waits")
             wait = min(permit.wait, self.settings.retry_max_delay, time_left)
-            return Reschedule(wait + self.rng.uniform(0, 0.25), 0, "rate_limit")
+            return Reschedule(round(wait + self.rng.uniform(0, 0.25), 3), 0, "rate_limit")
         token = uuid.uuid4().hex
         new_status = JobStatus.SUBMITTING if can_move(record.status, JobStatus.SUBMITTING) else None
         claimed = self.store.transition(
@@ -355,7 +355,7 @@ class JobRunner:
             retry_after=retry_after,
             rng=self.rng,
         )
-        delay = min(delay, max(0.05, snap.record.deadline_at - self.clock()))
+        delay = round(min(delay, max(0.05, snap.record.deadline_at - self.clock())), 3)
         log.warning("job %s: %s; retry %d in %.1fs", snap.record.id, exc.message, used + 1, delay)
         if poll_seq:
             return self._schedule(snap, poll_seq, delay, "error")

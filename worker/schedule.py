@@ -36,7 +36,7 @@ def poll_delay(
     else:
         delay = min_interval * backoff ** (poll_number - 1)
     delay = min(max(delay, min_interval), max_interval)
-    return max(MIN_COUNTDOWN, min(delay, time_left))
+    return round(max(MIN_COUNTDOWN, min(delay, time_left)), 3)
 
 
 def error_backoff(
@@ -52,4 +52,4 @@ def error_backoff(
     delay = (rng or random).uniform(0, ceiling)
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
-    return max(MIN_COUNTDOWN, delay)
+    return round(max(MIN_COUNTDOWN, delay), 3)
