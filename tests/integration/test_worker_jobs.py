@@ -7,7 +7,7 @@ each test resets the emulator and uses fresh job ids.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import requests
@@ -214,7 +214,7 @@ def assert_no_secret_in_redis(stack: WorkerStack) -> None:
     seen = 0
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
-        values: list[object]
+        values: Sequence[object]
         if kind == "string":
             values = [client.get(key)]
         elif kind == "hash":
