@@ -1,0 +1,564 @@
+"""``JobClient``: what a backend uses to enqueue jobs and chains, read and wait for them.
+
+Enqueueing writes the job record first (status ``queued``) and only then sends
+``wavequeue.run_job`` by task name, so a worker never receives a message for a
+record that does not exist. The message carries the job id only; the request
+itself lives in the record. The producer never imports ``worker.tasks`` and
+never needs the WaveSpeed API key: it drops the key from its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
+from producer.chain_status import ChainStatus, derive_chain_status
+from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
+from producer.images import DEFAULT_MAX_INLINE_BYTES
+from producer.options import QUEUE_FOR_PRIORITY, JobOptions
+from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
+from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.constants import CHAIN_KEY, DEADLINES_KEY, JOB_KEY, RUN_JOB_TASK
+from worker.models import (
+    DEFAULT_EDIT_MODEL,
+    DEFAULT_MULTI_MODEL,
+    DEFAULT_TEXT_TO_IMAGE_MODEL,
+    EndpointKind,
+    JobRecord,
+    JobStatus,
+    Priority,
+    validate_request,
+)
+from worker.settings import Settings
+from worker.store import JobStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: Bookkeeping field on chain step records: the step's own deadline in seconds,
+#: so that ``retry_chain`` gives a retried step the same time budget.
+STEP_DEADLINE_FIELD = "step_deadline"
+#: Bookkeeping field the worker reads: this step's ``image`` is the previous output.
+AWAITING_IMAGE_FIELD = "awaiting_image"
+#: Default extra time ``wait`` allows past the last deadline of what it waits for.
+DEFAULT_WAIT_GRACE = 60.0
+
+Progress = Callable[[list[JobRecord]], None]
+
+
+class JobClient:
+    """Enqueue FLUX.1 Kontext jobs and chains; read their status; wait for them.
+
+    Build it from ``Settings`` (``JobClient(Settings.from_env())``, or simply
+    ``JobClient.from_env()``) or from explicit arguments
+    (``JobClient(redis_url="redis://redis:6379/0")``). Thread-safe for use from
+    many request handlers; ``close()`` (or ``with``) releases the connections.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_url: str | None = None,
+        job_deadline: float | None = None,
+        record_ttl: int | None = None,
+        max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES,
+        reread_interval: float = DEFAULT_REREAD_INTERVAL,
+        wait_grace: float = DEFAULT_WAIT_GRACE,
+    ) -> None:
+        base = settings if settings is not None else Settings()
+        overrides = {
+            name: value
+            for name, value in (
+                ("redis_url", redis_url),
+                ("job_deadline", job_deadline),
+                ("record_ttl", record_ttl),
+            )
+            if value is not None
+        }
+        # The API key is left out on purpose: only workers talk to WaveSpeed.
+        self.settings = Settings(**{**base.model_dump(exclude={"api_key"}), **overrides})
+        self.store = JobStore.from_url(self.settings.redis_url, record_ttl=self.settings.record_ttl)
+        self.max_inline_bytes = max_inline_bytes
+        self.reread_interval = reread_interval
+        self.wait_grace = wait_grace
+        self._app: Celery | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> JobClient:
+        """A client configured by ``REDIS_URL``, ``WAVEQUEUE_JOB_DEADLINE`` and friends."""
+        return cls(Settings.from_env(), **overrides)
+
+    # lifecycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+        self.store.client.close()
+
+    def __enter__(self) -> JobClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # single jobs --------------------------------------------------------------
+
+    def text_to_image(
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_TEXT_TO_IMAGE_MODEL,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+        aspect_ratio: str | None = None,
+        num_images: int | None = None,
+        safety_tolerance: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue a generation; returns the job id. ``num_images`` and
+        ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
+        fields = {
+            "prompt": prompt,
+            "seed": seed,
+            "guidance_scale": guidance_scale,
+            "aspect_ratio": aspect_ratio,
+            "num_images": num_images,
+            "safety_tolerance": safety_tolerance,
+        }
+        prepared = prepare_job(
+            EndpointKind.TEXT_TO_IMAGE,
+            model,
+            fields,
+            self._limits(),
+            priority=priority,
+            deadline=deadline,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        return self.submit(prepared)
+
+    def edit(
+        self,
+        image: str | os.PathLike[str],
+        prompt: str,
+        *,
+        model: str = DEFAULT_EDIT_MODEL,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+        aspect_ratio: str | None = None,
+        safety_tolerance: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
+        ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
+        ``seed`` and ``aspect_ratio``."""
+        fields = {
+            "image": image,
+            "prompt": prompt,
+            "seed": seed,
+            "guidance_scale": guidance_scale,
+            "aspect_ratio": aspect_ratio,
+            "safety_tolerance": safety_tolerance,
+        }
+        prepared = prepare_job(
+            EndpointKind.EDIT,
+            model,
+            fields,
+            self._limits(),
+            priority=priority,
+            deadline=deadline,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        return self.submit(prepared)
+
+    def multi_edit(
+        self,
+        images: Sequence[str | os.PathLike[str]],
+        prompt: str,
+        *,
+        model: str = DEFAULT_MULTI_MODEL,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+        aspect_ratio: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue an edit that combines 1-5 images; returns the job id."""
+        fields = {
+            "images": list(images) if isinstance(images, list | tuple) else images,
+            "prompt": prompt,
+            "seed": seed,
+            "guidance_scale": guidance_scale,
+            "aspect_ratio": aspect_ratio,
+        }
+        prepared = prepare_job(
+            EndpointKind.MULTI,
+            model,
+            fields,
+            self._limits(),
+            priority=priority,
+            deadline=deadline,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        return self.submit(prepared)
+
+    def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:
+        """Check a request written as one mapping (the batch line format, see
+        ``prepare_from_mapping``) without enqueueing it; ``submit`` it later."""
+        return prepare_from_mapping(request, self._limits(image_base))
+
+    def submit(self, prepared: PreparedJob) -> str:
+        """Enqueue a checked request; returns the job id. With an idempotency key
+        already used, returns the first job's id and sends nothing."""
+        options = prepared.options
+        now = time.time()
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            model=prepared.model,
+            input=prepared.body,
+            status=JobStatus.QUEUED,
+            priority=options.priority,
+            created_at=now,
+            deadline_at=now + options.deadline,
+            metadata=dict(options.metadata),
+            idempotency_key=options.idempotency_key,
+        )
+        job_id, created = self.store.create_job(record, idempotency_key=options.idempotency_key)
+        if created:
+            self._celery().send_task(RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=options.queue)
+        return job_id
+
+    # reading and waiting ------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job's record; ``JobNotFoundError`` if it never existed or expired."""
+        return self.store.get(job_id)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """Records in one round trip; ``JobNotFoundError`` names the first missing one."""
+        ids = list(job_ids)
+        records = self.store.get_many(ids)
+        for job_id, record in zip(ids, records, strict=True):
+            if record is None:
+                raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
+        return [record for record in records if record is not None]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """The job's record once it is terminal (completed, failed or timed out).
+
+        ``timeout`` None waits until the job's own deadline plus ``wait_grace``.
+        Raises ``WaitTimeoutError`` when the timeout passes first.
+        """
+        return self.wait_all([job_id], timeout)[0]
+
+    def wait_all(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        on_progress: Progress | None = None,
+    ) -> list[JobRecord]:
+        """Every job's terminal record, in the order given; one subscription for all.
+
+        ``on_progress`` is called with the records finished so far, each time the
+        waiter looks (after every event for one of these jobs, and every few seconds).
+        """
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
+        if timeout is None:
+            timeout = self._until_deadlines(self.get_many(ids))
+        finished: dict[str, JobRecord] = {}
+
+        def look() -> Check[list[JobRecord]]:
+            pending = [job_id for job_id in ids if job_id not in finished]
+            for record in self.get_many(pending):
+                if record.is_terminal:
+                    finished[record.id] = record
+            if on_progress is not None:
+                on_progress(list(finished.values()))
+            if len(finished) == len(ids):
+                return Check([finished[job_id] for job_id in job_ids], set())
+            return Check(None, {job_id for job_id in ids if job_id not in finished})
+
+        return wait_for(
+            self.store.client,
+            look,
+            timeout=timeout,
+            reread_interval=self.reread_interval,
+            describe=lambda pending: f"{len(pending)} of {len(ids)} job(s) not finished",
+        )
+
+    # chains -------------------------------------------------------------------
+
+    def chain(
+        self,
+        first: FirstStep,
+        edits: Sequence[EditSpec],
+        *,
+        edit_model: str = DEFAULT_EDIT_MODEL,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue a chain; returns the chain id.
+
+        ``first`` is a ``TextToImage`` (or a mapping of its fields) that generates the
+        first picture, or an image (URL, data URI, path) that the first edit takes.
+        Each edit is a prompt, an ``Edit``, or a mapping of its fields; its input image
+        is the previous step's first output. ``deadline`` is per step: step N must end
+        within N x deadline of enqueueing. Every step is checked before anything is
+        written; problems are named ``stepN.field``.
+        """
+        limits = self._limits()
+        prepared = prepare_chain(
+            first,
+            edits,
+            limits,
+            edit_model=edit_model,
+            priority=priority,
+            deadline=deadline,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        options = prepared.options
+        chain_id = uuid.uuid4().hex
+        now = time.time()
+        job_ids: list[str] = []
+        for number, step in enumerate(prepared.steps, start=1):
+            key = options.idempotency_key if number == 1 else None
+            record = self._step_record(step, options, chain_id, number, now)
+            job_id, created = self.store.create_job(
+                record, idempotency_key=key, extra=self._step_extra(step, options.deadline)
+            )
+            if not created:
+                # The key was used before: this chain exists already (its first step
+                # carries the key). Nothing has been written for this call yet.
+                return self._chain_of_existing_job(job_id)
+            job_ids.append(job_id)
+        self.store.create_chain(chain_id, job_ids, metadata=options.metadata)
+        self._keep_alive(chain_id, job_ids, options.deadline)
+        self._send_chain(job_ids, options.queue)
+        return chain_id
+
+    def chain_status(self, chain_id: str) -> ChainStatus:
+        """The chain's state, its current step and every step's outputs so far."""
+        snapshot = self.store.get_chain(chain_id)
+        records = self.store.get_many(snapshot.step_job_ids)
+        for number, (job_id, record) in enumerate(
+            zip(snapshot.step_job_ids, records, strict=True), start=1
+        ):
+            if record is None:
+                raise JobNotFoundError(f"chain {chain_id!r}: step {number} ({job_id}) has expired")
+        return derive_chain_status(snapshot, [r for r in records if r is not None])
+
+    def wait_chain(self, chain_id: str, timeout: float | None = None) -> ChainStatus:
+        """The chain's status once it completed or failed; ``WaitTimeoutError`` otherwise.
+
+        ``timeout`` None waits until the last step's deadline plus ``wait_grace``.
+        """
+        if timeout is None:
+            status = self.chain_status(chain_id)
+            timeout = self._until_deadlines(self.get_many(s.job_id for s in status.steps))
+
+        def look() -> Check[ChainStatus]:
+            status = self.chain_status(chain_id)
+            if status.is_terminal:
+                return Check(status, set())
+            return Check(None, {step.job_id for step in status.steps})
+
+        return wait_for(
+            self.store.client,
+            look,
+            timeout=timeout,
+            reread_interval=self.reread_interval,
+            describe=lambda _: f"chain {chain_id} not finished",
+        )
+
+    def retry_chain(self, chain_id: str) -> str:
+        """Resume a failed chain from its failed step; returns that step's new job id.
+
+        Finished steps are not run again: the failed step gets a fresh record (its
+        image is the previous step's output, known by now), the chain points at it,
+        and a new Celery chain runs it and the steps after it (still ``queued``).
+        Calling this twice for the same failure retries once (and returns the same id).
+        """
+        status = self.chain_status(chain_id)
+        failed = status.failed_step
+        if failed is None:
+            raise ChainNotRetryableError(
+                f"chain {chain_id} is {status.state.value}; only a failed chain can be retried"
+            )
+        old = self.store.snapshot(failed.job_id)
+        step_deadline = float(old.field(STEP_DEADLINE_FIELD) or self.settings.job_deadline)
+        body = dict(old.record.input)
+        if failed.number > 1:
+            previous = status.steps[failed.number - 2]
+            if not previous.outputs:
+                raise ChainNotRetryableError(
+                    f"chain {chain_id}: step {previous.number} has no output"
+                )
+            body["image"] = previous.outputs[0]
+        # The body was valid when enqueued; check again, now that the image is real.
+        body = validate_request(old.record.model, body)
+        now = time.time()
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            model=old.record.model,
+            input=body,
+            status=JobStatus.QUEUED,
+            priority=old.record.priority,
+            created_at=now,
+            deadline_at=now + step_deadline,
+            chain_id=chain_id,
+            step=failed.number,
+            metadata=old.record.metadata,
+        )
+        new_job_id, created = self.store.create_job(
+            record,
+            # One retry per failed record, however many callers ask at once.
+            idempotency_key=f"wavequeue.retry:{old.record.id}",
+            extra={STEP_DEADLINE_FIELD: repr(step_deadline)},
+        )
+        if not created:
+            return new_job_id
+        self.store.replace_chain_step(chain_id, failed.number - 1, new_job_id)
+        later = [step.job_id for step in status.steps[failed.number :]]
+        self._push_deadlines(later, now, step_deadline)
+        self._keep_alive(chain_id, [new_job_id, *later], step_deadline)
+        self._send_chain([new_job_id, *later], QUEUE_FOR_PRIORITY[old.record.priority])
+        return new_job_id
+
+    # lookup by either kind of id ----------------------------------------------
+
+    def lookup(self, any_id: str) -> JobRecord | ChainStatus:
+        """The job with this id, else the chain with this id; ``JobNotFoundError`` if neither."""
+        try:
+            return self.get(any_id)
+        except JobNotFoundError:
+            pass
+        try:
+            return self.chain_status(any_id)
+        except JobNotFoundError:
+            raise JobNotFoundError(
+                f"no job or chain {any_id!r} (never created, or expired)"
+            ) from None
+
+    # internals ----------------------------------------------------------------
+
+    def _limits(self, image_base: Path | None = None) -> Limits:
+        return Limits(
+            default_deadline=self.settings.job_deadline,
+            max_inline_bytes=self.max_inline_bytes,
+            image_base=image_base,
+        )
+
+    def _celery(self) -> Celery:
+        """The Celery app, built on first send (reading status never needs it).
+
+        ``worker.app`` only configures Celery; it does not import ``worker.tasks``,
+        so the worker's runtime never loads in a producer.
+        """
+        if self._app is None:
+            from worker.app import make_app  # noqa: PLC0415 - Celery loads only when sending
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    def _send_chain(self, job_ids: list[str], queue: str) -> None:
+        """One Celery chain of ``run_job`` by name: each step's return value (its
+        first output URL) becomes the next step's ``previous_output``."""
+        from celery import chain as celery_chain  # noqa: PLC0415 - as in _celery
+
+        app = self._celery()
+        signatures = [
+            app.signature(RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=queue)
+            for job_id in job_ids
+        ]
+        celery_chain(*signatures).apply_async()
+
+    @staticmethod
+    def _step_record(
+        step: PreparedStep, options: JobOptions, chain_id: str, number: int, now: float
+    ) -> JobRecord:
+        return JobRecord(
+            id=uuid.uuid4().hex,
+            model=step.model,
+            input=step.body,
+            status=JobStatus.QUEUED,
+            priority=options.priority,
+            created_at=now,
+            # A step cannot start before the steps ahead of it end: budgets add up.
+            deadline_at=now + number * options.deadline,
+            chain_id=chain_id,
+            step=number,
+            metadata=dict(options.metadata),
+            idempotency_key=options.idempotency_key if number == 1 else None,
+        )
+
+    @staticmethod
+    def _step_extra(step: PreparedStep, deadline: float) -> dict[str, str]:
+        extra = {STEP_DEADLINE_FIELD: repr(deadline)}
+        if step.awaiting_image:
+            extra[AWAITING_IMAGE_FIELD] = "1"
+        return extra
+
+    def _chain_of_existing_job(self, job_id: str) -> str:
+        existing = self.store.get(job_id)
+        if existing.chain_id is None:
+            raise ValidationError(
+                {"idempotency_key": f"already used by job {job_id}, which is not a chain"}
+            )
+        return existing.chain_id
+
+    def _keep_alive(self, chain_id: str, job_ids: list[str], step_deadline: float) -> None:
+        """Give the chain record (and steps that may never run, after a failure) a TTL:
+        long enough for every step to use its deadline, plus the usual record TTL.
+        A step that ends gets the worker's terminal TTL instead."""
+        ttl = int(len(job_ids) * step_deadline) + self.settings.record_ttl
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.expire(CHAIN_KEY.format(chain_id=chain_id), ttl)
+        for job_id in job_ids:
+            pipe.expire(JOB_KEY.format(job_id=job_id), ttl)
+        pipe.execute()
+
+    def _push_deadlines(self, job_ids: list[str], now: float, step_deadline: float) -> None:
+        """Steps after a retried one get fresh deadlines (the old ones ran out while the
+        chain stood failed), in their records and in the worker's deadline index."""
+        for offset, job_id in enumerate(job_ids, start=2):
+            deadline_at = now + offset * step_deadline
+            moved = self.store.transition(
+                job_id,
+                expect={"status": JobStatus.QUEUED.value},
+                updates={"deadline_at": deadline_at},
+            )
+            if moved:
+                self.store.client.zadd(DEADLINES_KEY, {job_id: deadline_at}, xx=True)
+
+    def _until_deadlines(self, records: list[JobRecord]) -> float:
+        """Seconds until the last of these records' deadlines, plus the grace period."""
+        last = max(record.deadline_at for record in records)
+        return max(last - time.time(), 0.0) + self.wait_grace

@@ -1,0 +1,122 @@
+"""The options every job takes, whatever its endpoint: priority, deadline, metadata,
+idempotency key; and the queue a priority routes to.
+
+Why two queues instead of message priorities: a Redis list has no per-message
+priority (kombu can only emulate one with ``priority_steps``, several lists per
+queue polled in order). With one list per priority, kombu's Redis transport
+round-robins between the queues a worker consumes, so a backlog of normal jobs
+never starves high ones, and operators can run workers that consume only
+``wavequeue.high`` to keep headroom for urgent work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
+from worker.models import Priority
+
+#: Metadata is stored on every record and returned with it: keep it small.
+MAX_METADATA_BYTES = 4096
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+#: The longest deadline a job may ask for (records of live jobs do not expire).
+MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
+
+QUEUE_FOR_PRIORITY: Mapping[Priority, str] = {
+    Priority.HIGH: QUEUE_HIGH,
+    Priority.NORMAL: QUEUE_NORMAL,
+}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Checked options: ``deadline`` in seconds from enqueue."""
+
+    priority: Priority
+    deadline: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return QUEUE_FOR_PRIORITY[self.priority]
+
+
+def check_options(
+    problems: dict[str, str],
+    *,
+    priority: object,
+    deadline: object,
+    metadata: object,
+    idempotency_key: object,
+    default_deadline: float,
+) -> JobOptions | None:
+    """Options as a ``JobOptions``, or None with every problem added to ``problems``."""
+    before = len(problems)
+    checked_priority = _priority(problems, priority)
+    checked_deadline = _deadline(problems, default_deadline if deadline is None else deadline)
+    checked_metadata = _metadata(problems, {} if metadata is None else metadata)
+    checked_key = _idempotency_key(problems, idempotency_key)
+    if len(problems) > before:
+        return None
+    assert checked_priority is not None and checked_deadline is not None
+    return JobOptions(
+        priority=checked_priority,
+        deadline=checked_deadline,
+        metadata=checked_metadata or {},
+        idempotency_key=checked_key,
+    )
+
+
+def _priority(problems: dict[str, str], value: object) -> Priority | None:
+    try:
+        return Priority(value if isinstance(value, str) else "")
+    except ValueError:
+        problems["priority"] = f"must be 'high' or 'normal', not {value!r}"
+        return None
+
+
+def _deadline(problems: dict[str, str], value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems["deadline"] = f"must be a number of seconds, not {type(value).__name__}"
+        return None
+    if not math.isfinite(value) or not 0 < value <= MAX_DEADLINE_SECONDS:
+        problems["deadline"] = f"must be > 0 and <= {MAX_DEADLINE_SECONDS:.0f} seconds"
+        return None
+    return float(value)
+
+
+def _metadata(problems: dict[str, str], value: object) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        problems["metadata"] = f"must be a JSON object (dict), not {type(value).__name__}"
+        return None
+    if not all(isinstance(key, str) for key in value):
+        problems["metadata"] = "keys must be strings"
+        return None
+    try:
+        encoded = json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems["metadata"] = f"must be JSON-serializable: {exc}"
+        return None
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        problems["metadata"] = f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
+        return None
+    # Round-trip, so the caller keeps no reference into what is stored.
+    loaded: dict[str, Any] = json.loads(encoded)
+    return loaded
+
+
+def _idempotency_key(problems: dict[str, str], value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems["idempotency_key"] = "must be a non-empty string"
+        return None
+    if len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        problems["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        return None
+    return value
