@@ -121,6 +121,7 @@ def test_image_scale_shrinks_outputs_keeping_multiples_of_16() -> None:
 
 def test_same_prompt_and_seed_give_the_same_picture(emulator: EmulatorHandle) -> None:
     emulator.configure(latency=0)  # only the picture matters here
+
     def render(prompt: str, seed: int) -> bytes:
         body = {"prompt": prompt, "seed": seed, "enable_sync_mode": True}
         output = emulator.submit(T2I_MAX, body).json()["data"]["outputs"][0]
