@@ -30,7 +30,15 @@ class LazyGroup(click.Group):
 
 #: Subcommand -> where it lives. Later issues add producer, worker and ops commands.
 COMMANDS: dict[str, str] = {
+    "batch": "producer.commands.batch:batch_command",
+    "chain": "producer.commands.chains:chain_command",
+    "download": "producer.commands.download:download_command",
+    "edit": "producer.commands.submit:edit_command",
     "emulator": "emulator.cli:emulator_command",
+    "generate": "producer.commands.submit:generate_command",
+    "retry": "producer.commands.chains:retry_command",
+    "status": "producer.commands.inspect:status_command",
+    "wait": "producer.commands.inspect:wait_command",
     "worker": "worker.cli:worker_command",
 }
 

@@ -1,0 +1,1 @@
+"""The producer's subcommands of ``wavequeue``, one module per concern."""

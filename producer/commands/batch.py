@@ -1,0 +1,217 @@
+"""``wavequeue batch FILE.jsonl``: many jobs from a file, all checked before any is sent.
+
+The file holds one request per line, a JSON object (blank lines are skipped)::
+
+    {"kind": "text-to-image", "prompt": "a lighthouse at dusk", "seed": 7}
+    {"kind": "edit", "image": "photos/cat.png", "prompt": "make it a watercolour"}
+    {"kind": "multi", "images": ["a.png", "https://example.com/b.png"], "prompt": "merge"}
+
+``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` is optional (the
+kind's default); ``priority``, ``deadline``, ``metadata`` and ``idempotency_key``
+are the job options; every other key is a WaveSpeed field of the model.
+Relative image paths start at the batch file's folder. If any line is bad, every
+bad line is reported with its number and nothing is enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from producer.client import JobClient
+from producer.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_TIMED_OUT,
+    json_option,
+    make_client,
+    print_json,
+    reports_errors,
+)
+from producer.errors import ValidationError, WaitTimeoutError
+from producer.prepare import PreparedJob
+from worker.models import JobRecord, JobStatus
+
+
+def read_batch(path: Path, client: JobClient) -> tuple[list[tuple[int, PreparedJob]], list[str]]:
+    """Every line checked: (line number, prepared job) for the good ones, and one
+    message per problem (``line N: field: why``) for the bad ones."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{path}: cannot read: {exc}"]
+    prepared: list[tuple[int, PreparedJob]] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"line {number}: not valid JSON: {exc}")
+            continue
+        try:
+            prepared.append((number, client.prepare(request, image_base=path.parent)))
+        except ValidationError as exc:
+            problems.extend(f"line {number}: {field}: {why}" for field, why in exc.problems.items())
+    if not prepared and not problems:
+        problems.append(f"{path}: no requests (one JSON object per line)")
+    return prepared, problems
+
+
+class ProgressLine:
+    """Completed and failed counts and throughput on stderr while the batch runs.
+
+    On a terminal the line is redrawn in place; otherwise (a log, a pipe) a line is
+    printed when the counts change, at most once per ``interval`` seconds, and at the end.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None, interval: float = 1.0) -> None:
+        self.total = total
+        self.stream: TextIO = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last_printed = 0.0
+        self._last_counts: tuple[int, int] | None = None
+        self._width = 0
+
+    def update(self, finished: list[JobRecord]) -> None:
+        completed = sum(record.status is JobStatus.COMPLETED for record in finished)
+        counts = (completed, len(finished) - completed)
+        now = time.monotonic()
+        line = self._line(counts, now - self.started)
+        if self.live:
+            self._width = max(self._width, len(line))
+            self.stream.write("\r" + line.ljust(self._width))
+            self.stream.flush()
+        elif counts != self._last_counts and (
+            now - self._last_printed >= self.interval or sum(counts) == self.total
+        ):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last_printed = now
+            self._last_counts = counts
+
+    def finish(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _line(self, counts: tuple[int, int], elapsed: float) -> str:
+        completed, failed = counts
+        done = completed + failed
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return (
+            f"batch: {done}/{self.total} done, {completed} completed, {failed} failed, "
+            f"{rate:.1f} jobs/s, {elapsed:.0f}s"
+        )
+
+
+def _summary(
+    lines_and_ids: list[tuple[int, str]], records: dict[str, JobRecord], elapsed: float
+) -> dict[str, Any]:
+    jobs = []
+    for line, job_id in lines_and_ids:
+        record = records.get(job_id)
+        jobs.append(
+            {
+                "line": line,
+                "job_id": job_id,
+                "status": record.status.value if record else "unfinished",
+                "outputs": record.outputs if record else [],
+                "error": record.error.model_dump() if record and record.error else None,
+            }
+        )
+    counts = Counter(job["status"] for job in jobs)
+    return {
+        "total": len(jobs),
+        "completed": counts["completed"],
+        "failed": counts["failed"],
+        "timed_out": counts["timed_out"],
+        "unfinished": counts["unfinished"],
+        "seconds": round(elapsed, 3),
+        "jobs": jobs,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rate = summary["total"] / summary["seconds"] if summary["seconds"] else 0.0
+    click.echo(
+        f"{summary['total']} jobs: {summary['completed']} completed, {summary['failed']} failed, "
+        f"{summary['timed_out']} timed out, {summary['unfinished']} unfinished "
+        f"in {summary['seconds']:.1f}s ({rate:.1f} jobs/s)"
+    )
+    for job in summary["jobs"]:
+        if job["status"] != "completed":
+            error = job["error"]
+            reason = f"[{error['code']}] {error['message']}" if error else ""
+            click.echo(f"  line {job['line']}: job {job['job_id']} {job['status']} {reason}")
+
+
+@click.command("batch")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Show progress until every job ends, or only enqueue.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait at most (default: until the last deadline, plus a minute).",
+)
+@json_option
+@reports_errors
+def batch_command(file: Path, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Enqueue every request in FILE (JSON Lines), then show progress until all end.
+    Exits 0 all completed, 1 some failed, 2 bad lines (nothing enqueued), 3 timed out."""
+    with make_client() as client:
+        prepared, problems = read_batch(file, client)
+        if problems:
+            for problem in problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        started = time.monotonic()
+        lines_and_ids = [(line, client.submit(job)) for line, job in prepared]
+        job_ids = [job_id for _, job_id in lines_and_ids]
+        if not wait:
+            if as_json:
+                print_json({"jobs": [{"line": n, "job_id": j} for n, j in lines_and_ids]})
+            else:
+                click.echo(f"enqueued {len(job_ids)} jobs")
+                for line, job_id in lines_and_ids:
+                    click.echo(f"  line {line}: job {job_id}")
+            sys.exit(EXIT_COMPLETED)
+        progress = ProgressLine(len(set(job_ids)))
+        finished: dict[str, JobRecord] = {}
+
+        def on_progress(records: list[JobRecord]) -> None:
+            finished.update((record.id, record) for record in records)
+            progress.update(records)
+
+        timed_out = False
+        try:
+            client.wait_all(job_ids, timeout, on_progress=on_progress)
+        except WaitTimeoutError:
+            timed_out = True
+        progress.finish()
+    summary = _summary(lines_and_ids, finished, time.monotonic() - started)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    if timed_out:
+        click.echo("error: timed out before every job ended (they keep running)", err=True)
+        sys.exit(EXIT_TIMED_OUT)
+    all_completed = summary["completed"] == summary["total"]
+    sys.exit(EXIT_COMPLETED if all_completed else EXIT_FAILED)

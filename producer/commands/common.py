@@ -1,0 +1,213 @@
+"""What every producer command shares: exit codes, error reporting, output, options.
+
+Exit codes (the README lists them too):
+
+- 0: done: the job or chain completed (or was enqueued, without ``--wait``)
+- 1: the job or chain ended failed or timed out (past its deadline)
+- 2: bad input: one line per problem on stderr, nothing enqueued; also an unknown id
+- 3: ``--wait``/``wait`` gave up: the timeout passed first (the job keeps running)
+- 4: infrastructure: Redis unreachable, a download failed
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+import redis
+
+from producer.chain_status import ChainState, ChainStatus
+from producer.client import JobClient
+from producer.errors import (
+    ChainNotRetryableError,
+    JobNotFoundError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from worker.errors import ConfigError
+from worker.models import JobRecord, JobStatus
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_TIMED_OUT = 3
+EXIT_UNAVAILABLE = 4
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def fail_bad_input(problems: Mapping[str, str]) -> NoReturn:
+    """One line per problem on stderr, exit 2."""
+    for where, why in problems.items():
+        click.echo(f"error: {where}: {why}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors a command can meet into one clear line and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as exc:
+            fail_bad_input(exc.problems)
+        except (JobNotFoundError, ChainNotRetryableError, ConfigError) as exc:
+            fail(str(exc), EXIT_BAD_INPUT)
+        except WaitTimeoutError as exc:
+            fail(str(exc), EXIT_TIMED_OUT)
+        except redis.RedisError as exc:
+            fail(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE)
+
+    return wrapper
+
+
+def make_client() -> JobClient:
+    """A client configured from the environment (``REDIS_URL`` and the WAVEQUEUE_* knobs)."""
+    return JobClient.from_env()
+
+
+def parse_json_object(text: str | None, name: str, problems: dict[str, str]) -> Any:
+    """``text`` parsed as a JSON object, or None with a problem recorded."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        problems[name] = f"not valid JSON: {exc}"
+        return None
+    if not isinstance(value, dict):
+        problems[name] = "must be a JSON object"
+        return None
+    return value
+
+
+# output -----------------------------------------------------------------------
+
+
+def print_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def short_reference(value: str, limit: int = 80) -> str:
+    """Images as people want to read them: data URIs by size, long URLs trimmed."""
+    if value.startswith("data:"):
+        head, _, payload = value.partition(",")
+        return f"{head},... ({len(payload) * 3 // 4} bytes)"
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def record_json(record: JobRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+def describe_record(record: JobRecord) -> str:
+    """A job in a few lines: id, status, model, time taken, outputs or error."""
+    line = f"job {record.id} {record.status.value} ({record.model}"
+    if record.completed_at is not None:
+        line += f", {record.completed_at - record.created_at:.1f}s"
+    line += f", {record.priority.value} priority)"
+    lines = [line]
+    if record.chain_id is not None:
+        lines.append(f"  chain {record.chain_id}, step {record.step}")
+    lines.extend(f"  {output}" for output in record.outputs)
+    if record.error is not None:
+        lines.append(f"  error [{record.error.code}] {record.error.message}")
+    if record.metadata:
+        lines.append(f"  metadata {json.dumps(record.metadata, sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def describe_chain(status: ChainStatus) -> str:
+    """A chain in a few lines: its state and every step with its outputs or error."""
+    total = len(status.steps)
+    if status.state is ChainState.FAILED:
+        headline = f"failed at step {status.current_step} of {total}"
+    elif status.state is ChainState.RUNNING:
+        headline = f"running step {status.current_step} of {total}"
+    else:
+        headline = f"{status.state.value} ({total} steps)"
+    lines = [f"chain {status.id} {headline}"]
+    for step in status.steps:
+        detail = ", ".join(short_reference(output) for output in step.outputs)
+        if step.error is not None:
+            detail = f"[{step.error.code}] {step.error.message}"
+        lines.append(
+            f"  step {step.number}  {step.status.value:<10} {step.model:<32} {detail}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def exit_code_of(result: JobRecord | ChainStatus) -> int:
+    """0 completed (or still running), 1 ended failed or timed out."""
+    if isinstance(result, ChainStatus):
+        return EXIT_FAILED if result.state is ChainState.FAILED else EXIT_COMPLETED
+    failed = result.status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
+    return EXIT_FAILED if failed else EXIT_COMPLETED
+
+
+def show(result: JobRecord | ChainStatus, *, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json() if isinstance(result, ChainStatus) else record_json(result))
+    elif isinstance(result, ChainStatus):
+        click.echo(describe_chain(result))
+    else:
+        click.echo(describe_record(result))
+
+
+# options shared by the submitting commands ------------------------------------------
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
+)
+wait_options = [
+    click.option("--wait", is_flag=True, help="Wait until it ends; the exit code tells how."),
+    click.option(
+        "--timeout",
+        type=float,
+        default=None,
+        help="Seconds to wait at most (default: until the deadline, plus a minute).",
+    ),
+]
+job_options = [
+    click.option(
+        "--priority",
+        type=click.Choice(["high", "normal"]),
+        default="normal",
+        show_default=True,
+        help="Queue: high jobs are never starved by a normal backlog.",
+    ),
+    click.option(
+        "--deadline",
+        type=float,
+        default=None,
+        help="Seconds the job may take from now (default WAVEQUEUE_JOB_DEADLINE, 900).",
+    ),
+    click.option("--metadata", default=None, help="A small JSON object stored with the job."),
+    click.option(
+        "--idempotency-key",
+        default=None,
+        help="Submitting again with the same key returns the first job; nothing new runs.",
+    ),
+]
+
+
+def with_options(options: list[Callable[[Any], Any]]) -> Callable[[R], R]:
+    """Apply a list of click options in the order written."""
+
+    def decorate(function: R) -> R:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
