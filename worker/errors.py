@@ -6,6 +6,8 @@
     ├── ConfigError                 bad or missing setting; the process stops at start
     ├── ValidationError             a request that breaks an endpoint's rules (names every field)
     ├── JobNotFoundError            no record for that job or chain id
+    ├── JobFailedError              raised by the task when its job ended failed/timed out
+    │                               (stops a Celery chain; expected, logged without traceback)
     └── WaveSpeedError              anything that went wrong talking to WaveSpeed
         ├── PermanentError          retrying cannot help: 4xx, remote failure with a 1xxx code,
         │   │                       a status we do not understand

@@ -86,7 +86,7 @@ class JobRunner:
         settings: Settings,
         store: JobStore,
         limiter: AccountLimiter,
-        client: Callable[[], WaveSpeedClient],
+        client: WaveSpeedClient,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -94,7 +94,7 @@ class JobRunner:
         self.settings = settings
         self.store = store
         self.limiter = limiter
-        self._client = client
+        self.client = client
         self.clock = clock
         self.rng = rng or random.Random()
         #: How overdue a poll must be before an older copy concludes its message was lost.
@@ -178,7 +178,7 @@ class JobRunner:
     def _send(self, snap: JobSnapshot, token: str) -> Outcome:
         record = snap.record
         try:
-            prediction = self._client().submit(record.model, record.input)
+            prediction = self.client.submit(record.model, record.input)
         except SubmitOutcomeUnknownError as exc:
             self.store.count("submit_outcome_unknown", model=record.model)
             return self._ambiguous(snap, token, exc)
@@ -241,7 +241,7 @@ class JobRunner:
             my_seq = current_seq
         prediction_id = snap.field("prediction_id")
         try:
-            prediction = self._client().result(prediction_id)
+            prediction = self.client.result(prediction_id)
         except TransientError as exc:
             return self._error_retry(snap, exc, poll_seq=my_seq)
         except PermanentError as exc:

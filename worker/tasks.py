@@ -16,38 +16,36 @@ from worker.runner import Duplicate, Finished, JobRunner
 from worker.store import JobStore
 from worker.wavespeed import WaveSpeedClient
 
-_local = threading.local()
 _runner_lock = threading.Lock()
 _runner: tuple[int, JobRunner] | None = None
 
 
-def _http_client() -> WaveSpeedClient:
-    """One client (one requests.Session) per worker thread, built in the process that
-    uses it: sockets must not cross a fork, and Session is not documented thread-safe."""
-    client: WaveSpeedClient | None = getattr(_local, "client", None)
-    if client is None or getattr(_local, "pid", None) != os.getpid():
-        client = WaveSpeedClient(
-            base_url=settings.base_url,
-            api_key=settings.require_api_key(),
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-        )
-        _local.client, _local.pid = client, os.getpid()
-    return client
+def _build_runner() -> JobRunner:
+    store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
+    limiter = AccountLimiter(
+        store.client,
+        per_minute=settings.rate_limit_per_minute,
+        max_in_flight=settings.max_in_flight,
+    )
+    # One requests.Session per process; urllib3's pool is thread-safe and sized for
+    # the threads pool, and WaveSpeed sets no cookies for threads to race on.
+    client = WaveSpeedClient(
+        base_url=settings.base_url,
+        api_key=settings.require_api_key(),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        pool_size=64,
+    )
+    return JobRunner(settings, store, limiter, client)
 
 
 def job_runner() -> JobRunner:
-    """The process's runner, created on first use after fork, never at import."""
+    """The process's runner (its Redis pool and HTTP session), built on first use in the
+    process that uses it: after a prefork fork, never at import, never inherited."""
     global _runner  # noqa: PLW0603 - one runner per process, built lazily
     with _runner_lock:
         if _runner is None or _runner[0] != os.getpid():
-            store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
-            limiter = AccountLimiter(
-                store.client,
-                per_minute=settings.rate_limit_per_minute,
-                max_in_flight=settings.max_in_flight,
-            )
-            _runner = (os.getpid(), JobRunner(settings, store, limiter, _http_client))
+            _runner = (os.getpid(), _build_runner())
         return _runner[1]
 
 
