@@ -35,9 +35,11 @@ COMMANDS: dict[str, str] = {
     "download": "producer.commands.download:download_command",
     "edit": "producer.commands.submit:edit_command",
     "emulator": "emulator.cli:emulator_command",
+    "exporter": "ops.exporter.cli:exporter_command",
     "generate": "producer.commands.submit:generate_command",
     "retry": "producer.commands.chains:retry_command",
     "status": "producer.commands.inspect:status_command",
+    "up": "ops.localstack.stack:up_command",
     "wait": "producer.commands.inspect:wait_command",
     "worker": "worker.cli:worker_command",
 }

@@ -50,6 +50,9 @@ class RedisServer:
     port: int = 0
     host: str = "127.0.0.1"
     appendonly: bool = False
+    #: Own process group: a Ctrl-C in the terminal then reaches only the supervisor
+    #: (``wavequeue up``), which stops Redis last, after everything that uses it.
+    new_session: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -60,18 +63,25 @@ class RedisServer:
         if self.port == 0:
             self.port = free_port(self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        data_dir = self.data_dir.resolve()
         argv = [
             find_redis_server(),
             "--port", str(self.port),
             "--bind", self.host,
-            "--dir", str(self.data_dir),
+            "--dir", str(data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--logfile", str(data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=self.new_session,
+        )
         self._wait_ready(timeout)
         return self
 

