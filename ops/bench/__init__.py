@@ -1,0 +1,1 @@
+"""Benchmarks: timings live here, not in pass/fail tests (see DESIGN.md, testing rules)."""
