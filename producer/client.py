@@ -404,7 +404,8 @@ class JobClient:
         Finished steps are not run again: the failed step gets a fresh record (its
         image is the previous step's output, known by now), the chain points at it,
         and a new Celery chain runs it and the steps after it (still ``queued``).
-        Calling this twice for the same failure retries once (and returns the same id).
+        Concurrent calls for the same failure retry it once (and return the same id);
+        a call on a chain that is not failed raises ``ChainNotRetryableError``.
         """
         status = self.chain_status(chain_id)
         failed = status.failed_step

@@ -76,7 +76,9 @@ def check_endpoint(
         return None
     if endpoint.kind is not kind:
         known = ", ".join(models_of_kind(kind))
-        problems[field] = f"{model!r} is a {endpoint.kind} model; {kind} needs one of: {known}"
+        problems[field] = (
+            f"{model!r} is a model for {endpoint.kind}, not {kind}; use one of: {known}"
+        )
         return None
     return endpoint
 
