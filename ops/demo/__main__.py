@@ -1,0 +1,63 @@
+"""``python -m ops.demo [--keep] [--batch N] [--out DIR]`` (``make demo``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from ops.demo.showcase import ShowcaseError, run_showcase
+from ops.localstack.stack import LocalStack, StackOptions
+from ops.localstack.supervisor import StackError
+from producer import JobClient, WavequeueError
+from worker.errors import ConfigError
+from worker.settings import Settings
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--keep", is_flag=True, help="Leave the stack running afterwards (Ctrl-C stops).")
+@click.option("--batch", "batch_size", default=20, show_default=True, help="Batch size.")
+@click.option(
+    "--out", "out_dir", default=Path("out"), show_default=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Where the images go.",
+)  # fmt: skip
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the jobs.")
+def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
+    """Bring the local stack up, run a chain and a batch, write out/contact_sheet.png."""
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        settings = Settings.from_env()
+        stack = LocalStack(StackOptions(), settings, click.echo)
+        endpoints = stack.start(stopping.is_set)
+    except (StackError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    code = 0
+    try:
+        where = "the emulator" if endpoints.emulated else endpoints.base_url
+        click.echo(f"Running the showcase against {where} ...")
+        with JobClient(settings, redis_url=endpoints.redis_url) as client:
+            result = run_showcase(
+                client, out_dir, batch_size=batch_size, timeout=timeout, say=click.echo
+            )
+        click.echo(f"batch: {result.batch_completed} completed, {result.batch_failed} failed")
+        for path in result.chain_images:
+            click.echo(f"  {path}")
+        click.echo(f"Contact sheet: {result.contact_sheet}")
+        click.echo(f"Flower: {endpoints.flower_url}  metrics: {endpoints.exporter_url}")
+        if keep:
+            click.echo("--keep: the stack stays up; Ctrl-C stops it.")
+            stack.watch(stopping.is_set)
+    except (StackError, ShowcaseError, WavequeueError) as exc:
+        click.echo(f"demo: {exc}", err=True)
+        code = 1
+    finally:
+        stack.stop()
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
