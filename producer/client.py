@@ -144,7 +144,7 @@ class JobClient:
             EndpointKind.TEXT_TO_IMAGE,
             model,
             fields,
-            self._limits(),
+            self.limits(),
             priority=priority,
             deadline=deadline,
             metadata=metadata,
@@ -182,7 +182,7 @@ class JobClient:
             EndpointKind.EDIT,
             model,
             fields,
-            self._limits(),
+            self.limits(),
             priority=priority,
             deadline=deadline,
             metadata=metadata,
@@ -216,7 +216,7 @@ class JobClient:
             EndpointKind.MULTI,
             model,
             fields,
-            self._limits(),
+            self.limits(),
             priority=priority,
             deadline=deadline,
             metadata=metadata,
@@ -224,10 +224,18 @@ class JobClient:
         )
         return self.submit(prepared)
 
+    def limits(self, image_base: Path | None = None) -> Limits:
+        """What request checks need from this client (deadline default, image size cap)."""
+        return Limits(
+            default_deadline=self.settings.job_deadline,
+            max_inline_bytes=self.max_inline_bytes,
+            image_base=image_base,
+        )
+
     def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:
         """Check a request written as one mapping (the batch line format, see
         ``prepare_from_mapping``) without enqueueing it; ``submit`` it later."""
-        return prepare_from_mapping(request, self._limits(image_base))
+        return prepare_from_mapping(request, self.limits(image_base))
 
     def submit(self, prepared: PreparedJob) -> str:
         """Enqueue a checked request; returns the job id. With an idempotency key
@@ -333,7 +341,7 @@ class JobClient:
         within N x deadline of enqueueing. Every step is checked before anything is
         written; problems are named ``stepN.field``.
         """
-        limits = self._limits()
+        limits = self.limits()
         prepared = prepare_chain(
             first,
             edits,
@@ -469,13 +477,6 @@ class JobClient:
             ) from None
 
     # internals ----------------------------------------------------------------
-
-    def _limits(self, image_base: Path | None = None) -> Limits:
-        return Limits(
-            default_deadline=self.settings.job_deadline,
-            max_inline_bytes=self.max_inline_bytes,
-            image_base=image_base,
-        )
 
     def _celery(self) -> Celery:
         """The Celery app, built on first send (reading status never needs it).

@@ -73,12 +73,20 @@ class ProgressLine:
     printed when the counts change, at most once per ``interval`` seconds, and at the end.
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        started: float,
+        stream: TextIO | None = None,
+        interval: float = 1.0,
+    ) -> None:
         self.total = total
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self.live = self.stream.isatty()
         self.interval = interval
-        self.started = time.monotonic()
+        #: When enqueueing began (``time.monotonic()``): throughput counts from there.
+        self.started = started
         self._last_printed = 0.0
         self._last_counts: tuple[int, int] | None = None
         self._width = 0
@@ -192,7 +200,7 @@ def batch_command(file: Path, wait: bool, timeout: float | None, as_json: bool) 
                 for line, job_id in lines_and_ids:
                     click.echo(f"  line {line}: job {job_id}")
             sys.exit(EXIT_COMPLETED)
-        progress = ProgressLine(len(set(job_ids)))
+        progress = ProgressLine(len(set(job_ids)), started=started)
         finished: dict[str, JobRecord] = {}
 
         def on_progress(records: list[JobRecord]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from producer.chain_spec import EditSpec, FirstStep
+from producer.chain_spec import EditSpec, FirstStep, prepare_chain
 from producer.client import JobClient
 from producer.commands.common import (
     EXIT_COMPLETED,
@@ -123,26 +123,27 @@ def chain_command(
     first_number = 1 if image is not None else 2
     edits = [parse_step(text, n, problems) for n, text in enumerate(steps, start=first_number)]
     chain_metadata = parse_json_object(metadata, "metadata", problems)
-    if problems:
-        fail_bad_input(problems)
-    first: FirstStep
-    if image is not None:
-        first = image
-    else:
-        first = {name: value for name, value in generation.items() if value is not None}
+    first: FirstStep = (
+        image
+        if image is not None
+        else {name: value for name, value in generation.items() if value is not None}
+    )
+    options: dict[str, Any] = {
+        "edit_model": edit_model,
+        "priority": priority,
+        "deadline": deadline,
+        "metadata": chain_metadata,
+        "idempotency_key": idempotency_key,
+    }
     with make_client() as client:
-        try:
-            chain_id = client.chain(
-                first,
-                edits,
-                edit_model=edit_model,
-                priority=priority,
-                deadline=deadline,
-                metadata=chain_metadata,
-                idempotency_key=idempotency_key,
-            )
-        except ValidationError as exc:
-            fail_bad_input(exc.problems)
+        if problems:
+            # Report the steps' problems too, in the same run, before exiting.
+            try:
+                prepare_chain(first, edits, client.limits(), **options)
+            except ValidationError as exc:
+                problems = {**exc.problems, **problems}
+            fail_bad_input(problems)
+        chain_id = client.chain(first, edits, **options)
         finish_chain(client, chain_id, wait=wait, timeout=timeout, as_json=as_json)
 
 

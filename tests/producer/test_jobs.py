@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from producer import JobClient, JobStatus, Priority
+from producer import JobClient, JobStatus, Priority, TextToImage
 from tests.producer.conftest import ProducerStack
 from tests.support.emulator import input_key
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
@@ -59,3 +59,18 @@ def test_priorities_go_to_separate_queues(redis_url: str) -> None:
         client.text_to_image("queued normal too", priority=Priority.NORMAL)
     raw = redis.Redis.from_url(redis_url)
     assert (raw.llen(QUEUE_HIGH), raw.llen(QUEUE_NORMAL)) == (1, 2)
+
+
+def test_a_chain_submitted_twice_with_one_key_is_one_chain(redis_url: str) -> None:
+    with JobClient(redis_url=redis_url) as client:
+        first = client.chain(TextToImage("keyed chain"), ["edit it"], idempotency_key="chain-9")
+        again = client.chain(TextToImage("keyed chain"), ["edit it"], idempotency_key="chain-9")
+        assert again == first
+        raw = redis.Redis.from_url(redis_url)
+        assert sum(1 for _ in raw.scan_iter("wq:chain:*")) == 1
+        assert sum(1 for _ in raw.scan_iter("wq:job:*")) == 2
+        assert raw.llen(QUEUE_NORMAL) == 1  # one Celery chain message
+        # A plain job cannot reuse a chain's key to pose as something else.
+        assert client.text_to_image("x", idempotency_key="chain-9") == (
+            client.chain_status(first).steps[0].job_id
+        )

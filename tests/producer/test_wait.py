@@ -46,7 +46,11 @@ def _complete(client: JobClient, job_id: str) -> None:
 
 
 def _later(delay: float, action: Callable[[], object]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: (time.sleep(delay), action()))
+    def run() -> None:
+        time.sleep(delay)
+        action()
+
+    thread = threading.Thread(target=run)
     thread.start()
     return thread
 
