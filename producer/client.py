@@ -360,7 +360,9 @@ class JobClient:
             key = options.idempotency_key if number == 1 else None
             record = self._step_record(step, options, chain_id, number, now)
             job_id, created = self.store.create_job(
-                record, idempotency_key=key, extra=self._step_extra(step, options.deadline)
+                record,
+                idempotency_key=key,
+                extra=self._step_extra(step.awaiting_image, options.deadline),
             )
             if not created:
                 # The key was used before: this chain exists already (its first step
@@ -411,7 +413,9 @@ class JobClient:
 
         Finished steps are not run again: the failed step gets a fresh record (its
         image is the previous step's output, known by now), the chain points at it,
-        and a new Celery chain runs it and the steps after it (still ``queued``).
+        and a new Celery chain runs it and the steps after it. Later steps still
+        ``queued`` keep their records (with fresh deadlines); any that ended meanwhile
+        (timed out while the chain stood failed) get fresh records too.
         Concurrent calls for the same failure retry it once (and return the same id);
         a call on a chain that is not failed raises ``ChainNotRetryableError``.
         """
@@ -434,18 +438,7 @@ class JobClient:
         # The body was valid when enqueued; check again, now that the image is real.
         body = validate_request(old.record.model, body)
         now = time.time()
-        record = JobRecord(
-            id=uuid.uuid4().hex,
-            model=old.record.model,
-            input=body,
-            status=JobStatus.QUEUED,
-            priority=old.record.priority,
-            created_at=now,
-            deadline_at=now + step_deadline,
-            chain_id=chain_id,
-            step=failed.number,
-            metadata=old.record.metadata,
-        )
+        record = self._fresh_step(old.record, body, now=now, deadline_at=now + step_deadline)
         new_job_id, created = self.store.create_job(
             record,
             # One retry per failed record, however many callers ask at once.
@@ -455,10 +448,21 @@ class JobClient:
         if not created:
             return new_job_id
         self.store.replace_chain_step(chain_id, failed.number - 1, new_job_id)
-        later = [step.job_id for step in status.steps[failed.number :]]
-        self._push_deadlines(later, now, step_deadline)
-        self._keep_alive(chain_id, [new_job_id, *later], step_deadline)
-        self._send_chain([new_job_id, *later], QUEUE_FOR_PRIORITY[old.record.priority])
+        run_ids = [new_job_id]
+        for offset, step in enumerate(status.steps[failed.number :], start=2):
+            deadline_at = now + offset * step_deadline
+            if not self._push_deadline(step.job_id, deadline_at):
+                stale = self.store.get(step.job_id)
+                awaiting = {k: v for k, v in stale.input.items() if k != "image"}
+                fresh = self._fresh_step(stale, awaiting, now=now, deadline_at=deadline_at)
+                self.store.create_job(fresh, extra=self._step_extra(True, step_deadline))
+                self.store.replace_chain_step(chain_id, step.number - 1, fresh.id)
+                step_id = fresh.id
+            else:
+                step_id = step.job_id
+            run_ids.append(step_id)
+        self._keep_alive(chain_id, run_ids, step_deadline)
+        self._send_chain(run_ids, QUEUE_FOR_PRIORITY[old.record.priority])
         return new_job_id
 
     # lookup by either kind of id ----------------------------------------------
@@ -522,9 +526,9 @@ class JobClient:
         )
 
     @staticmethod
-    def _step_extra(step: PreparedStep, deadline: float) -> dict[str, str]:
+    def _step_extra(awaiting_image: bool, deadline: float) -> dict[str, str]:
         extra = {STEP_DEADLINE_FIELD: repr(deadline)}
-        if step.awaiting_image:
+        if awaiting_image:
             extra[AWAITING_IMAGE_FIELD] = "1"
         return extra
 
@@ -547,18 +551,36 @@ class JobClient:
             pipe.expire(JOB_KEY.format(job_id=job_id), ttl)
         pipe.execute()
 
-    def _push_deadlines(self, job_ids: list[str], now: float, step_deadline: float) -> None:
-        """Steps after a retried one get fresh deadlines (the old ones ran out while the
-        chain stood failed), in their records and in the worker's deadline index."""
-        for offset, job_id in enumerate(job_ids, start=2):
-            deadline_at = now + offset * step_deadline
-            moved = self.store.transition(
-                job_id,
-                expect={"status": JobStatus.QUEUED.value},
-                updates={"deadline_at": deadline_at},
-            )
-            if moved:
-                self.store.client.zadd(DEADLINES_KEY, {job_id: deadline_at}, xx=True)
+    def _push_deadline(self, job_id: str, deadline_at: float) -> bool:
+        """Give a still-queued later step a fresh deadline (its old one ran out while the
+        chain stood failed), in its record and in the worker's deadline index. False
+        when the step is no longer queued."""
+        moved = self.store.transition(
+            job_id,
+            expect={"status": JobStatus.QUEUED.value},
+            updates={"deadline_at": deadline_at},
+        )
+        if moved:
+            self.store.client.zadd(DEADLINES_KEY, {job_id: deadline_at}, xx=True)
+        return moved
+
+    @staticmethod
+    def _fresh_step(
+        old: JobRecord, body: dict[str, Any], *, now: float, deadline_at: float
+    ) -> JobRecord:
+        """A new queued record for a chain step: same model, place and options."""
+        return JobRecord(
+            id=uuid.uuid4().hex,
+            model=old.model,
+            input=body,
+            status=JobStatus.QUEUED,
+            priority=old.priority,
+            created_at=now,
+            deadline_at=deadline_at,
+            chain_id=old.chain_id,
+            step=old.step,
+            metadata=old.metadata,
+        )
 
     def _until_deadlines(self, records: list[JobRecord]) -> float:
         """Seconds until the last of these records' deadlines, plus the grace period."""

@@ -128,3 +128,34 @@ def test_a_redelivered_chain_never_runs_a_finished_step_again(
     assert stack_client.chain_status(chain_id).steps == first_run.steps
     # ... and only the marker reached WaveSpeed.
     assert stack.emulator.stats()["submissions"]["total"] == before + 1
+
+
+def test_retry_also_renews_later_steps_that_ended_while_the_chain_stood_failed(
+    stack: ProducerStack, stack_client: JobClient
+) -> None:
+    stack.emulator.configure(
+        faults={"prediction_failed": {"probability": 1, "prompt_contains": "boom"}}
+    )
+    chain_id = stack_client.chain(
+        TextToImage("a windmill, chain-swept"),
+        ["chain-swept: boom, add a storm", "chain-swept: make it sepia"],
+    )
+    failed = stack_client.wait_chain(chain_id, timeout=60)
+    assert (failed.state, failed.current_step) == (ChainState.FAILED, 2)
+    # Step 3 never ran; past its deadline, the worker's deadline sweep ends it.
+    stale_step = failed.steps[2].job_id
+    assert stack_client.store.transition(
+        stale_step,
+        expect={"status": "queued"},
+        updates={"status": "timed_out", "error": {"code": "deadline_exceeded", "message": "-"}},
+    )
+
+    stack.emulator.configure(faults=None)
+    stack_client.retry_chain(chain_id)
+    done = stack_client.wait_chain(chain_id, timeout=60)
+
+    assert done.state is ChainState.COMPLETED
+    assert set(done.replaced_job_ids) == {failed.steps[1].job_id, stale_step}
+    assert done.steps[0] == failed.steps[0]
+    last_input = stack_client.get(done.steps[2].job_id).input
+    assert last_input["image"] == done.steps[1].outputs[0]
