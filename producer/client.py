@@ -10,6 +10,7 @@ never needs the WaveSpeed API key: it drops the key from its settings.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -89,6 +90,7 @@ class JobClient:
         self.reread_interval = reread_interval
         self.wait_grace = wait_grace
         self._app: Celery | None = None
+        self._app_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JobClient:
@@ -488,11 +490,12 @@ class JobClient:
         ``worker.app`` only configures Celery; it does not import ``worker.tasks``,
         so the worker's runtime never loads in a producer.
         """
-        if self._app is None:
-            from worker.app import make_app  # noqa: PLC0415 - Celery loads only when sending
+        with self._app_lock:
+            if self._app is None:
+                from worker.app import make_app  # noqa: PLC0415 - Celery loads only when sending
 
-            self._app = make_app(self.settings)
-        return self._app
+                self._app = make_app(self.settings)
+            return self._app
 
     def _send_chain(self, job_ids: list[str], queue: str) -> None:
         """One Celery chain of ``run_job`` by name: each step's return value (its
