@@ -31,6 +31,11 @@ POLL_COUNT_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0)
 JOB_EVENTS_CHANNEL: Final = KEY_PREFIX + "events:job"
 #: Sorted set of live job ids scored by deadline (for the "stuck past deadline" figure).
 DEADLINES_KEY: Final = KEY_PREFIX + "deadlines"
+#: Sorted set of jobs scored by when their next message is due; the sweeper re-sends
+#: the ones long overdue (a message lost to a worker killed mid-fetch).
+NEXT_RUN_KEY: Final = KEY_PREFIX + "next_run"
+#: Held by the one worker that sweeps at a time.
+SWEEPER_LOCK_KEY: Final = KEY_PREFIX + "sweeper:lock"
 
 #: The one task name producers send by; they never import worker.tasks.
 RUN_JOB_TASK: Final = "wavequeue.run_job"

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.errors import ValidationError
 
 MODEL_PREFIX = "wavespeed-ai/"
@@ -214,6 +215,11 @@ def can_move(current: JobStatus, new: JobStatus) -> bool:
 class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue of this priority (separate lists; see the README)."""
+        return QUEUE_HIGH if self is Priority.HIGH else QUEUE_NORMAL
 
 
 class JobError(BaseModel):

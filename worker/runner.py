@@ -117,6 +117,14 @@ class JobRunner:
             return self._poll(snap, poll_seq, now)
         return self._submit(snap, now)
 
+    def expire(self, job_id: str) -> Outcome | None:
+        """Time the job out if its deadline passed and it is not terminal (the sweeper
+        calls this for jobs whose message was lost). None when there was nothing to do."""
+        snap = self.store.snapshot(job_id)
+        if snap.record.is_terminal or self.clock() < snap.record.deadline_at:
+            return None
+        return self._time_out(snap)
+
     # submit -------------------------------------------------------------------
 
     def _take_previous_output(self, snap: JobSnapshot, image: str | None) -> JobSnapshot:
@@ -158,7 +166,9 @@ class JobRunner:
         if not permit.granted:
             self.store.count("limiter_waits")
             wait = min(permit.wait, self.settings.retry_max_delay, time_left)
-            return Reschedule(round(wait + self.rng.uniform(0, 0.25), 3), 0, "rate_limit")
+            return self._reschedule_submit(
+                record.id, wait + self.rng.uniform(0, 0.25), "rate_limit"
+            )
         token = uuid.uuid4().hex
         new_status = JobStatus.SUBMITTING if can_move(record.status, JobStatus.SUBMITTING) else None
         claimed = self.store.transition(
@@ -167,6 +177,8 @@ class JobRunner:
             updates={
                 "submit_token": token,
                 "submit_lease_until": now + self.settings.task_time_limit,
+                # If this run dies mid-POST and its message is lost, the sweeper finds it.
+                "next_run_at": now + self.settings.task_time_limit,
                 **({"status": new_status.value} if new_status else {}),
             },
             increments={"attempts": 1},
@@ -206,6 +218,7 @@ class JobRunner:
                 "submit_token": "",
                 "poll_seq": 1,
                 "poll_due_at": now + delay,
+                "next_run_at": now + delay,
             },
         )
         if not moved:
@@ -326,10 +339,16 @@ class JobRunner:
         extra: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Claim the next poll number; of two copies, only one schedules."""
+        due = self.clock() + delay
         claimed = self.store.transition(
             snap.record.id,
             expect={"poll_seq": str(my_seq), "prediction_id": snap.field("prediction_id")},
-            updates={"poll_seq": my_seq + 1, "poll_due_at": self.clock() + delay, **(extra or {})},
+            updates={
+                "poll_seq": my_seq + 1,
+                "poll_due_at": due,
+                "next_run_at": due,
+                **(extra or {}),
+            },
         )
         if not claimed:
             return Duplicate(f"another copy scheduled poll {my_seq + 1}")
@@ -359,7 +378,14 @@ class JobRunner:
         log.warning("job %s: %s; retry %d in %.1fs", snap.record.id, exc.message, used + 1, delay)
         if poll_seq:
             return self._schedule(snap, poll_seq, delay, "error")
-        return Reschedule(delay, 0, "error")
+        return self._reschedule_submit(snap.record.id, delay, "error")
+
+    def _reschedule_submit(self, job_id: str, delay: float, reason: str) -> Reschedule:
+        """A retry before any prediction exists: the submit claim dedupes copies, so no
+        sequence number is needed; only tell the sweeper when the message is due."""
+        delay = round(delay, 3)
+        self.store.mark_due(job_id, self.clock() + delay)
+        return Reschedule(delay, 0, reason)
 
     def _fail(
         self,

@@ -43,6 +43,7 @@ from worker.constants import (
     JOB_KEY,
     LATENCY_KEY,
     LATENCY_SAMPLE_SIZE,
+    NEXT_RUN_KEY,
 )
 from worker.errors import JobNotFoundError
 from worker.models import JobRecord, JobStatus
@@ -66,12 +67,14 @@ for field, want in pairs(expected) do
     return 0
   end
 end
+local updates = cjson.decode(ARGV[2])
 local flat = {}
-for field, value in pairs(cjson.decode(ARGV[2])) do
+for field, value in pairs(updates) do
   table.insert(flat, field)
   table.insert(flat, value)
 end
 if #flat > 0 then redis.call('HSET', KEYS[1], unpack(flat)) end
+if updates['next_run_at'] then redis.call('ZADD', KEYS[4], updates['next_run_at'], ARGV[6]) end
 for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
@@ -79,6 +82,7 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('ZREM', KEYS[2], ARGV[6])
   redis.call('ZREM', KEYS[3], ARGV[6])
+  redis.call('ZREM', KEYS[4], ARGV[6])
   redis.call('PUBLISH', ARGV[5], ARGV[7])
 end
 return 1
@@ -254,14 +258,15 @@ class JobStore:
         """Apply ``updates``/``increments`` iff every ``expect`` field matches.
 
         Returns False when another copy got there first (or the record is gone).
-        A move into a terminal status also expires, unindexes and announces the record.
+        An update of ``next_run_at`` also indexes the job for the sweeper; a move into
+        a terminal status expires, unindexes and announces the record.
         """
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
         new_status = fields.get("status")
         terminal = new_status is not None and JobStatus(new_status).is_terminal
         event = json.dumps({"job_id": job_id, "status": new_status}) if terminal else ""
         result = self._transition(
-            keys=[JOB_KEY.format(job_id=job_id), IN_FLIGHT_KEY, DEADLINES_KEY],
+            keys=[JOB_KEY.format(job_id=job_id), IN_FLIGHT_KEY, DEADLINES_KEY, NEXT_RUN_KEY],
             args=[
                 json.dumps(dict(expect)),
                 json.dumps(fields),
@@ -297,6 +302,25 @@ class JobStore:
         pipe.hincrbyfloat(key, "sum", value)
         pipe.hincrby(key, "count", 1)
         pipe.execute()
+
+    # sweeping -----------------------------------------------------------------
+
+    def mark_due(self, job_id: str, due: float) -> None:
+        """Index when the job's next message is due (outside a compare-and-set)."""
+        self.client.zadd(NEXT_RUN_KEY, {job_id: due})
+
+    def unmark_due(self, job_id: str) -> None:
+        self.client.zrem(NEXT_RUN_KEY, job_id)
+
+    def overdue(self, before: float, limit: int) -> list[str]:
+        """Jobs whose next message was due before ``before``."""
+        ids: list[str] = self.client.zrangebyscore(NEXT_RUN_KEY, "-inf", before, 0, limit)  # type: ignore[assignment]
+        return ids
+
+    def past_deadline(self, now: float, limit: int) -> list[str]:
+        """Live jobs whose deadline has passed."""
+        ids: list[str] = self.client.zrangebyscore(DEADLINES_KEY, "-inf", now, 0, limit)  # type: ignore[assignment]
+        return ids
 
     # chains -------------------------------------------------------------------
 

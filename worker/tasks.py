@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import Ignore
 
 from worker.app import app, settings
+from worker.chains import send_job_chain
 from worker.constants import RUN_JOB_TASK
-from worker.errors import JobFailedError
+from worker.errors import JobFailedError, JobNotFoundError
 from worker.ratelimit import AccountLimiter
 from worker.runner import Duplicate, Finished, JobRunner
-from worker.store import JobStore
+from worker.store import JobSnapshot, JobStore
+from worker.sweeper import Sweeper
 from worker.wavespeed import WaveSpeedClient
 
 _runner_lock = threading.Lock()
@@ -85,3 +88,39 @@ def run_job(
         countdown=outcome.countdown,
         kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
     )
+
+
+def resend(snap: JobSnapshot) -> None:
+    """Send a job's message again; a chain step takes the steps after it along."""
+    record = snap.record
+    job_ids = [record.id]
+    if record.chain_id and record.step:
+        # If the chain record expired, finish this step at least.
+        with contextlib.suppress(JobNotFoundError):
+            job_ids += job_runner().store.get_chain(record.chain_id).step_job_ids[record.step :]
+    poll_seq = int(snap.number("poll_seq"))
+    send_job_chain(app, job_ids, record.priority.queue, first_kwargs={"poll_seq": poll_seq})
+
+
+_sweeper_stop = threading.Event()
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_sweeper(**_: object) -> None:
+    runner = job_runner()
+    sweeper = Sweeper(
+        runner.store,
+        runner,
+        resend,
+        grace=runner.takeover_grace,
+        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+    )
+    thread = threading.Thread(
+        target=sweeper.run, args=(_sweeper_stop,), name="wavequeue-sweeper", daemon=True
+    )
+    thread.start()
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _stop_sweeper(**_: object) -> None:
+    _sweeper_stop.set()
