@@ -22,7 +22,7 @@ from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
 from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
 from producer.images import DEFAULT_MAX_INLINE_BYTES
-from producer.options import QUEUE_FOR_PRIORITY, JobOptions
+from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
 from worker.constants import CHAIN_KEY, DEADLINES_KEY, JOB_KEY, RUN_JOB_TASK
@@ -449,7 +449,7 @@ class JobClient:
         )
         if not created:
             return new_job_id
-        self.store.replace_chain_step(chain_id, failed.number - 1, new_job_id)
+        self.store.replace_chain_step(chain_id, failed.number, new_job_id)
         run_ids = [new_job_id]
         for offset, step in enumerate(status.steps[failed.number :], start=2):
             deadline_at = now + offset * step_deadline
@@ -458,13 +458,13 @@ class JobClient:
                 awaiting = {k: v for k, v in stale.input.items() if k != "image"}
                 fresh = self._fresh_step(stale, awaiting, now=now, deadline_at=deadline_at)
                 self.store.create_job(fresh, extra=self._step_extra(True, step_deadline))
-                self.store.replace_chain_step(chain_id, step.number - 1, fresh.id)
+                self.store.replace_chain_step(chain_id, step.number, fresh.id)
                 step_id = fresh.id
             else:
                 step_id = step.job_id
             run_ids.append(step_id)
         self._keep_alive(chain_id, run_ids, step_deadline)
-        self._send_chain(run_ids, QUEUE_FOR_PRIORITY[old.record.priority])
+        self._send_chain(run_ids, old.record.priority.queue)
         return new_job_id
 
     # lookup by either kind of id ----------------------------------------------
@@ -487,27 +487,21 @@ class JobClient:
     def _celery(self) -> Celery:
         """The Celery app, built on first send (reading status never needs it).
 
-        ``worker.app`` only configures Celery; it does not import ``worker.tasks``,
-        so the worker's runtime never loads in a producer.
+        ``worker.celery_config`` reads no environment and does not import
+        ``worker.tasks``, so the worker's runtime (and its API key) never load here.
         """
         with self._app_lock:
             if self._app is None:
-                from worker.app import make_app  # noqa: PLC0415 - Celery loads only when sending
+                from worker.celery_config import make_app  # noqa: PLC0415 - Celery loads only when sending
 
                 self._app = make_app(self.settings)
             return self._app
 
     def _send_chain(self, job_ids: list[str], queue: str) -> None:
-        """One Celery chain of ``run_job`` by name: each step's return value (its
-        first output URL) becomes the next step's ``previous_output``."""
-        from celery import chain as celery_chain  # noqa: PLC0415 - as in _celery
+        """Send the steps as one Celery chain (a single job: one message)."""
+        from worker.chains import send_job_chain  # noqa: PLC0415 - Celery loads only when sending
 
-        app = self._celery()
-        signatures = [
-            app.signature(RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=queue)
-            for job_id in job_ids
-        ]
-        celery_chain(*signatures).apply_async()
+        send_job_chain(self._celery(), job_ids, queue)
 
     @staticmethod
     def _step_record(

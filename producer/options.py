@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.models import Priority
 
 #: Metadata is stored on every record and returned with it: keep it small.
@@ -25,11 +24,6 @@ MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 #: The longest deadline a job may ask for (records of live jobs do not expire).
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
-
-QUEUE_FOR_PRIORITY: Mapping[Priority, str] = {
-    Priority.HIGH: QUEUE_HIGH,
-    Priority.NORMAL: QUEUE_NORMAL,
-}
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class JobOptions:
 
     @property
     def queue(self) -> str:
-        return QUEUE_FOR_PRIORITY[self.priority]
+        return self.priority.queue
 
 
 def check_options(

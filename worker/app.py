@@ -1,97 +1,32 @@
-"""The Celery app, configured from ``Settings``.
+"""The worker's Celery app (``celery -A worker.app``), configured from the environment.
 
-Importing this module reads the environment once and builds the app; it does
-not import the tasks (the worker loads ``worker.tasks`` through ``include``),
-so a producer can build the same app to send by task name.
+Importing this module reads ``Settings.from_env()`` and builds the app; the
+configuration itself lives in ``worker.celery_config`` so that producers can
+build an app without this module's import-time work. It does not import the
+tasks (the worker loads ``worker.tasks`` through ``include``).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import Any
 
-from celery import Celery, signals
+from celery import signals
 
-from worker.constants import QUEUE_HIGH, QUEUE_NORMAL, RUN_JOB_TASK
+from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.settings import Settings
-
-log = logging.getLogger(__name__)
-
-
-def transport_options(settings: Settings) -> dict[str, Any]:
-    """Broker and result-backend transport options; identical on purpose (see DESIGN.md)."""
-    # kombu sweeps for expired unacked messages every interval x throttle seconds;
-    # with a short visibility timeout the default (10 x 10 s) would recover far too late.
-    sweep = max(1, min(10, int(settings.visibility_timeout // 10)))
-    return {
-        "visibility_timeout": int(settings.visibility_timeout),
-        "unacked_restore_interval": sweep,
-        "unacked_restore_throttle": 1,
-    }
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    options = transport_options(settings)
-    return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
-        "broker_transport_options": options,
-        "result_backend_transport_options": options,
-        "broker_connection_retry_on_startup": True,
-        # JSON only: a pickle payload from a compromised producer would be code execution.
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        # A message is acked when the run ends, and put back if the worker dies mid-run.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # The job record is the result; Celery results would only grow Redis.
-        "task_ignore_result": True,
-        "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1.0, settings.task_time_limit - 5),
-        # Countdown messages sit in worker memory until due; bound them.
-        "worker_eta_task_limit": settings.eta_task_limit,
-        "worker_prefetch_multiplier": 2,
-        # Flower sees tasks only through events.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        # On a warm stop, finish runs in progress briefly, then hand held countdown
-        # messages back to the queue (kombu restores unacked messages at shutdown).
-        "worker_soft_shutdown_timeout": 10.0,
-        "worker_enable_soft_shutdown_on_idle": True,
-        # Redis queues are plain lists: naming them is enough (task_create_missing_queues).
-        "task_default_queue": QUEUE_NORMAL,
-        "task_routes": {RUN_JOB_TASK: {"queue": QUEUE_NORMAL}},
-        "worker_hijack_root_logger": True,
-        "include": ["worker.tasks"],
-    }
-
-
-def make_app(settings: Settings) -> Celery:
-    app = Celery("wavequeue")
-    app.conf.update(celery_config(settings))
-    return app
-
-
-def check_worker_settings(settings: Settings) -> None:
-    """Everything a worker needs before it takes its first job; ConfigError otherwise."""
-    settings.require_api_key()
-    settings.validate_timings()
-
 
 settings = Settings.from_env()
 app = make_app(settings)
 
-__all__ = ["QUEUE_HIGH", "QUEUE_NORMAL", "app", "make_app", "settings"]
+__all__ = ["app", "celery_config", "make_app", "settings", "transport_options"]
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _refuse_to_start_misconfigured(**_: object) -> None:
     # Fail at start, with one line, rather than at the first job.
     try:
-        check_worker_settings(settings)
+        settings.check_for_worker()
     except ConfigError as exc:
         sys.stderr.write(f"wavequeue worker: {exc}\n")
         sys.stderr.flush()

@@ -42,9 +42,7 @@ def worker_command(
 ) -> None:
     """Start a worker that runs wavequeue jobs (extra arguments go to `celery worker`)."""
     try:
-        settings = Settings.from_env()
-        settings.require_api_key()
-        settings.validate_timings()
+        Settings.from_env().check_for_worker()
     except ConfigError as exc:
         click.echo(f"wavequeue worker: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG

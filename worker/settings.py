@@ -115,6 +115,11 @@ class Settings(BaseModel):
             raise ConfigError("WAVESPEED_API_KEY is not set: the worker cannot call WaveSpeed")
         return self.api_key.get_secret_value()
 
+    def check_for_worker(self) -> None:
+        """Everything a worker needs before its first job; ConfigError otherwise."""
+        self.require_api_key()
+        self.validate_timings()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build from environment variables; unset ones keep their defaults."""

@@ -17,7 +17,8 @@ Bookkeeping fields:
 - ``poll_seq`` / ``poll_due_at``: the sequence number and due time of the one poll
   message that should be alive; older copies drop themselves.
 - ``error_retries``: error retries used so far (polls do not count).
-- ``input_from_previous``: "1" when a chain step's ``image`` comes from the step before.
+- ``awaiting_image``: "1" while a chain step waits for the step before's output as its
+  ``image`` ("0" once filled in at run time).
 """
 
 from __future__ import annotations
@@ -325,11 +326,12 @@ class JobStore:
     # chains -------------------------------------------------------------------
 
     def replace_chain_step(self, chain_id: str, step: int, new_job_id: str) -> None:
-        """Point a chain's step at a fresh job (``retry_chain``), keeping the old id."""
+        """Point a chain's ``step`` (1-based, like ``JobRecord.step``) at a fresh job
+        (``retry_chain``), keeping the old id in ``replaced``."""
         snapshot = self.get_chain(chain_id)
         steps = list(snapshot.step_job_ids)
-        replaced = [*snapshot.replaced_job_ids, steps[step]]
-        steps[step] = new_job_id
+        replaced = [*snapshot.replaced_job_ids, steps[step - 1]]
+        steps[step - 1] = new_job_id
         self.client.hset(
             CHAIN_KEY.format(chain_id=chain_id),
             mapping={"steps": json.dumps(steps), "replaced": json.dumps(replaced)},

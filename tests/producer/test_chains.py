@@ -12,7 +12,7 @@ from celery import chain as celery_chain
 from producer import ChainNotRetryableError, ChainState, Edit, JobClient, JobStatus, TextToImage
 from tests.producer.conftest import ProducerStack
 from tests.support.emulator import input_key
-from worker.app import make_app
+from worker.celery_config import make_app
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.models import MODEL_PREFIX, JobRecord
 

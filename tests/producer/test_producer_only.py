@@ -27,6 +27,7 @@ print(json.dumps({
     "job_id": job_id,
     "loaded_at_import": loaded_at_import,
     "worker_tasks_loaded": "worker.tasks" in sys.modules,
+    "worker_app_loaded": "worker.app" in sys.modules,
     "api_key_held": api_key_held,
 }))
 """
@@ -46,6 +47,7 @@ def test_enqueue_from_a_process_that_imports_only_producer(redis_url: str) -> No
 
     assert report["loaded_at_import"] == []  # Celery is built on the first send only
     assert report["worker_tasks_loaded"] is False
+    assert report["worker_app_loaded"] is False  # the worker's env-reading module
     assert report["api_key_held"] is False
 
     raw = redis.Redis.from_url(redis_url, decode_responses=True)

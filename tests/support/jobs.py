@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.app import make_app
+from worker.celery_config import make_app
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.models import JobRecord, JobStatus, get_endpoint, validate_request
 from worker.settings import Settings

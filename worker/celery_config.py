@@ -1,0 +1,70 @@
+"""The Celery configuration, as pure functions of ``Settings``.
+
+No module-level state: importing this reads no environment, so a producer can
+build an app to send by task name without touching the worker's settings (or
+its API key). ``worker.app`` builds the worker's own app from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
+from worker.settings import Settings
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Broker and result-backend transport options; identical on purpose (see DESIGN.md)."""
+    # kombu sweeps for expired unacked messages every interval x throttle seconds;
+    # with a short visibility timeout the default (10 x 10 s) would recover far too late.
+    sweep = max(1, min(10, int(settings.visibility_timeout // 10)))
+    return {
+        "visibility_timeout": int(settings.visibility_timeout),
+        "unacked_restore_interval": sweep,
+        "unacked_restore_throttle": 1,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    options = transport_options(settings)
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": options,
+        "result_backend_transport_options": options,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from a compromised producer would be code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # A message is acked when the run ends, and put back if the worker dies mid-run.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # The job record is the result; Celery results would only grow Redis.
+        "task_ignore_result": True,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1.0, settings.task_time_limit - 5),
+        # Countdown messages sit in worker memory until due; bound them.
+        "worker_eta_task_limit": settings.eta_task_limit,
+        "worker_prefetch_multiplier": 2,
+        # Flower sees tasks only through events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # On a warm stop, finish runs in progress briefly, then hand held countdown
+        # messages back to the queue (kombu restores unacked messages at shutdown).
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        # Redis queues are plain lists: naming them is enough (task_create_missing_queues).
+        "task_default_queue": QUEUE_NORMAL,
+        "task_routes": {RUN_JOB_TASK: {"queue": QUEUE_NORMAL}},
+        "worker_hijack_root_logger": True,
+        "include": ["worker.tasks"],
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("wavequeue")
+    app.conf.update(celery_config(settings))
+    return app
