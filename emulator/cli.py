@@ -151,4 +151,5 @@ def emulator_command(
     try:
         server.serve_forever(on_ready=announce)
     except OSError as exc:  # the port is taken, or the host is not an interface here
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from exc

@@ -75,9 +75,6 @@ class MediaStore:
             self._items.clear()
             self._bytes = 0
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 def fetch_media(reference: str, store: MediaStore) -> bytes:
     """The bytes an image reference points at, or MediaUnreachableError with the reason."""

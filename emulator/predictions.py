@@ -31,7 +31,6 @@ from emulator.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = frozenset({"completed", "failed"})
 MEDIA_UNREACHABLE_CODE = 1402
 INTERNAL_ERROR_CODE = 5000
 SYNC_TIMEOUT_CODE = 5004
