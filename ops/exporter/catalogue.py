@@ -45,6 +45,10 @@ COUNTERS: Final[dict[str, str]] = {
     "error_retries": "Error retries (transport errors, 5xx, 429), by model",
 }
 
+#: Counters the workers keep without labels: exported as 0 before their first
+#: increment, so ``rate()`` has a series from the start.
+UNLABELLED_COUNTERS: Final = frozenset({"remote_rate_limited", "limiter_waits"})
+
 #: Histograms the workers keep in ``wq:hist:<name>``, with their configured bounds.
 HISTOGRAMS: Final[dict[str, tuple[str, tuple[float, ...]]]] = {
     "queued_to_submitted_seconds": (

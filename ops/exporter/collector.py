@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX
+from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX, UNLABELLED_COUNTERS
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class WavequeueCollector(Collector):
         for (name, labels), value in snap.counters.items():
             by_name.setdefault(name, []).append((labels, value))
         for name, samples in by_name.items():
+            if not samples and name in UNLABELLED_COUNTERS:
+                samples.append(((), 0))
             # One family needs one label set: take the union, "" where a field lacks one.
             label_names = sorted({key for labels, _ in samples for key, _ in labels})
             family = CounterMetricFamily(

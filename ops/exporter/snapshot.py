@@ -70,7 +70,7 @@ class Histogram:
             result.append((bound, running))
         # The workers bump a bucket and the count in two commands; a scrape between
         # them must not make +Inf smaller than the last bucket.
-        result.append((math.inf, max(self.count, running)))
+        result.append((math.inf, max(self.count, running + self.buckets.get(math.inf, 0))))
         return result
 
 

@@ -1,0 +1,124 @@
+"""Flower in a real browser: a private redis-server, the emulator, a real worker,
+Flower with basic auth behind a URL prefix, and headless Chromium.
+
+Checks that the project's task and queues are on the tasks page, and that the
+API key is nowhere: not on the page, not in Flower's JSON API (tasks, workers
+with their config), since task arguments are job ids only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ops.localstack.supervisor import ProcessService
+from producer import JobClient
+from tests.ops.chromium import Chromium, find_chromium
+from tests.ops.conftest import FLOWER_PASSWORD, FLOWER_USER, start_flower
+from tests.support.stack import SECRET_API_KEY
+from tests.support.worker_process import WorkerProcess
+from worker.constants import QUEUE_HIGH, QUEUE_NORMAL, RUN_JOB_TASK
+from worker.models import JobStatus
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
+
+PREFIX = "flower"
+AUTH = (FLOWER_USER, FLOWER_PASSWORD)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Chromium:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed and could not be: `make test` installs it with "
+                    "apt-get when run as root")  # fmt: skip
+    return Chromium(binary, tmp_path / "chromium")
+
+
+@pytest.fixture
+def flower(stack_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessService]:
+    service = start_flower(
+        stack_env,
+        tmp_path,
+        FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+        FLOWER_URL_PREFIX=f"/{PREFIX}/",
+    )
+    yield service
+    service.stop()
+
+
+def wait_for_events(base: str, worker: WorkerProcess, timeout: float = 30) -> None:
+    """Flower sees tasks only through events: wait until its event receiver is live
+    (it has a heartbeat from the worker), or tasks run meanwhile would be missed."""
+    deadline = time.monotonic() + timeout
+    online = f'flower_worker_online{{worker="{worker.name}@'
+    while online not in requests.get(f"{base}/metrics", timeout=10).text:
+        assert time.monotonic() < deadline, "Flower never got an event from the worker"
+        time.sleep(0.2)
+
+
+def wait_for_flower_tasks(
+    base: str, job_ids: list[str], timeout: float = 30
+) -> list[dict[str, Any]]:
+    """Flower's view of the jobs' tasks once it has seen every one succeed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10)
+        response.raise_for_status()
+        tasks = list(response.json().values())
+        done = [t for t in tasks if t["state"] == "SUCCESS" and any(j in str(t) for j in job_ids)]
+        if len(done) == len(job_ids):
+            return tasks
+        assert time.monotonic() < deadline, f"Flower saw {len(done)} of {len(job_ids)} tasks"
+        time.sleep(0.3)
+
+
+def test_flower_shows_the_project_tasks_and_never_the_key(
+    worker: WorkerProcess,
+    flower: ProcessService,
+    stack_env: dict[str, str],
+    chromium: Chromium,
+    tmp_path: Path,
+) -> None:
+    base = f"{flower.address}/{PREFIX}"
+    wait_for_events(base, worker)
+    with JobClient(redis_url=stack_env["REDIS_URL"]) as client:
+        job_ids = [client.text_to_image(f"a lighthouse, take {i}", seed=i) for i in range(3)]
+        job_ids.append(client.text_to_image("an urgent lighthouse", seed=9, priority="high"))
+        records = client.wait_all(job_ids, timeout=60)
+    assert {r.status for r in records} == {JobStatus.COMPLETED}
+
+    assert requests.get(f"{base}/tasks", timeout=10).status_code == 401
+    tasks = wait_for_flower_tasks(base, job_ids)
+    assert {t["name"] for t in tasks} == {RUN_JOB_TASK}
+    assert {t["routing_key"] for t in tasks} == {QUEUE_NORMAL, QUEUE_HIGH}
+    # Task arguments are ids only.
+    assert all(set(eval(t["kwargs"])) <= {"job_id", "poll_seq"} for t in tasks)  # noqa: S307
+    api_text = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10).text
+    workers_text = requests.get(
+        f"{base}/api/workers", params={"refresh": 1}, auth=AUTH, timeout=30
+    ).text
+    assert worker.name in workers_text
+    for text in (api_text, workers_text):
+        assert SECRET_API_KEY not in text
+
+    page = f"http://{FLOWER_USER}:{FLOWER_PASSWORD}@{base.removeprefix('http://')}"
+    dom = chromium.dom(f"{page}/tasks")
+    assert RUN_JOB_TASK in dom
+    assert QUEUE_NORMAL in dom
+    assert QUEUE_HIGH in dom
+    assert all(job_id in dom for job_id in job_ids)
+    assert SECRET_API_KEY not in dom
+    broker = chromium.dom(f"{page}/broker")
+    assert QUEUE_NORMAL in broker
+    assert QUEUE_HIGH in broker
+    assert SECRET_API_KEY not in broker
+
+    shot = chromium.screenshot(f"{page}/tasks", tmp_path / "flower_tasks.png")
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    assert SECRET_API_KEY not in flower.log_tail(10_000)
