@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest venv clean bench
+.PHONY: test demo lint typecheck pytest venv clean bench chromium
 
 venv: $(STAMP)
 
@@ -25,8 +25,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The Flower browser test drives headless Chromium (Debian package `chromium`).
+# Installed here when missing and we are root; if that fails, the test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else \
+	    echo "chromium missing and not root: the browser test will be skipped"; \
+	  fi; }
 
 test: lint typecheck pytest
 
