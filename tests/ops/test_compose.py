@@ -1,0 +1,184 @@
+"""docker-compose.yml, the Dockerfile and .env.example, checked without a Docker engine.
+
+Every project service's command is run with ``--help`` (so it is a real entry
+point taking those options), every variable set for a project service is one the
+code reads, and .env.example covers every variable compose interpolates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from flower.options import default_options as flower_options
+
+from emulator.cli import emulator_command
+from ops.exporter.cli import exporter_command
+from ops.healthcheck import port_of, role_of
+from worker.settings import ENV_VARS
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+PROJECT = sorted(name for name, spec in SERVICES.items() if "build" in spec)
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?+][^}]*)?\}")
+
+
+def envvars_of(command: click.Command) -> set[str]:
+    found: set[str] = set()
+    for param in command.params:
+        envvar = getattr(param, "envvar", None)
+        if isinstance(envvar, str):
+            found.add(envvar)
+        elif envvar:
+            found |= set(envvar)
+    return found
+
+
+def flower_envvars() -> set[str]:
+    # Flower maps FLOWER_<OPTION> to each of its options (flower/command.py).
+    return {"FLOWER_" + name.replace("-", "_").upper() for name in flower_options._options}
+
+
+def run_help(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """The command exactly as compose runs it, plus --help, from the installed scripts."""
+    executable = str(BIN / argv[0])
+    return subprocess.run(
+        [executable, *argv[1:], "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_services_and_profiles() -> None:
+    assert set(SERVICES) == {
+        "redis", "worker", "flower", "exporter", "emulator", "prometheus", "grafana",
+    }  # fmt: skip
+    assert PROJECT == ["emulator", "exporter", "flower", "worker"]
+    assert SERVICES["emulator"]["profiles"] == ["dev"]
+    assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
+    assert SERVICES["grafana"]["profiles"] == ["monitoring"]
+    for name in ("redis", "worker", "flower", "exporter"):
+        assert "profiles" not in SERVICES[name]
+    # One image for every project service: they differ by command only.
+    assert {SERVICES[name]["image"] for name in PROJECT} == {"wavequeue:latest"}
+    assert {SERVICES[name]["build"] for name in PROJECT} == {"."}
+
+
+def test_redis_is_durable_and_never_evicts() -> None:
+    redis = SERVICES["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert COMPOSE["volumes"] is not None and "redis-data" in COMPOSE["volumes"]
+
+
+def test_worker_scales() -> None:
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert "WAVESPEED_API_KEY" in worker["environment"]
+    # Only the worker gets the key.
+    for name in ("flower", "exporter", "emulator"):
+        assert "WAVESPEED_API_KEY" not in SERVICES[name].get("environment", {})
+
+
+def test_flower_requires_auth_and_keeps_state() -> None:
+    flower = SERVICES["flower"]
+    assert "--address=0.0.0.0" in flower["command"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["environment"]["FLOWER_DB"].startswith("/data/")
+    assert any(volume.endswith(":/data") for volume in flower["volumes"])
+
+
+@pytest.mark.parametrize("service", PROJECT)
+def test_commands_are_real_entry_points(service: str) -> None:
+    command = SERVICES[service]["command"]
+    assert command[0] in {"wavequeue", "celery"}
+    done = run_help(command)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    if command[0] == "celery":
+        assert command[1:4] == ["-A", "worker.app", "flower"]
+        for arg in command[4:]:
+            name, _, value = arg.removeprefix("--").partition("=")
+            assert name in flower_options._options, f"Flower has no option --{name}"
+            if name == "conf":
+                assert (ROOT / value).is_file()
+
+
+@pytest.mark.parametrize("service", PROJECT)
+def test_environment_is_read_by_the_code(service: str) -> None:
+    allowed = (
+        set(ENV_VARS)
+        | flower_envvars()
+        | envvars_of(emulator_command)
+        | envvars_of(exporter_command)
+    )
+    variables = set(SERVICES[service].get("environment", {}))
+    assert variables <= allowed, f"{service} sets unknown {sorted(variables - allowed)}"
+
+
+def test_env_example_covers_every_interpolation() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    referenced = set(INTERPOLATION.findall(text))
+    example = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert referenced <= example, f".env.example lacks {sorted(referenced - example)}"
+    assert example <= referenced, f".env.example has unused {sorted(example - referenced)}"
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_mounted_files_exist() -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in SERVICES[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+
+
+def test_prometheus_scrapes_the_compose_services() -> None:
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+    }
+    exporter_port = port_of(SERVICES["exporter"]["command"], "exporter")
+    flower_port = port_of(SERVICES["flower"]["command"], "flower")
+    assert targets == {
+        "wavequeue-exporter": f"exporter:{exporter_port}",
+        "flower": f"flower:{flower_port}",
+    }
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+
+def test_dockerfile() -> None:
+    assert re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE) == ["python:3.11-slim"]
+    user = re.findall(r"^USER (\S+)$", DOCKERFILE, re.MULTILINE)
+    assert user and user[-1] not in {"root", "0"}
+    assert "HEALTHCHECK" in DOCKERFILE
+    assert 'CMD ["python", "-m", "ops.healthcheck"]' in DOCKERFILE
+    assert importlib.util.find_spec("ops.healthcheck") is not None
+    for source in re.findall(r"^COPY (\S+) ", DOCKERFILE, re.MULTILINE):
+        assert (ROOT / source).exists(), source
+    default = re.findall(r'^CMD \["(.+)"\]$', DOCKERFILE, re.MULTILINE)[-1].split('", "')
+    done = run_help(default)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("service", PROJECT)
+def test_healthcheck_knows_every_service(service: str) -> None:
+    command = SERVICES[service]["command"]
+    assert role_of(command) == service
+    assert port_of(command, service) > 0 or service == "worker"
