@@ -307,7 +307,10 @@ def up_command(
             f"(also in {data_dir / 'stack.env'}). Ctrl-C stops everything."
         )
         stack.watch(stopping.is_set)
-    except (StackError, ConfigError) as exc:
+    except ConfigError as exc:
+        click.echo(f"wavequeue up: {exc}", err=True)
+        code = 78  # EX_CONFIG
+    except StackError as exc:
         click.echo(f"wavequeue up: {exc}", err=True)
         code = 1
     finally:
