@@ -149,11 +149,16 @@ def describe_chain(status: ChainStatus) -> str:
 
 
 def exit_code_of(result: JobRecord | ChainStatus) -> int:
-    """0 completed (or still running), 1 ended failed or timed out."""
+    """0 completed (or still running), 1 ended failed, 3 ended timed out (its deadline
+    passed): "timed out" means the same exit code whether the job or the wait ran out."""
     if isinstance(result, ChainStatus):
-        return EXIT_FAILED if result.state is ChainState.FAILED else EXIT_COMPLETED
-    failed = result.status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
-    return EXIT_FAILED if failed else EXIT_COMPLETED
+        step = result.failed_step
+        if step is None:
+            return EXIT_COMPLETED
+        return EXIT_TIMED_OUT if step.status is JobStatus.TIMED_OUT else EXIT_FAILED
+    if result.status is JobStatus.TIMED_OUT:
+        return EXIT_TIMED_OUT
+    return EXIT_FAILED if result.status is JobStatus.FAILED else EXIT_COMPLETED
 
 
 def show(result: JobRecord | ChainStatus, *, as_json: bool) -> None:

@@ -60,10 +60,10 @@ def test_generate_and_wait_exit_codes(stack: ProducerStack, wavequeue: Run) -> N
     status = wavequeue("status", job_id)
     assert status.exit_code == 0 and f"job {job_id} completed" in status.stdout
 
-    # A job that outlives its deadline ends timed_out: a failure (1), not a wait timeout.
+    # A job that outlives its deadline ends timed_out: exit 3, like a wait that ran out.
     stack.emulator.configure(latency="fixed:5")
     late = wavequeue("generate", "cli: a late kite", "--deadline", "1", "--wait", "--json")
-    assert late.exit_code == 1
+    assert late.exit_code == 3
     assert json.loads(late.stdout)["status"] == "timed_out"
 
 
