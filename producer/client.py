@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
@@ -51,6 +51,15 @@ AWAITING_IMAGE_FIELD = "awaiting_image"
 DEFAULT_WAIT_GRACE = 60.0
 
 Progress = Callable[[list[JobRecord]], None]
+
+
+class JobOptionsInput(NamedTuple):
+    """The per-job options as a caller gave them (checked by ``prepare_job``)."""
+
+    priority: Priority | str
+    deadline: float | None
+    metadata: Mapping[str, Any] | None
+    idempotency_key: str | None
 
 
 class JobClient:
@@ -142,17 +151,8 @@ class JobClient:
             "num_images": num_images,
             "safety_tolerance": safety_tolerance,
         }
-        prepared = prepare_job(
-            EndpointKind.TEXT_TO_IMAGE,
-            model,
-            fields,
-            self.limits(),
-            priority=priority,
-            deadline=deadline,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-        )
-        return self.submit(prepared)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
     def edit(
         self,
@@ -180,17 +180,8 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
             "safety_tolerance": safety_tolerance,
         }
-        prepared = prepare_job(
-            EndpointKind.EDIT,
-            model,
-            fields,
-            self.limits(),
-            priority=priority,
-            deadline=deadline,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-        )
-        return self.submit(prepared)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
     def multi_edit(
         self,
@@ -214,15 +205,25 @@ class JobClient:
             "guidance_scale": guidance_scale,
             "aspect_ratio": aspect_ratio,
         }
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        return self._enqueue(EndpointKind.MULTI, model, fields, options)
+
+    def _enqueue(
+        self,
+        kind: EndpointKind,
+        model: str,
+        fields: dict[str, Any],
+        options: JobOptionsInput,
+    ) -> str:
         prepared = prepare_job(
-            EndpointKind.MULTI,
+            kind,
             model,
             fields,
             self.limits(),
-            priority=priority,
-            deadline=deadline,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
+            priority=options.priority,
+            deadline=options.deadline,
+            metadata=options.metadata,
+            idempotency_key=options.idempotency_key,
         )
         return self.submit(prepared)
 
