@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import click
 
 from ops.demo.showcase import ShowcaseError, run_showcase
 from ops.localstack.stack import LocalStack, StackOptions
-from ops.localstack.supervisor import StackError
+from ops.localstack.supervisor import StackError, interrupt_on_signals
 from producer import JobClient, WavequeueError
 from worker.errors import ConfigError
 from worker.settings import Settings
@@ -26,15 +24,15 @@ from worker.settings import Settings
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the jobs.")
 def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
     """Bring the local stack up, run a chain and a batch, write out/contact_sheet.png."""
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
+    interrupt_on_signals()
     try:
         settings = Settings.from_env()
         stack = LocalStack(StackOptions(), settings, click.echo)
-        endpoints = stack.start(stopping.is_set)
+        endpoints = stack.start()
     except (StackError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     code = 0
     try:
         where = "the emulator" if endpoints.emulated else endpoints.base_url
@@ -50,7 +48,9 @@ def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
         click.echo(f"Flower: {endpoints.flower_url}  metrics: {endpoints.exporter_url}")
         if keep:
             click.echo("--keep: the stack stays up; Ctrl-C stops it.")
-            stack.watch(stopping.is_set)
+            stack.watch()
+    except KeyboardInterrupt:
+        code = 0 if keep else 130  # with --keep, Ctrl-C is how it ends
     except (StackError, ShowcaseError, WavequeueError) as exc:
         click.echo(f"demo: {exc}", err=True)
         code = 1

@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from ops.localstack.supervisor import (
     Say,
     StackError,
     Supervisor,
+    interrupt_on_signals,
     port_open,
 )
 from worker.errors import ConfigError
@@ -105,6 +104,14 @@ def child_env(**overrides: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **overrides}
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only: a REDIS_URL may carry a password."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
 def _listening(port: int) -> Callable[[ProcessService], bool]:
     return lambda _service: port_open(HOST, port)
 
@@ -119,7 +126,7 @@ class LocalStack:
         self.supervisor = Supervisor(say)
         self.logs = options.data_dir / "logs"
 
-    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> Endpoints:
+    def start(self) -> Endpoints:
         """Start every service in dependency order; raise StackError if one fails."""
         emulated = "base_url" not in self.settings.model_fields_set
         api_key = secrets.token_urlsafe(24) if emulated else self.settings.require_api_key()
@@ -129,25 +136,18 @@ class LocalStack:
         try:
             redis_url = self._redis()
             base_url = self._emulator(api_key) if emulated else self.settings.base_url
-            steps: list[Callable[[], str]] = [
-                lambda: self._worker(redis_url, base_url, api_key),
-                lambda: self._flower(redis_url),
-                lambda: self._exporter(redis_url),
-            ]
-            urls = []
-            for step in steps:
-                if stop_requested():
-                    raise StackError("stopped while starting")
-                urls.append(step())
+            self._worker(redis_url, base_url, api_key)
+            flower_url = self._flower(redis_url)
+            exporter_url = self._exporter(redis_url)
         except BaseException:
             self.stop()
             raise
-        self.options.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.options.data_dir / "stack.env").write_text(f"REDIS_URL={redis_url}\n")
-        return Endpoints(redis_url, base_url, emulated, urls[1], urls[2])
+        _write_private(self.options.data_dir / "stack.env", f"REDIS_URL={redis_url}\n")
+        return Endpoints(redis_url, base_url, emulated, flower_url, exporter_url)
 
-    def watch(self, stop_requested: Callable[[], bool]) -> None:
-        self.supervisor.watch(stop_requested)
+    def watch(self) -> None:
+        """Until Ctrl-C (KeyboardInterrupt); StackError when a child dies."""
+        self.supervisor.watch()
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -201,7 +201,7 @@ class LocalStack:
         )
         return url
 
-    def _worker(self, redis_url: str, base_url: str, api_key: str) -> str:
+    def _worker(self, redis_url: str, base_url: str, api_key: str) -> None:
         log_path = self.logs / "worker.log"
         argv = [
             WAVEQUEUE, "worker",
@@ -220,7 +220,6 @@ class LocalStack:
                 ready=lambda service: service.log_contains(" ready."),
             )
         )
-        return base_url
 
     def _flower(self, redis_url: str) -> str:
         port = pick_port(self.options.flower_port)
@@ -296,17 +295,17 @@ def up_command(
     except ConfigError as exc:
         click.echo(f"wavequeue up: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
+    interrupt_on_signals()
     code = 0
     try:
-        endpoints = stack.start(stopping.is_set)
+        endpoints = stack.start()
         click.echo(
             f"Ready. Producers elsewhere: export REDIS_URL={endpoints.redis_url} "
             f"(also in {data_dir / 'stack.env'}). Ctrl-C stops everything."
         )
-        stack.watch(stopping.is_set)
+        stack.watch()
+    except KeyboardInterrupt:
+        click.echo("wavequeue up: stopping")
     except ConfigError as exc:
         click.echo(f"wavequeue up: {exc}", err=True)
         code = 78  # EX_CONFIG

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +26,42 @@ Say = Callable[[str], None]
 
 class StackError(Exception):
     """A child could not start, or stopped on its own."""
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, except inside ``deferred()``."""
+
+    deferring = False
+    pending = False
+
+
+def _on_signal(_signum: int, _frame: object) -> None:
+    if _Interrupts.deferring:
+        _Interrupts.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+def interrupt_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt, so that whatever the
+    supervisor is doing (starting a child, waiting, watching) it unwinds through
+    its cleanup and stops the children, which run in their own process groups."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold an interrupt until the block ends. Around a Popen: an interrupt between
+    the fork and the assignment would leave a child nobody knows to stop."""
+    _Interrupts.deferring = True
+    try:
+        yield
+    finally:
+        _Interrupts.deferring = False
+        if _Interrupts.pending:
+            _Interrupts.pending = False
+            raise KeyboardInterrupt
 
 
 class Service(Protocol):
@@ -69,7 +105,7 @@ class ProcessService:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("wb") as log, deferred_interrupts():
             self.process = subprocess.Popen(
                 list(self.argv),
                 env=dict(self.env),
@@ -122,7 +158,8 @@ class EmbeddedRedis:
         return f"{self.server.url} (embedded redis-server, AOF in {self.server.data_dir})"
 
     def start(self) -> None:
-        self.server.start()
+        with deferred_interrupts():  # redis-server answers within milliseconds
+            self.server.start()
 
     def returncode(self) -> int | None:
         process = self.server.process
@@ -143,17 +180,18 @@ class Supervisor:
         self.services: list[Service] = []
 
     def start(self, service: Service) -> None:
-        service.start()
+        # Owned before it starts: an interrupt during its start still stops it.
         self.services.append(service)
+        service.start()
         self.say(f"  {service.name:<9} {service.address}")
 
     def dead(self) -> Service | None:
         """The first service that exited on its own, if any."""
         return next((s for s in self.services if s.returncode() is not None), None)
 
-    def watch(self, stop_requested: Callable[[], bool], interval: float = 0.5) -> None:
-        """Return when asked to stop; raise StackError when a child dies."""
-        while not stop_requested():
+    def watch(self, interval: float = 0.5) -> None:
+        """Run until interrupted (KeyboardInterrupt); raise StackError when a child dies."""
+        while True:
             gone = self.dead()
             if gone is not None:
                 raise StackError(

@@ -94,6 +94,20 @@ def pid_listening_as(*tokens: str) -> int:
     raise LookupError(tokens)
 
 
+def pids_with_env(entry_text: str) -> list[int]:
+    """Processes whose environment holds ``entry_text`` (e.g. the stack's REDIS_URL)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if entry_text in environ.split("\0"):
+                found.append(int(entry.name))
+    return found
+
+
 def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     with wavequeue_up(tmp_path) as up:
         up.read_until("Ready.")
@@ -153,6 +167,18 @@ def test_a_dying_child_stops_the_stack(tmp_path: Path, redis_url: str) -> None:
     assert "wavequeue up: emulator exited (code -9)" in text
     assert "stopping worker" in text
     assert not any(port_open("127.0.0.1", up.ports[name]) for name in ("flower", "exporter"))
+
+
+def test_sigterm_while_starting_leaves_nothing_behind(tmp_path: Path) -> None:
+    with wavequeue_up(tmp_path) as up:
+        up.read_until("  emulator ")  # the worker is starting now
+        up.process.send_signal(signal.SIGTERM)
+        text = up.finish()
+    assert up.process.returncode == 0, text
+    # Whether or not the worker had been spawned yet, nothing outlives the stack.
+    assert "stopping emulator" in text and "stopping redis" in text
+    assert not any(port_open("127.0.0.1", port) for port in up.ports.values())
+    assert pids_with_env(f"REDIS_URL=redis://127.0.0.1:{up.ports['redis']}/0") == []
 
 
 def test_a_remote_wavespeed_needs_a_key(tmp_path: Path) -> None:
