@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from ops.demo.showcase import ShowcaseError, run_showcase
+from ops.localstack.interrupts import interrupt_on_signals
 from ops.localstack.stack import LocalStack, StackOptions
-from ops.localstack.supervisor import StackError, interrupt_on_signals
+from ops.localstack.supervisor import StackError
 from producer import JobClient, WavequeueError
 from worker.errors import ConfigError
 from worker.settings import Settings

@@ -35,6 +35,7 @@ import click
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
+from ops.localstack.interrupts import interrupt_on_signals
 from ops.localstack.redis_server import RedisServer, free_port
 from ops.localstack.supervisor import (
     EmbeddedRedis,
@@ -42,7 +43,6 @@ from ops.localstack.supervisor import (
     Say,
     StackError,
     Supervisor,
-    interrupt_on_signals,
     port_open,
 )
 from worker.errors import ConfigError

@@ -14,11 +14,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ops.localstack.interrupts import deferred_interrupts
 from ops.localstack.redis_server import RedisServer
 
 Say = Callable[[str], None]
@@ -26,42 +27,6 @@ Say = Callable[[str], None]
 
 class StackError(Exception):
     """A child could not start, or stopped on its own."""
-
-
-class _Interrupts:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt, except inside ``deferred()``."""
-
-    deferring = False
-    pending = False
-
-
-def _on_signal(_signum: int, _frame: object) -> None:
-    if _Interrupts.deferring:
-        _Interrupts.pending = True
-        return
-    raise KeyboardInterrupt
-
-
-def interrupt_on_signals() -> None:
-    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt, so that whatever the
-    supervisor is doing (starting a child, waiting, watching) it unwinds through
-    its cleanup and stops the children, which run in their own process groups."""
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold an interrupt until the block ends. Around a Popen: an interrupt between
-    the fork and the assignment would leave a child nobody knows to stop."""
-    _Interrupts.deferring = True
-    try:
-        yield
-    finally:
-        _Interrupts.deferring = False
-        if _Interrupts.pending:
-            _Interrupts.pending = False
-            raise KeyboardInterrupt
 
 
 class Service(Protocol):
