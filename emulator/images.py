@@ -18,7 +18,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from emulator.errors import MediaUnreachableError
 
@@ -58,20 +58,34 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     )
 
 
+#: PNG text key that counts the edits an image went through (placement of the next band).
+EDIT_COUNT_KEY = "wavequeue-edits"
+#: Where edit bands go, as fractions of the height (the generation's own banner is at 0.82).
+EDIT_BAND_FIRST_ROW = 0.03
+EDIT_BAND_STEP = 0.15
+EDIT_BAND_LAST_ROW = 0.78
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode bytes into an RGB image, or raise MediaUnreachableError (the 1402 failure)."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
-            return opened.convert("RGB")
+            converted = opened.convert("RGB")
+            if EDIT_COUNT_KEY in opened.info:
+                converted.info[EDIT_COUNT_KEY] = opened.info[EDIT_COUNT_KEY]
+            return converted
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaUnreachableError(f"input image could not be decoded: {exc}") from exc
 
 
 def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
+    metadata = PngImagePlugin.PngInfo()
+    if EDIT_COUNT_KEY in image.info:
+        metadata.add_text(EDIT_COUNT_KEY, str(image.info[EDIT_COUNT_KEY]))
     # Level 1: several times faster than the default and still a normal PNG.
-    image.save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", compress_level=1, pnginfo=metadata)
     return buffer.getvalue()
 
 
@@ -134,9 +148,20 @@ def apply_edit(source: Image.Image, instruction: str) -> Image.Image:
     draw = ImageDraw.Draw(image)
     border = max(1, min(source.size) // 64)
     draw.rectangle((0, 0, source.width - 1, source.height - 1), outline=tint, width=border)
-    # Each instruction lands on its own band, so successive edits stay readable.
-    _draw_banner(draw, source.size, instruction, row_fraction=digest[6] / 255 * 0.8, fill=tint)
+    # Each edit writes its instruction one band lower than the edit before (the count
+    # travels in the PNG's text metadata), so every step of a chain stays readable.
+    edits_before = _edit_count(source)
+    row = (EDIT_BAND_FIRST_ROW + EDIT_BAND_STEP * edits_before) % EDIT_BAND_LAST_ROW
+    _draw_banner(draw, source.size, instruction, row_fraction=row, fill=tint)
+    image.info[EDIT_COUNT_KEY] = str(edits_before + 1)
     return image
+
+
+def _edit_count(image: Image.Image) -> int:
+    try:
+        return max(0, int(image.info.get(EDIT_COUNT_KEY, 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def side_by_side(sources: list[Image.Image], size: tuple[int, int]) -> Image.Image:

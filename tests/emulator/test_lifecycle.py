@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import time
 
 import pytest
 import requests
+from PIL import Image
 
 from emulator import webhooks as webhook_delivery
 from tests.emulator.conftest import (
@@ -162,6 +164,10 @@ def test_a_chain_of_edits_changes_the_image_at_each_step_and_keeps_its_size(
         step_ids.append(step_id)
         current_url = output_url
 
+    # Each edit counts itself in the PNG's text metadata, so its band lands below the last.
+    with Image.open(io.BytesIO(requests.get(current_url, timeout=10).content)) as final:
+        assert final.info["wavequeue-edits"] == "2"
+
     # What later tests assert from introspection: step N's input is step N-1's output.
     second_step = emulator.prediction(step_ids[1])
     first_step = emulator.prediction(step_ids[0])
@@ -216,7 +222,7 @@ def test_multi_combines_the_inputs_at_the_output_size(emulator: EmulatorHandle, 
     combined = fetch_image(with_ratio["outputs"][0]).convert("RGB")
     assert combined.size == (1392, 752)
     # Left half comes from the red input, right half from the blue one (both tinted).
-    left, right = combined.getpixel((200, 40)), combined.getpixel((1200, 40))
+    left, right = combined.getpixel((200, 450)), combined.getpixel((1200, 450))
     assert isinstance(left, tuple) and isinstance(right, tuple)
     assert left[0] > left[2] and right[2] > right[0]
     assert fetch_image(without_ratio["outputs"][0]).size == (60, 40)
