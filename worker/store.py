@@ -90,14 +90,17 @@ return 1
 """
 
 _CREATE_LUA = """
--- KEYS[1] job, KEYS[2] deadlines, KEYS[3] idempotency key (only when ARGV[4] == '1')
+-- KEYS[1] job, KEYS[2] deadlines, KEYS[3] idempotency key (only when ARGV[4] == '1'),
+-- KEYS[4] next-run index; ARGV: id, deadline, idempotency TTL, use-key flag, created_at, fields
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+-- Indexed for the sweeper from the start: a first message can be lost too.
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 return ARGV[1]
 """
 
@@ -196,8 +199,16 @@ class JobStore:
             JOB_KEY.format(job_id=record.id),
             DEADLINES_KEY,
             IDEMPOTENCY_KEY.format(key=idempotency_key) if use_key else DEADLINES_KEY,
+            NEXT_RUN_KEY,
         ]
-        args = [record.id, record.deadline_at, self.record_ttl, "1" if use_key else "0", *flat]
+        args = [
+            record.id,
+            record.deadline_at,
+            self.record_ttl,
+            "1" if use_key else "0",
+            record.created_at,
+            *flat,
+        ]
         job_id = str(self._create(keys=keys, args=args))
         return job_id, job_id == record.id
 

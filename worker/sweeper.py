@@ -10,8 +10,11 @@ lets one sweep at a time. Each pass:
    grace period (a chain step with the steps after it). A re-send is harmless if
    the original was only late: every step is a compare-and-set on the record.
 
-Jobs still ``queued`` that no worker ever picked up are not re-sent (a long
-backlog would multiply messages); their deadline ends them.
+A job still ``queued`` is indexed from its creation, but re-sent only when its
+queue is empty (its message should have been taken long ago) — during a backlog
+it simply waits, so a long queue never multiplies messages. A chain step waiting
+for the step before is re-sent (with that step's output) only once that step has
+completed.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from worker.constants import SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError
+from worker.models import JobRecord, JobStatus
 from worker.runner import JobRunner
 from worker.store import JobSnapshot, JobStore
 
@@ -44,7 +49,7 @@ class Sweeper:
         self,
         store: JobStore,
         runner: JobRunner,
-        resend: Callable[[JobSnapshot], None],
+        resend: Callable[[JobSnapshot, dict[str, Any]], None],
         *,
         grace: float,
         interval: float,
@@ -72,12 +77,45 @@ class Sweeper:
             if snap.record.is_terminal:
                 self.store.unmark_due(job_id)
                 continue
-            # Not again before another grace period, whatever becomes of this one.
-            self.store.mark_due(job_id, now + self.grace)
+            # Looked at now: not again before another grace period, whatever we decide.
+            self.store.mark_due(job_id, now)
+            first_kwargs = self._resend_kwargs(snap, now)
+            if first_kwargs is None:
+                continue
             log.warning("job %s: its message is overdue; re-sending it", job_id)
-            self.resend(snap)
+            self.resend(snap, first_kwargs)
             resent += 1
         return SweepReport(timed_out=timed_out, resent=resent)
+
+    def _resend_kwargs(self, snap: JobSnapshot, now: float) -> dict[str, Any] | None:
+        """What the re-sent message needs, or None when the job should wait longer."""
+        record = snap.record
+        if record.status is not JobStatus.QUEUED:
+            return {"poll_seq": int(snap.number("poll_seq"))}
+        if snap.field("awaiting_image") == "1":
+            return self._waiting_step_kwargs(record, now)
+        if self.store.client.llen(record.priority.queue):
+            return None  # a backlog: its message is most likely still waiting in line
+        return {}
+
+    def _waiting_step_kwargs(self, record: JobRecord, now: float) -> dict[str, Any] | None:
+        """A chain step waiting for the step before: re-send it only once that step
+        completed more than a grace period ago (its own message was then lost)."""
+        previous = self._previous_step(record)
+        if previous is None or previous.status is not JobStatus.COMPLETED or not previous.outputs:
+            return None
+        if (previous.completed_at or now) > now - self.grace:
+            return None
+        return {"previous_output": previous.outputs[0]}
+
+    def _previous_step(self, record: JobRecord) -> JobRecord | None:
+        if not record.chain_id or not record.step or record.step < 2:
+            return None
+        try:
+            chain = self.store.get_chain(record.chain_id)
+            return self.store.get(chain.step_job_ids[record.step - 2])
+        except JobNotFoundError:
+            return None
 
     def _expire(self, job_id: str) -> bool:
         try:

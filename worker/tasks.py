@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import Any
 
 from celery import Task, signals
 from celery.exceptions import Ignore
@@ -90,7 +91,7 @@ def run_job(
     )
 
 
-def resend(snap: JobSnapshot) -> None:
+def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     """Send a job's message again; a chain step takes the steps after it along."""
     record = snap.record
     job_ids = [record.id]
@@ -98,8 +99,7 @@ def resend(snap: JobSnapshot) -> None:
         # If the chain record expired, finish this step at least.
         with contextlib.suppress(JobNotFoundError):
             job_ids += job_runner().store.get_chain(record.chain_id).step_job_ids[record.step :]
-    poll_seq = int(snap.number("poll_seq"))
-    send_job_chain(app, job_ids, record.priority.queue, first_kwargs={"poll_seq": poll_seq})
+    send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs)
 
 
 _sweeper_stop = threading.Event()

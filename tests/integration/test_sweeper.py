@@ -97,3 +97,10 @@ def test_only_overdue_jobs_are_resent(stack: WorkerStack) -> None:
     time.sleep(2)  # two sweeps
     log = stack.workers[0].log()
     assert not any(f"job {job_id}: its message is overdue" in log for job_id in job_ids)
+
+
+def test_a_lost_first_message_is_resent_once_the_queue_is_empty(stack: WorkerStack) -> None:
+    job_id = stack.jobs.create(T2I, prompt="first message lost")  # record only, no message
+    record = stack.jobs.wait([job_id], timeout=30)[0]
+    assert record.status == "completed"
+    assert max(stack.input_submissions().values()) == 1

@@ -1,0 +1,117 @@
+"""The sweeper's rules against a real redis-server, pass by pass (no worker: what it
+would re-send is recorded, and the clock is the test's)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.jobs import Enqueuer
+from worker.constants import QUEUE_NORMAL
+from worker.ratelimit import AccountLimiter
+from worker.runner import JobRunner
+from worker.settings import Settings
+from worker.sweeper import Sweeper
+from worker.wavespeed import WaveSpeedClient
+
+T2I = "flux-kontext-max/text-to-image"
+EDIT = "flux-kontext-pro"
+GRACE = 10.0
+
+
+class Harness:
+    def __init__(self, redis_url: str) -> None:
+        settings = Settings.from_env({"REDIS_URL": redis_url})
+        self.jobs = Enqueuer(settings)
+        self.store = self.jobs.store
+        self.now = time.time()
+        self.resent: list[tuple[str, dict[str, Any]]] = []
+        limiter = AccountLimiter(self.store.client, per_minute=60, max_in_flight=10)
+        # The runner only times jobs out here; its HTTP client is never used.
+        client = WaveSpeedClient(
+            base_url="http://127.0.0.1:9", api_key="unused", connect_timeout=1, read_timeout=1
+        )
+        runner = JobRunner(settings, self.store, limiter, client, clock=lambda: self.now)
+        self.sweeper = Sweeper(
+            self.store,
+            runner,
+            lambda snap, kwargs: self.resent.append((snap.record.id, kwargs)),
+            grace=GRACE,
+            interval=1,
+            clock=lambda: self.now,
+        )
+
+    def sweep_later(self, seconds: float) -> list[tuple[str, dict[str, Any]]]:
+        self.now += seconds
+        self.resent.clear()
+        self.sweeper.sweep_once()
+        return list(self.resent)
+
+
+@pytest.fixture
+def harness(redis_url: str) -> Harness:
+    return Harness(redis_url)
+
+
+def test_a_queued_job_waits_while_its_queue_has_a_backlog(harness: Harness) -> None:
+    job_id = harness.jobs.create(T2I, prompt="in line")
+    harness.store.client.lpush(QUEUE_NORMAL, "someone else's message")
+    assert harness.sweep_later(GRACE + 1) == []
+    harness.store.client.delete(QUEUE_NORMAL)
+    # Pushed back one grace period by the pass that skipped it.
+    assert harness.sweep_later(1) == []
+    assert harness.sweep_later(GRACE) == [(job_id, {})]
+    # and not again before another grace period
+    assert harness.sweep_later(1) == []
+
+
+def test_a_job_in_flight_is_resent_with_its_poll_number(harness: Harness) -> None:
+    job_id = harness.jobs.create(T2I, prompt="polling")
+    harness.store.transition(
+        job_id,
+        expect={"status": "queued"},
+        updates={"status": "submitted", "prediction_id": "p1", "poll_seq": 4,
+                 "next_run_at": harness.now},
+    )  # fmt: skip
+    assert harness.sweep_later(1) == []
+    assert harness.sweep_later(GRACE) == [(job_id, {"poll_seq": 4})]
+
+
+def test_a_waiting_chain_step_follows_its_completed_predecessor(harness: Harness) -> None:
+    first = harness.jobs.create(T2I, prompt="step one")
+    second = harness.jobs.create(EDIT, prompt="step two", image="https://x.invalid/a.png")
+    harness.store.create_chain("c", [first, second], metadata={})
+    harness.store.transition(first, expect={}, updates={"chain_id": "c", "step": 1})
+    harness.store.transition(
+        second, expect={}, updates={"chain_id": "c", "step": 2, "awaiting_image": "1"}
+    )
+    running = {"status": "submitted", "next_run_at": harness.now + 999}
+    harness.store.transition(first, expect={}, updates=running)
+    # Step 1 still running: step 2 waits, however old it is.
+    assert harness.sweep_later(GRACE + 1) == []
+    harness.store.transition(
+        first,
+        expect={"status": "submitted"},
+        updates={"status": "completed", "outputs": ["http://x/1.png"],
+                 "completed_at": harness.now},
+    )  # fmt: skip
+    assert harness.sweep_later(GRACE / 2) == []  # its own message may just be late
+    assert harness.sweep_later(GRACE) == [(second, {"previous_output": "http://x/1.png"})]
+
+
+def test_terminal_and_missing_jobs_leave_the_index(harness: Harness) -> None:
+    job_id = harness.jobs.create(T2I, prompt="done")
+    harness.store.transition(job_id, expect={}, updates={"status": "completed"})
+    harness.store.mark_due("gone", harness.now)
+    assert harness.sweep_later(GRACE + 1) == []
+    assert harness.store.overdue(harness.now + 10_000, 10) == []
+
+
+def test_past_deadline_jobs_time_out(harness: Harness) -> None:
+    job_id = harness.jobs.create(T2I, deadline=5, prompt="late")
+    harness.sweep_later(6)
+    record = harness.store.get(job_id)
+    assert record.status == "timed_out"
+    assert record.error is not None and record.error.code == "deadline_exceeded"
