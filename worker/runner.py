@@ -185,7 +185,8 @@ class JobRunner:
         )
         if not claimed:
             return Duplicate("another copy claimed the submit")
-        return self._send(self.store.snapshot(record.id), token)
+        # The claim changed only bookkeeping this run does not read again: no re-read.
+        return self._send(snap, token)
 
     def _send(self, snap: JobSnapshot, token: str) -> Outcome:
         record = snap.record
@@ -306,13 +307,16 @@ class JobRunner:
 
     def _observe_completion(self, record: JobRecord, now: float) -> None:
         self.store.count("jobs_completed", model=record.model)
-        self.store.observe("end_to_end_seconds", now - record.created_at, LATENCY_BUCKETS)
+        observations: dict[str, tuple[float, tuple[float, ...]]] = {
+            "end_to_end_seconds": (now - record.created_at, LATENCY_BUCKETS),
+            "polls_per_job": (record.polls, POLL_COUNT_BUCKETS),
+        }
         if record.submitted_at is not None:
             waited = record.submitted_at - record.created_at
-            self.store.observe("queued_to_submitted_seconds", waited, LATENCY_BUCKETS)
+            observations["queued_to_submitted_seconds"] = (waited, LATENCY_BUCKETS)
             ran = now - record.submitted_at
-            self.store.observe("submitted_to_completed_seconds", ran, LATENCY_BUCKETS)
-        self.store.observe("polls_per_job", record.polls, POLL_COUNT_BUCKETS)
+            observations["submitted_to_completed_seconds"] = (ran, LATENCY_BUCKETS)
+        self.store.observe_many(observations)
 
     def _resubmit_after_remote_failure(
         self, snap: JobSnapshot, prediction: Prediction, failure: TransientError
@@ -424,7 +428,8 @@ class JobRunner:
         return Duplicate(f"record moved to {record.status.value} by another copy")
 
     def _poll_delay(self, record: JobRecord, poll_number: int, now: float) -> float:
-        expected = self.store.expected_latency(record.model)
+        # Only the first poll depends on the model's history: read it only then.
+        expected = self.store.expected_latency(record.model) if poll_number == 0 else None
         return poll_delay(
             poll_number,
             expected_latency=expected if expected is not None else self.settings.first_poll_default,

@@ -307,12 +307,17 @@ class JobStore:
 
     def observe(self, name: str, value: float, buckets: Iterable[float]) -> None:
         """Add ``value`` to histogram ``name`` (non-cumulative buckets; the exporter sums)."""
-        bound = next((b for b in buckets if value <= b), math.inf)
-        key = HISTOGRAM_KEY.format(name=name)
+        self.observe_many({name: (value, buckets)})
+
+    def observe_many(self, observations: Mapping[str, tuple[float, Iterable[float]]]) -> None:
+        """Add one value to each named histogram, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(key, f"le={bound!r}", 1)
-        pipe.hincrbyfloat(key, "sum", value)
-        pipe.hincrby(key, "count", 1)
+        for name, (value, buckets) in observations.items():
+            bound = next((b for b in buckets if value <= b), math.inf)
+            key = HISTOGRAM_KEY.format(name=name)
+            pipe.hincrby(key, f"le={bound!r}", 1)
+            pipe.hincrbyfloat(key, "sum", value)
+            pipe.hincrby(key, "count", 1)
         pipe.execute()
 
     # sweeping -----------------------------------------------------------------
@@ -320,6 +325,9 @@ class JobStore:
     def mark_due(self, job_id: str, due: float) -> None:
         """Index when the job's next message is due (outside a compare-and-set)."""
         self.client.zadd(NEXT_RUN_KEY, {job_id: due})
+
+    def mark_due_many(self, job_ids: Iterable[str], due: float) -> None:
+        self.client.zadd(NEXT_RUN_KEY, dict.fromkeys(job_ids, due))
 
     def unmark_due(self, job_id: str) -> None:
         self.client.zrem(NEXT_RUN_KEY, job_id)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.constants import SWEEPER_LOCK_KEY
+from worker.constants import QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError
 from worker.models import JobRecord, JobStatus
 from worker.runner import JobRunner
@@ -67,8 +67,14 @@ class Sweeper:
         timed_out = sum(
             1 for job_id in self.store.past_deadline(now, BATCH) if self._expire(job_id)
         )
+        overdue = self.store.overdue(now - self.grace, BATCH)
+        if not overdue:
+            return SweepReport(timed_out=timed_out, resent=0)
+        # Looked at now: none again before another grace period, whatever we decide.
+        self.store.mark_due_many(overdue, now)
+        backlogged = self._backlogged_queues()
         resent = 0
-        for job_id in self.store.overdue(now - self.grace, BATCH):
+        for job_id in overdue:
             try:
                 snap = self.store.snapshot(job_id)
             except JobNotFoundError:
@@ -77,9 +83,7 @@ class Sweeper:
             if snap.record.is_terminal:
                 self.store.unmark_due(job_id)
                 continue
-            # Looked at now: not again before another grace period, whatever we decide.
-            self.store.mark_due(job_id, now)
-            first_kwargs = self._resend_kwargs(snap, now)
+            first_kwargs = self._resend_kwargs(snap, now, backlogged)
             if first_kwargs is None:
                 continue
             log.warning("job %s: its message is overdue; re-sending it", job_id)
@@ -87,14 +91,23 @@ class Sweeper:
             resent += 1
         return SweepReport(timed_out=timed_out, resent=resent)
 
-    def _resend_kwargs(self, snap: JobSnapshot, now: float) -> dict[str, Any] | None:
+    def _backlogged_queues(self) -> set[str]:
+        """Queues with messages waiting, read once per pass (one round trip)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+        return {queue for queue, length in zip(QUEUES, pipe.execute(), strict=True) if length}
+
+    def _resend_kwargs(
+        self, snap: JobSnapshot, now: float, backlogged: set[str]
+    ) -> dict[str, Any] | None:
         """What the re-sent message needs, or None when the job should wait longer."""
         record = snap.record
         if record.status is not JobStatus.QUEUED:
             return {"poll_seq": int(snap.number("poll_seq"))}
         if snap.field("awaiting_image") == "1":
             return self._waiting_step_kwargs(record, now)
-        if self.store.client.llen(record.priority.queue):
+        if record.priority.queue in backlogged:
             return None  # a backlog: its message is most likely still waiting in line
         return {}
 

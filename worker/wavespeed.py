@@ -14,6 +14,7 @@ the request, so the API key cannot leak through an exception.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -117,9 +118,7 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    try:
-        import time  # noqa: PLC0415 - only for the rare HTTP-date form
-
+    try:  # the HTTP-date form
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
