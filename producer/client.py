@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from producer.images import DEFAULT_MAX_INLINE_BYTES
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
-from worker.constants import CHAIN_KEY, DEADLINES_KEY, JOB_KEY, RUN_JOB_TASK
+from worker.constants import RUN_JOB_TASK
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
@@ -244,7 +243,7 @@ class JobClient:
         """Enqueue a checked request; returns the job id. With an idempotency key
         already used, returns the first job's id and sends nothing."""
         options = prepared.options
-        now = time.time()
+        now = self.store.clock()
         record = JobRecord(
             id=uuid.uuid4().hex,
             model=prepared.model,
@@ -357,7 +356,7 @@ class JobClient:
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
-        now = time.time()
+        now = self.store.clock()
         job_ids: list[str] = []
         for number, step in enumerate(prepared.steps, start=1):
             key = options.idempotency_key if number == 1 else None
@@ -440,7 +439,7 @@ class JobClient:
             body["image"] = previous.outputs[0]
         # The body was valid when enqueued; check again, now that the image is real.
         body = validate_request(old.record.model, body)
-        now = time.time()
+        now = self.store.clock()
         record = self._fresh_step(old.record, body, now=now, deadline_at=now + step_deadline)
         new_job_id, created = self.store.create_job(
             record,
@@ -543,24 +542,19 @@ class JobClient:
         long enough for every step to use its deadline, plus the usual record TTL.
         A step that ends gets the worker's terminal TTL instead."""
         ttl = int(len(job_ids) * step_deadline) + self.settings.record_ttl
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.expire(CHAIN_KEY.format(chain_id=chain_id), ttl)
-        for job_id in job_ids:
-            pipe.expire(JOB_KEY.format(job_id=job_id), ttl)
-        pipe.execute()
+        self.store.keep_alive(chain_id, job_ids, ttl)
 
     def _push_deadline(self, job_id: str, deadline_at: float) -> bool:
         """Give a still-queued later step a fresh deadline (its old one ran out while the
-        chain stood failed), in its record and in the worker's deadline index. False
-        when the step is no longer queued."""
-        moved = self.store.transition(
-            job_id,
-            expect={"status": JobStatus.QUEUED.value},
-            updates={"deadline_at": deadline_at},
+        chain stood failed); the store re-indexes it. False when the step is no longer
+        queued."""
+        return bool(
+            self.store.transition(
+                job_id,
+                expect={"status": JobStatus.QUEUED.value},
+                updates={"deadline_at": deadline_at},
+            )
         )
-        if moved:
-            self.store.client.zadd(DEADLINES_KEY, {job_id: deadline_at}, xx=True)
-        return moved
 
     @staticmethod
     def _fresh_step(
@@ -583,4 +577,4 @@ class JobClient:
     def _until_deadlines(self, records: list[JobRecord]) -> float:
         """Seconds until the last of these records' deadlines, plus the grace period."""
         last = max(record.deadline_at for record in records)
-        return max(last - time.time(), 0.0) + self.wait_grace
+        return max(last - self.store.clock(), 0.0) + self.wait_grace

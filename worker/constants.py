@@ -34,6 +34,10 @@ DEADLINES_KEY: Final = KEY_PREFIX + "deadlines"
 #: Sorted set of jobs scored by when their next message is due; the sweeper re-sends
 #: the ones long overdue (a message lost to a worker killed mid-fetch).
 NEXT_RUN_KEY: Final = KEY_PREFIX + "next_run"
+#: Sorted set of job ids whose record this version could not read (scored by when it was
+#: found): kept out of the sweeper's batches, looked at again now and then (a newer
+#: version may read them), listed for operators.
+QUARANTINE_KEY: Final = KEY_PREFIX + "quarantine"
 #: Held by the one worker that sweeps at a time.
 SWEEPER_LOCK_KEY: Final = KEY_PREFIX + "sweeper:lock"
 

@@ -6,6 +6,8 @@
     ├── ConfigError                 bad or missing setting; the process stops at start
     ├── ValidationError             a request that breaks an endpoint's rules (names every field)
     ├── JobNotFoundError            no record for that job or chain id
+    ├── UnreadableRecordError       a record this version cannot decode (corrupt, or a
+    │                               status a newer version added); never retried
     ├── JobFailedError              raised by the task when its job ended failed/timed out
     │                               (stops a Celery chain; expected, logged without traceback)
     └── WaveSpeedError              anything that went wrong talking to WaveSpeed
@@ -46,6 +48,15 @@ class JobNotFoundError(WavequeueError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "job not found"
+
+
+class UnreadableRecordError(WavequeueError):
+    """A job record exists but this version cannot decode it. ``reason`` says why."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id!r} has a record this version cannot read: {reason}")
+        self.job_id = job_id
+        self.reason = reason
 
 
 class WaveSpeedError(WavequeueError):

@@ -20,18 +20,25 @@ Why each copy of a message is safe (Celery on Redis can deliver twice):
 - **Finish**: moving to a terminal status is a compare-and-set too; a record
   that is already terminal makes the run return its result (so a chain that
   lost its next message carries on) and nothing else.
+
+Every write is a ``JobStore.transition``, which refuses to touch a terminal
+record: an answer that arrives after the job ended (a POST or GET in flight
+while the sweeper timed the job out, or while a redelivered copy failed it)
+is dropped, never applied — a finished job cannot come back to life. Times
+come from ``store.clock`` (Redis time), so leases and deadlines mean the same
+on every host.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from worker.clock import Clock
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import (
     PermanentError,
@@ -39,16 +46,15 @@ from worker.errors import (
     TransientError,
     WaveSpeedError,
 )
-from worker.models import JobRecord, JobStatus, can_move
+from worker.models import JobError, JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
-from worker.store import JobSnapshot, JobStore
+from worker.store import JobSnapshot, JobStore, counter_field
 from worker.wavespeed import Prediction, WaveSpeedClient, failure_of
 
 log = logging.getLogger(__name__)
 
-_LIVE = [s.value for s in JobStatus if not s.is_terminal]
 SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
@@ -78,6 +84,25 @@ class Duplicate:
 Outcome = Finished | Reschedule | Duplicate
 
 
+@dataclass(frozen=True)
+class _Tally:
+    """What the run did that must be counted with the write that follows it: record
+    increments (applied with the write) and global counters (counted whatever it decides,
+    because the HTTP call happened)."""
+
+    increments: Mapping[str, int]
+    count: Sequence[str]
+
+    def __add__(self, other: _Tally) -> _Tally:
+        merged = dict(self.increments)
+        for field, amount in other.increments.items():
+            merged[field] = merged.get(field, 0) + amount
+        return _Tally(merged, [*self.count, *other.count])
+
+
+_NOTHING = _Tally({}, ())
+
+
 class JobRunner:
     """Runs one step of a job: submit, poll or finish. Safe to call from many copies."""
 
@@ -88,14 +113,14 @@ class JobRunner:
         limiter: AccountLimiter,
         client: WaveSpeedClient,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.limiter = limiter
         self.client = client
-        self.clock = clock
+        self.clock: Clock = clock or store.clock
         self.rng = rng or random.Random()
         #: How overdue a poll must be before an older copy concludes its message was lost.
         self.takeover_grace = (settings.visibility_timeout - settings.longest_countdown) / 2
@@ -117,12 +142,9 @@ class JobRunner:
             return self._poll(snap, poll_seq, now)
         return self._submit(snap, now)
 
-    def expire(self, job_id: str) -> Outcome | None:
-        """Time the job out if its deadline passed and it is not terminal (the sweeper
-        calls this for jobs whose message was lost). None when there was nothing to do."""
-        snap = self.store.snapshot(job_id)
-        if snap.record.is_terminal or self.clock() < snap.record.deadline_at:
-            return None
+    def time_out(self, snap: JobSnapshot) -> Outcome:
+        """End a live job past its deadline (the sweeper, for jobs whose message is gone
+        or late): ``timed_out`` unless it ended or its deadline moved meanwhile."""
         return self._time_out(snap)
 
     # submit -------------------------------------------------------------------
@@ -133,11 +155,10 @@ class JobRunner:
         if not image:
             self._fail(snap, {}, "missing_input", "chain step ran without the previous output")
         else:
-            new_input = {**snap.record.input, "image": image}
             self.store.transition(
                 job_id,
-                expect={"awaiting_image": "1", "status": JobStatus.QUEUED.value},
-                updates={"input": new_input, "awaiting_image": "0"},
+                expect={"awaiting_image": "1"},
+                updates={"input": {**snap.record.input, "image": image}, "awaiting_image": "0"},
             )
         return self.store.snapshot(job_id)
 
@@ -164,27 +185,26 @@ class JobRunner:
             slot_ttl=time_left + self.settings.visibility_timeout,
         )
         if not permit.granted:
-            self.store.count("limiter_waits")
             wait = min(permit.wait, self.settings.retry_max_delay, time_left)
-            return self._reschedule_submit(
-                record.id, wait + self.rng.uniform(0, 0.25), "rate_limit"
-            )
+            tally = _Tally({}, [counter_field("limiter_waits")])
+            wait += self.rng.uniform(0, 0.25)
+            return self._reschedule_submit(snap, wait, "rate_limit", tally)
         token = uuid.uuid4().hex
-        new_status = JobStatus.SUBMITTING if can_move(record.status, JobStatus.SUBMITTING) else None
+        lease = self.settings.submit_lease
         claimed = self.store.transition(
             record.id,
             expect={"status": record.status.value, "prediction_id": "", "submit_token": ""},
             updates={
+                "status": JobStatus.SUBMITTING.value,
                 "submit_token": token,
-                "submit_lease_until": now + self.settings.task_time_limit,
+                "submit_lease_until": now + lease,
                 # If this run dies mid-POST and its message is lost, the sweeper finds it.
-                "next_run_at": now + self.settings.task_time_limit,
-                **({"status": new_status.value} if new_status else {}),
+                "next_run_at": now + lease,
             },
             increments={"attempts": 1},
         )
         if not claimed:
-            return Duplicate("another copy claimed the submit")
+            return Duplicate(f"submit not claimed ({claimed.name.lower()})")
         # The claim changed only bookkeeping this run does not read again: no re-read.
         return self._send(snap, token)
 
@@ -197,16 +217,13 @@ class JobRunner:
             return self._ambiguous(snap, token, exc)
         except TransientError as exc:
             # Provably not created (refused, 429, 503): give the token and slot back.
-            self.store.transition(
-                record.id, expect={"submit_token": token}, updates={"submit_token": ""}
-            )
             self.limiter.release(record.id)
+            tally = _NOTHING
             if exc.code == 429:
-                self.store.count("remote_rate_limited")
-            return self._error_retry(snap, exc, poll_seq=0)
+                tally = _Tally({}, [counter_field("remote_rate_limited")])
+            return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
-        self.store.count("submissions", model=record.model)
         now = self.clock()
         delay = self._poll_delay(record, 0, now)
         moved = self.store.transition(
@@ -221,9 +238,19 @@ class JobRunner:
                 "poll_due_at": now + delay,
                 "next_run_at": now + delay,
             },
+            count=[counter_field("submissions", model=record.model)],
         )
         if not moved:
-            return self._after_lost_race(record.id)
+            # The job ended (or another copy took over) while the POST was in flight: the
+            # prediction exists and may be billed, but the job's ending stands.
+            self.store.count("orphaned_predictions", model=record.model)
+            log.warning(
+                "job %s: prediction %s was created after the job moved on (%s); not applied",
+                record.id,
+                prediction.id,
+                moved.name.lower(),
+            )
+            return Duplicate(f"submit answer not applied ({moved.name.lower()})")
         log.info("job %s submitted as prediction %s", record.id, prediction.id)
         return Reschedule(delay, 1, "poll")
 
@@ -232,13 +259,8 @@ class JobRunner:
         if self.settings.ambiguous_submit_policy == "fail":
             message = f"{exc.message} (not re-sent: WAVEQUEUE_AMBIGUOUS_SUBMIT=fail)"
             return self._fail(snap, {"submit_token": token}, SUBMIT_OUTCOME_UNKNOWN, message)
-        released = self.store.transition(
-            snap.record.id, expect={"submit_token": token}, updates={"submit_token": ""}
-        )
-        if not released:
-            return self._after_lost_race(snap.record.id)
-        self.store.count("resubmissions", model=snap.record.model)
-        return self._error_retry(snap, exc, poll_seq=0)
+        tally = _Tally({}, [counter_field("resubmissions", model=snap.record.model)])
+        return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
 
     # poll ---------------------------------------------------------------------
 
@@ -260,53 +282,56 @@ class JobRunner:
             return self._error_retry(snap, exc, poll_seq=my_seq)
         except PermanentError as exc:
             return self._fail(snap, {"prediction_id": prediction_id}, exc.code, exc.message)
-        self.store.count("polls", job_id=record.id, model=record.model)
-        return self._on_prediction(snap, my_seq, prediction, now)
+        polled = _Tally({"polls": 1}, [counter_field("polls", model=record.model)])
+        return self._on_prediction(snap, my_seq, prediction, now, polled)
 
     def _on_prediction(
-        self, snap: JobSnapshot, my_seq: int, prediction: Prediction, now: float
+        self, snap: JobSnapshot, my_seq: int, prediction: Prediction, now: float, polled: _Tally
     ) -> Outcome:
         record = snap.record
         if prediction.status.is_running:
             extra = {}
-            if prediction.status.value == "processing" and can_move(
-                record.status, JobStatus.PROCESSING
-            ):
+            if prediction.status.value == "processing":
                 extra["status"] = JobStatus.PROCESSING.value
             delay = self._poll_delay(record, record.polls + 1, now)
-            return self._schedule(snap, my_seq, delay, "poll", extra)
+            return self._schedule(snap, my_seq, delay, "poll", polled, extra=extra)
         if prediction.status.value == "completed":
-            return self._complete(snap, prediction)
+            return self._complete(snap, prediction, polled)
         failure = failure_of(prediction)
         if isinstance(failure, TransientError):
-            return self._resubmit_after_remote_failure(snap, prediction, failure)
-        return self._fail(snap, {"prediction_id": prediction.id}, failure.code, failure.message)
+            return self._resubmit_after_remote_failure(snap, prediction, failure, polled)
+        return self._fail(
+            snap, {"prediction_id": prediction.id}, failure.code, failure.message, tally=polled
+        )
 
-    def _complete(self, snap: JobSnapshot, prediction: Prediction) -> Outcome:
+    def _complete(self, snap: JobSnapshot, prediction: Prediction, polled: _Tally) -> Outcome:
+        record = snap.record
         now = self.clock()
         updates: dict[str, Any] = {
-            "status": JobStatus.COMPLETED.value,
+            "status": JobStatus.COMPLETED,
             "outputs": prediction.outputs,
             "has_nsfw_contents": prediction.has_nsfw_contents,
             "inference_ms": prediction.inference_ms,
             "completed_at": now,
         }
         done = self.store.transition(
-            snap.record.id,
-            expect={"prediction_id": prediction.id, "status": _LIVE},
-            updates=updates,
+            record.id,
+            expect={"prediction_id": prediction.id},
+            updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
+            increments=polled.increments,
+            count=polled.count,
+            count_if_applied=[counter_field("jobs_completed", model=record.model)],
         )
         if not done:
-            return Duplicate("another copy completed this job")
-        record = self.store.get(snap.record.id)
-        self._observe_completion(record, now)
+            return Duplicate(f"completion not applied ({done.name.lower()})")
+        finished = record.model_copy(update={**updates, "polls": record.polls + 1})
+        self._observe_completion(finished, now)
         if prediction.inference_ms is not None:
             self.store.record_latency(record.model, prediction.inference_ms / 1000)
         log.info("job %s completed with %d output(s)", record.id, len(prediction.outputs))
-        return Finished(record)
+        return Finished(finished)
 
     def _observe_completion(self, record: JobRecord, now: float) -> None:
-        self.store.count("jobs_completed", model=record.model)
         observations: dict[str, tuple[float, tuple[float, ...]]] = {
             "end_to_end_seconds": (now - record.created_at, LATENCY_BUCKETS),
             "polls_per_job": (record.polls, POLL_COUNT_BUCKETS),
@@ -319,20 +344,31 @@ class JobRunner:
         self.store.observe_many(observations)
 
     def _resubmit_after_remote_failure(
-        self, snap: JobSnapshot, prediction: Prediction, failure: TransientError
+        self, snap: JobSnapshot, prediction: Prediction, failure: TransientError, polled: _Tally
     ) -> Outcome:
         """WaveSpeed says the prediction failed on its side (5xxx): a new one is safe."""
+        expect = {"prediction_id": prediction.id}
         if self._budget_spent(snap):
-            return self._fail(snap, {"prediction_id": prediction.id}, failure.code, failure.message)
+            return self._fail(snap, expect, failure.code, failure.message, tally=polled)
+        delay = self._error_delay(snap, failure)
+        tally = polled + self._error_tally(snap)
         reset = self.store.transition(
             snap.record.id,
-            expect={"prediction_id": prediction.id},
-            updates={"prediction_id": "", "submit_token": "", "poll_seq": 0},
+            expect=expect,
+            updates={
+                "prediction_id": "",
+                "submit_token": "",
+                "poll_seq": 0,
+                "next_run_at": self.clock() + delay,
+            },
+            increments=tally.increments,
+            count=tally.count,
         )
         if not reset:
-            return self._after_lost_race(snap.record.id)
+            return Duplicate(f"resubmit not applied ({reset.name.lower()})")
         self.limiter.release(snap.record.id)
-        return self._error_retry(snap, failure, poll_seq=0)
+        log.warning("job %s: %s; submitting again in %.1fs", snap.record.id, failure.message, delay)
+        return Reschedule(delay, 0, "error")
 
     def _schedule(
         self,
@@ -340,6 +376,8 @@ class JobRunner:
         my_seq: int,
         delay: float,
         reason: str,
+        tally: _Tally = _NOTHING,
+        *,
         extra: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Claim the next poll number; of two copies, only one schedules."""
@@ -353,9 +391,11 @@ class JobRunner:
                 "next_run_at": due,
                 **(extra or {}),
             },
+            increments=tally.increments,
+            count=tally.count,
         )
         if not claimed:
-            return Duplicate(f"another copy scheduled poll {my_seq + 1}")
+            return Duplicate(f"poll {my_seq + 1} not scheduled ({claimed.name.lower()})")
         return Reschedule(delay, my_seq + 1, reason)
 
     # errors and endings -------------------------------------------------------
@@ -363,32 +403,73 @@ class JobRunner:
     def _budget_spent(self, snap: JobSnapshot) -> bool:
         return int(snap.number("error_retries")) >= self.settings.retry_budget
 
-    def _error_retry(self, snap: JobSnapshot, exc: WaveSpeedError, *, poll_seq: int) -> Outcome:
-        if self._budget_spent(snap):
-            message = f"gave up after {self.settings.retry_budget} error retries: {exc.message}"
-            expect = {"prediction_id": snap.field("prediction_id")}
-            return self._fail(snap, expect, exc.code, message)
-        used = int(snap.number("error_retries"))
-        self.store.count("error_retries", job_id=snap.record.id, model=snap.record.model)
+    def _error_tally(self, snap: JobSnapshot) -> _Tally:
+        return _Tally(
+            {"error_retries": 1}, [counter_field("error_retries", model=snap.record.model)]
+        )
+
+    def _error_delay(self, snap: JobSnapshot, exc: WaveSpeedError) -> float:
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         delay = error_backoff(
-            used,
+            int(snap.number("error_retries")),
             base=self.settings.retry_base_delay,
             cap=self.settings.retry_max_delay,
             retry_after=retry_after,
             rng=self.rng,
         )
-        delay = round(min(delay, max(0.05, snap.record.deadline_at - self.clock())), 3)
-        log.warning("job %s: %s; retry %d in %.1fs", snap.record.id, exc.message, used + 1, delay)
-        if poll_seq:
-            return self._schedule(snap, poll_seq, delay, "error")
-        return self._reschedule_submit(snap.record.id, delay, "error")
+        return round(min(delay, max(0.05, snap.record.deadline_at - self.clock())), 3)
 
-    def _reschedule_submit(self, job_id: str, delay: float, reason: str) -> Reschedule:
+    def _error_retry(
+        self,
+        snap: JobSnapshot,
+        exc: WaveSpeedError,
+        *,
+        poll_seq: int,
+        token: str | None = None,
+        tally: _Tally = _NOTHING,
+    ) -> Outcome:
+        """Retry after an error, on the job's own budget. ``token``: the submit right this
+        run holds, given back with the same write (the POST provably created nothing, or
+        the policy allows a new one)."""
+        if self._budget_spent(snap):
+            message = f"gave up after {self.settings.retry_budget} error retries: {exc.message}"
+            expect = {"prediction_id": snap.field("prediction_id")}
+            if token is not None:
+                expect["submit_token"] = token
+            return self._fail(snap, expect, exc.code, message, tally=tally)
+        delay = self._error_delay(snap, exc)
+        used = int(snap.number("error_retries"))
+        log.warning("job %s: %s; retry %d in %.1fs", snap.record.id, exc.message, used + 1, delay)
+        tally = tally + self._error_tally(snap)
+        if poll_seq:
+            return self._schedule(snap, poll_seq, delay, "error", tally)
+        return self._reschedule_submit(snap, delay, "error", tally, token=token)
+
+    def _reschedule_submit(
+        self,
+        snap: JobSnapshot,
+        delay: float,
+        reason: str,
+        tally: _Tally = _NOTHING,
+        *,
+        token: str | None = None,
+    ) -> Outcome:
         """A retry before any prediction exists: the submit claim dedupes copies, so no
-        sequence number is needed; only tell the sweeper when the message is due."""
+        sequence number is needed; record when the message is due (for the sweeper),
+        giving back the submit right if this run held it."""
         delay = round(delay, 3)
-        self.store.mark_due(job_id, self.clock() + delay)
+        updates: dict[str, Any] = {"next_run_at": self.clock() + delay}
+        if token is not None:
+            updates["submit_token"] = ""
+        moved = self.store.transition(
+            snap.record.id,
+            expect={"prediction_id": "", "submit_token": token or ""},
+            updates=updates,
+            increments=tally.increments,
+            count=tally.count,
+        )
+        if not moved:
+            return Duplicate(f"retry not scheduled ({moved.name.lower()})")
         return Reschedule(delay, 0, reason)
 
     def _fail(
@@ -398,34 +479,42 @@ class JobRunner:
         code: int | str | None,
         message: str,
         status: JobStatus = JobStatus.FAILED,
+        *,
+        tally: _Tally = _NOTHING,
     ) -> Outcome:
-        error = {"code": code if code is not None else "unknown", "message": message}
+        record = snap.record
+        error = JobError(code=code if code is not None else "unknown", message=message)
+        if status is JobStatus.TIMED_OUT:
+            ending = counter_field("jobs_timed_out", model=record.model)
+        else:
+            ending = counter_field("jobs_failed", model=record.model, code=str(error.code))
+        now = self.clock()
         done = self.store.transition(
-            snap.record.id,
-            expect={**expect, "status": _LIVE},
-            updates={"status": status.value, "error": error, "completed_at": self.clock()},
+            record.id,
+            expect=expect,
+            updates={"status": status.value, "error": error.model_dump(), "completed_at": now},
+            increments=tally.increments,
+            count=tally.count,
+            count_if_applied=[ending],
         )
         if not done:
-            return self._after_lost_race(snap.record.id)
-        if status is JobStatus.TIMED_OUT:
-            self.store.count("jobs_timed_out", model=snap.record.model)
-        else:
-            self.store.count("jobs_failed", model=snap.record.model, code=str(error["code"]))
-        log.warning("job %s %s: [%s] %s", snap.record.id, status.value, error["code"], message)
-        return Finished(self.store.get(snap.record.id))
+            return Duplicate(f"{status.value} not applied ({done.name.lower()})")
+        log.warning("job %s %s: [%s] %s", record.id, status.value, error.code, message)
+        polls = record.polls + tally.increments.get("polls", 0)
+        return Finished(
+            record.model_copy(
+                update={"status": status, "error": error, "completed_at": now, "polls": polls}
+            )
+        )
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:
         allowed = snap.record.deadline_at - snap.record.created_at
         message = f"not finished by its deadline ({allowed:.0f}s after it was enqueued)"
         if snap.field("prediction_id"):
             message += f"; prediction {snap.field('prediction_id')} may still complete on WaveSpeed"
-        expect = {"status": snap.record.status.value}
+        # Whatever the job is doing, unless its deadline was pushed (retry_chain) meanwhile.
+        expect = {"deadline_at": snap.field("deadline_at")}
         return self._fail(snap, expect, DEADLINE_EXCEEDED, message, JobStatus.TIMED_OUT)
-
-    def _after_lost_race(self, job_id: str) -> Outcome:
-        """Another copy changed the record first: report what it decided, or step aside."""
-        record = self.store.get(job_id)
-        return Duplicate(f"record moved to {record.status.value} by another copy")
 
     def _poll_delay(self, record: JobRecord, poll_number: int, now: float) -> float:
         # Only the first poll depends on the model's history: read it only then.

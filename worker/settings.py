@@ -99,14 +99,30 @@ class Settings(BaseModel):
         """The longest delay any task reschedules itself with."""
         return max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
 
+    @property
+    def submit_lease(self) -> float:
+        """How long the right to send a submit POST lasts before another copy may judge
+        the POST's outcome unknown. The threads pool does not enforce Celery's time
+        limits, so the lease is kept honest by ``validate_timings``: one POST (connect plus
+        one read of WaveSpeed's small answer) must end well within it."""
+        return self.task_time_limit
+
     def validate_timings(self) -> None:
-        """Refuse a visibility timeout that would let kombu redeliver held countdowns."""
+        """Refuse timings that would let kombu redeliver held countdowns, or let a submit
+        POST outlive its lease."""
         needed = self.longest_countdown + self.task_time_limit
         if self.visibility_timeout <= needed:
             raise ConfigError(
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "
                 f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
                 "redeliver messages that are only waiting for their countdown"
+            )
+        post = self.connect_timeout + self.read_timeout
+        if post * 2 > self.submit_lease:
+            raise ConfigError(
+                f"WAVEQUEUE_TASK_TIME_LIMIT={self.task_time_limit:g}s (the submit lease) must be "
+                f"at least twice WAVEQUEUE_CONNECT_TIMEOUT + WAVEQUEUE_READ_TIMEOUT ({post:g}s), "
+                "so that a submit POST always ends before another copy may take over its job"
             )
 
     def require_api_key(self) -> str:

@@ -1,13 +1,28 @@
-"""Job and chain records in Redis, changed only by compare-and-set.
+"""Job and chain records in Redis: the one owner of the job status machine.
 
 A job is one hash at ``wq:job:<id>``. Public fields mirror ``JobRecord``;
 bookkeeping fields (below) belong to the worker and never leave this module's
-callers. Every change goes through ``transition()``, one Lua script that checks
-expected field values and applies updates atomically, so two copies of the same
-Celery message can never both submit or both complete a job. A terminal
-transition also sets the record's TTL, frees its in-flight slot, drops it from
-the deadline index and publishes it on ``JOB_EVENTS_CHANNEL`` — in the same
-atomic step, so a waiter can never miss the news for a record it just read.
+callers. Every change to a job record goes through ``transition()``: one Lua
+script that, atomically,
+
+1. refuses any write to a record that is gone, already terminal (nothing revives
+   a finished job: a late POST or GET answer is dropped, never applied), or in a
+   status this version does not know (a newer version wrote it);
+2. checks the caller's expected field values (compare-and-set), so two copies of
+   the same Celery message can never both submit or both complete a job;
+3. refuses a status change the machine below does not allow;
+4. applies the updates and increments; a move into a terminal status also sets
+   the record's TTL, frees its in-flight slot, drops it from the indexes and
+   publishes it on ``JOB_EVENTS_CHANNEL``, and the counters that must count each
+   job once (completed, failed, timed out) are bumped in the same step.
+
+The status machine (``MOVES``) is defined here, once, and baked into the Lua::
+
+    queued ──> submitting ──> submitted ──> processing ──> completed
+       │            │            │  ^            │
+       │            │            └──┼── submitting (a new prediction after
+       │            │               │   WaveSpeed failed the old one, 5xxx)
+       └────────────┴────────────┴──┴────────────┴──> failed | timed_out
 
 Bookkeeping fields:
 
@@ -17,6 +32,7 @@ Bookkeeping fields:
 - ``poll_seq`` / ``poll_due_at``: the sequence number and due time of the one poll
   message that should be alive; older copies drop themselves.
 - ``error_retries``: error retries used so far (polls do not count).
+- ``next_run_at``: when the job's next message is due (mirrored in ``NEXT_RUN_KEY``).
 - ``awaiting_image``: "1" while a chain step waits for the step before's output as its
   ``image`` ("0" once filled in at run time).
 """
@@ -26,13 +42,15 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
+import pydantic
 import redis
 
+from worker.clock import Clock, RedisClock
 from worker.constants import (
     CHAIN_KEY,
     COUNTERS_KEY,
@@ -45,17 +63,53 @@ from worker.constants import (
     LATENCY_KEY,
     LATENCY_SAMPLE_SIZE,
     NEXT_RUN_KEY,
+    QUARANTINE_KEY,
 )
-from worker.errors import JobNotFoundError
-from worker.models import JobRecord, JobStatus
+from worker.errors import JobNotFoundError, UnreadableRecordError
+from worker.models import TERMINAL_STATUSES, JobRecord, JobStatus
 
 #: Record fields stored as JSON (everything else is a plain string; "" means unset).
 _JSON_FIELDS = frozenset({"input", "outputs", "has_nsfw_contents", "error", "metadata"})
 
+_S = JobStatus
+#: Which status may follow which. A status may also stay as it is (bookkeeping only).
+MOVES: Mapping[JobStatus, frozenset[JobStatus]] = {
+    _S.QUEUED: frozenset({_S.SUBMITTING, _S.FAILED, _S.TIMED_OUT}),
+    _S.SUBMITTING: frozenset({_S.SUBMITTED, _S.FAILED, _S.TIMED_OUT}),
+    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.SUBMITTING}),
+    _S.PROCESSING: frozenset({_S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.SUBMITTING}),
+    **{status: frozenset() for status in TERMINAL_STATUSES},
+}
+
+
+def is_legal_move(current: JobStatus, new: JobStatus) -> bool:
+    """What the Lua enforces, for callers that want to ask first."""
+    return not current.is_terminal and (new == current or new in MOVES[current])
+
+
+def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
+    """``MOVES`` as a Lua table literal, baked into the script (one SHA, no per-call JSON)."""
+    rows = []
+    for status, targets in moves.items():
+        inner = ",".join(f"{target.value}=true" for target in sorted(targets))
+        rows.append(f"{status.value}={{{inner}}}")
+    return "{" + ",".join(rows) + "}"
+
+
 _TRANSITION_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local expected = cjson.decode(ARGV[1])
-for field, want in pairs(expected) do
+-- KEYS: 1 job, 2 in-flight set, 3 deadlines, 4 next-run, 5 counters
+-- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
+--       6 terminal TTL, 7 event channel, 8 job id
+local MOVES = __MOVES__
+local TERMINAL = __TERMINAL__
+-- HTTP calls that happened are counted whatever this write decides.
+for _, field in ipairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[5], field, 1) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if TERMINAL[status] then return -2 end
+local allowed = MOVES[status]
+if allowed == nil then return -4 end
+for field, want in pairs(cjson.decode(ARGV[1])) do
   local have = redis.call('HGET', KEYS[1], field)
   if not have then have = '' end
   if type(want) == 'table' then
@@ -69,25 +123,52 @@ for field, want in pairs(expected) do
   end
 end
 local updates = cjson.decode(ARGV[2])
+local new = updates['status']
+if new and new ~= status and not allowed[new] then return -3 end
 local flat = {}
 for field, value in pairs(updates) do
   table.insert(flat, field)
   table.insert(flat, value)
 end
 if #flat > 0 then redis.call('HSET', KEYS[1], unpack(flat)) end
-if updates['next_run_at'] then redis.call('ZADD', KEYS[4], updates['next_run_at'], ARGV[6]) end
 for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
-if tonumber(ARGV[4]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('ZREM', KEYS[2], ARGV[6])
-  redis.call('ZREM', KEYS[3], ARGV[6])
-  redis.call('ZREM', KEYS[4], ARGV[6])
-  redis.call('PUBLISH', ARGV[5], ARGV[7])
+if new and TERMINAL[new] then
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('ZREM', KEYS[2], ARGV[8])
+  redis.call('ZREM', KEYS[3], ARGV[8])
+  redis.call('ZREM', KEYS[4], ARGV[8])
+  redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
+else
+  if updates['next_run_at'] then redis.call('ZADD', KEYS[4], updates['next_run_at'], ARGV[8]) end
+  if updates['deadline_at'] then redis.call('ZADD', KEYS[3], updates['deadline_at'], ARGV[8]) end
 end
+for _, field in ipairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', KEYS[5], field, 1) end
 return 1
-"""
+""".replace("__MOVES__", _lua_table(MOVES)).replace(
+    "__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}"
+)
+
+
+class Moved(IntEnum):
+    """What ``transition()`` did. Truthy only when the change was applied."""
+
+    APPLIED = 1
+    #: An expected field did not match: another copy got there first.
+    MISMATCH = 0
+    #: No such record (never created, expired, or deleted).
+    MISSING = -1
+    #: The record is terminal: nothing changes a finished job.
+    FINISHED = -2
+    #: The status machine does not allow this status change.
+    ILLEGAL = -3
+    #: The record's status is unknown to this version (a newer one wrote it).
+    UNKNOWN_STATUS = -4
+
+    def __bool__(self) -> bool:
+        return self is Moved.APPLIED
+
 
 _CREATE_LUA = """
 -- KEYS[1] job, KEYS[2] deadlines, KEYS[3] idempotency key (only when ARGV[4] == '1'),
@@ -132,15 +213,25 @@ def encode_record(record: JobRecord) -> dict[str, str]:
     return {field: _encode(value, field) for field, value in dumped.items()}
 
 
-def decode_record(raw: Mapping[str, str]) -> JobRecord:
-    """Hash fields (bookkeeping ignored) back to a JobRecord."""
+def decode_record(raw: Mapping[str, str], job_id: str = "?") -> JobRecord:
+    """Hash fields (bookkeeping ignored) back to a JobRecord; ``UnreadableRecordError``
+    when they do not make one (corrupt JSON, a missing field, an unknown status)."""
     values: dict[str, Any] = {}
-    for field in JobRecord.model_fields:
-        text = raw.get(field, "")
-        if text == "":
-            continue
-        values[field] = json.loads(text) if field in _JSON_FIELDS else text
-    return JobRecord.model_validate(values)
+    try:
+        for field in JobRecord.model_fields:
+            text = raw.get(field, "")
+            if text == "":
+                continue
+            values[field] = json.loads(text) if field in _JSON_FIELDS else text
+        return JobRecord.model_validate(values)
+    except (ValueError, pydantic.ValidationError) as exc:
+        # pydantic's ValidationError is a ValueError too; name the fields, never the values.
+        if isinstance(exc, pydantic.ValidationError):
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "record" for e in exc.errors()})
+            reason = "bad or missing field(s): " + ", ".join(fields)
+        else:
+            reason = "a JSON field does not parse"
+        raise UnreadableRecordError(raw.get("id") or job_id, reason) from None
 
 
 @dataclass(frozen=True)
@@ -169,17 +260,21 @@ class ChainSnapshot:
 
 
 class JobStore:
-    """Reads and atomically changes job and chain records."""
+    """Reads and atomically changes job and chain records; the only writer of them."""
 
-    def __init__(self, client: redis.Redis, *, record_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, *, record_ttl: int, clock: Clock | None = None) -> None:
         self.client = client
         self.record_ttl = record_ttl
+        #: The one "now" for records, leases and deadlines on every host (see worker.clock).
+        self.clock: Clock = clock or RedisClock(client)
         self._transition = client.register_script(_TRANSITION_LUA)
         self._create = client.register_script(_CREATE_LUA)
 
     @classmethod
-    def from_url(cls, url: str, *, record_ttl: int) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), record_ttl=record_ttl)
+    def from_url(cls, url: str, *, record_ttl: int, clock: Clock | None = None) -> JobStore:
+        return cls(
+            redis.Redis.from_url(url, decode_responses=True), record_ttl=record_ttl, clock=clock
+        )
 
     # creating -----------------------------------------------------------------
 
@@ -221,7 +316,7 @@ class JobStore:
                 "id": chain_id,
                 "steps": json.dumps(step_job_ids),
                 "replaced": "[]",
-                "created_at": repr(time.time()),
+                "created_at": repr(self.clock()),
                 "metadata": json.dumps(dict(metadata)),
             },
         )
@@ -229,10 +324,12 @@ class JobStore:
     # reading ------------------------------------------------------------------
 
     def snapshot(self, job_id: str) -> JobSnapshot:
+        """The record and its bookkeeping. ``JobNotFoundError`` if there is none,
+        ``UnreadableRecordError`` if this version cannot decode it."""
         raw: dict[str, str] = self.client.hgetall(JOB_KEY.format(job_id=job_id))  # type: ignore[assignment]
         if not raw:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
-        return JobSnapshot(record=decode_record(raw), raw=raw)
+        return JobSnapshot(record=decode_record(raw, job_id), raw=raw)
 
     def get(self, job_id: str) -> JobRecord:
         return self.snapshot(job_id).record
@@ -243,7 +340,11 @@ class JobStore:
         ids = list(job_ids)
         for job_id in ids:
             pipe.hgetall(JOB_KEY.format(job_id=job_id))
-        return [decode_record(raw) if raw else None for raw in pipe.execute()]
+        raws = pipe.execute()
+        return [
+            decode_record(raw, job_id) if raw else None
+            for job_id, raw in zip(ids, raws, strict=True)
+        ]
 
     def get_chain(self, chain_id: str) -> ChainSnapshot:
         raw: dict[str, str] = self.client.hgetall(CHAIN_KEY.format(chain_id=chain_id))  # type: ignore[assignment]
@@ -263,42 +364,46 @@ class JobStore:
         self,
         job_id: str,
         *,
-        expect: Mapping[str, str | list[str]],
+        expect: Mapping[str, str | list[str]] | None = None,
         updates: Mapping[str, Any] | None = None,
         increments: Mapping[str, int] | None = None,
-    ) -> bool:
-        """Apply ``updates``/``increments`` iff every ``expect`` field matches.
+        count: Sequence[str] = (),
+        count_if_applied: Sequence[str] = (),
+    ) -> Moved:
+        """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
+        matches and the status change (if any) is one ``MOVES`` allows.
 
-        Returns False when another copy got there first (or the record is gone).
-        An update of ``next_run_at`` also indexes the job for the sweeper; a move into
-        a terminal status expires, unindexes and announces the record.
+        ``count`` are global counter fields (``counter_field``) bumped whatever happens
+        (an HTTP call that was made); ``count_if_applied`` only when the change is applied,
+        in the same atomic step (so a job's ending is counted exactly once). An update of
+        ``next_run_at``/``deadline_at`` also updates the sweeper's indexes; a move into a
+        terminal status expires, unindexes and announces the record.
         """
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
-        new_status = fields.get("status")
-        terminal = new_status is not None and JobStatus(new_status).is_terminal
-        event = json.dumps({"job_id": job_id, "status": new_status}) if terminal else ""
         result = self._transition(
-            keys=[JOB_KEY.format(job_id=job_id), IN_FLIGHT_KEY, DEADLINES_KEY, NEXT_RUN_KEY],
+            keys=[
+                JOB_KEY.format(job_id=job_id),
+                IN_FLIGHT_KEY,
+                DEADLINES_KEY,
+                NEXT_RUN_KEY,
+                COUNTERS_KEY,
+            ],
             args=[
-                json.dumps(dict(expect)),
+                json.dumps(dict(expect or {})),
                 json.dumps(fields),
                 json.dumps(dict(increments or {})),
-                self.record_ttl if terminal else 0,
+                json.dumps(list(count)),
+                json.dumps(list(count_if_applied)),
+                self.record_ttl,
                 JOB_EVENTS_CHANNEL,
                 job_id,
-                event,
             ],
         )
-        return bool(result == 1)
+        return Moved(int(result))
 
-    def count(self, name: str, *, job_id: str | None = None, **labels: str) -> None:
-        """Bump the global counter ``name{labels}``; with ``job_id``, also the record's
-        own field ``name`` (e.g. ``polls``, ``error_retries``). One round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(COUNTERS_KEY, counter_field(name, **labels), 1)
-        if job_id is not None:
-            pipe.hincrby(JOB_KEY.format(job_id=job_id), name, 1)
-        pipe.execute()
+    def count(self, name: str, **labels: str) -> None:
+        """Bump the global counter ``name{labels}`` (never a record's field)."""
+        self.client.hincrby(COUNTERS_KEY, counter_field(name, **labels), 1)
 
     def counters(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
         """Every global counter as ``{(name, ((label, value), ...)): count}``."""
@@ -322,15 +427,12 @@ class JobStore:
 
     # sweeping -----------------------------------------------------------------
 
-    def mark_due(self, job_id: str, due: float) -> None:
-        """Index when the job's next message is due (outside a compare-and-set)."""
-        self.client.zadd(NEXT_RUN_KEY, {job_id: due})
-
     def mark_due_many(self, job_ids: Iterable[str], due: float) -> None:
-        self.client.zadd(NEXT_RUN_KEY, dict.fromkeys(job_ids, due))
-
-    def unmark_due(self, job_id: str) -> None:
-        self.client.zrem(NEXT_RUN_KEY, job_id)
+        """Push index entries to ``due`` (the sweeper: "looked at, not again before")."""
+        mapping = dict.fromkeys(job_ids, due)
+        if mapping:
+            # XX: never re-index a job that ended meanwhile.
+            self.client.zadd(NEXT_RUN_KEY, mapping, xx=True)
 
     def overdue(self, before: float, limit: int) -> list[str]:
         """Jobs whose next message was due before ``before``."""
@@ -341,6 +443,47 @@ class JobStore:
         """Live jobs whose deadline has passed."""
         ids: list[str] = self.client.zrangebyscore(DEADLINES_KEY, "-inf", now, 0, limit)  # type: ignore[assignment]
         return ids
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Drop index entries of jobs whose record is gone or terminal: a record that
+        expired while live (a chain step that never ran) must not fill every batch."""
+        ids = list(job_ids)
+        if ids:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(DEADLINES_KEY, *ids)
+            pipe.zrem(NEXT_RUN_KEY, *ids)
+            pipe.execute()
+
+    def quarantine(self, job_id: str, now: float) -> None:
+        """Move an unreadable record's index entries aside (``QUARANTINE_KEY``), so it
+        neither stops the sweeper nor fills its batches; ``readmit`` brings it back."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(QUARANTINE_KEY, {job_id: now})
+        pipe.zrem(DEADLINES_KEY, job_id)
+        pipe.zrem(NEXT_RUN_KEY, job_id)
+        pipe.execute()
+
+    def quarantined(self, limit: int) -> list[str]:
+        """The longest-quarantined job ids first."""
+        ids: list[str] = self.client.zrange(QUARANTINE_KEY, 0, limit - 1)  # type: ignore[assignment]
+        return ids
+
+    def requeue_quarantined(self, job_id: str, now: float) -> None:
+        """Look at a quarantined record again later (still unreadable)."""
+        self.client.zadd(QUARANTINE_KEY, {job_id: now}, xx=True)
+
+    def readmit(self, snap: JobSnapshot, now: float) -> None:
+        """A quarantined record this version can read (written by an older or newer
+        version): index it again, or just drop it from quarantine if it ended."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(QUARANTINE_KEY, snap.record.id)
+        if not snap.record.is_terminal:
+            pipe.zadd(DEADLINES_KEY, {snap.record.id: snap.record.deadline_at})
+            pipe.zadd(NEXT_RUN_KEY, {snap.record.id: now})
+        pipe.execute()
+
+    def drop_quarantined(self, job_id: str) -> None:
+        self.client.zrem(QUARANTINE_KEY, job_id)
 
     # chains -------------------------------------------------------------------
 
@@ -356,8 +499,14 @@ class JobStore:
             mapping={"steps": json.dumps(steps), "replaced": json.dumps(replaced)},
         )
 
-    def expire_chain(self, chain_id: str) -> None:
-        self.client.expire(CHAIN_KEY.format(chain_id=chain_id), self.record_ttl)
+    def keep_alive(self, chain_id: str, job_ids: Iterable[str], ttl: int) -> None:
+        """Give a chain record and its steps (which may never run, after a failure) a TTL.
+        A step that ends gets the terminal TTL instead."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.expire(CHAIN_KEY.format(chain_id=chain_id), ttl)
+        for job_id in job_ids:
+            pipe.expire(JOB_KEY.format(job_id=job_id), ttl)
+        pipe.execute()
 
     # latency ------------------------------------------------------------------
 

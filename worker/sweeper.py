@@ -8,13 +8,22 @@ lets one sweep at a time. Each pass:
 1. times out live jobs past their deadline (whatever happened to their message);
 2. re-sends ``run_job`` for jobs whose next message is overdue by more than the
    grace period (a chain step with the steps after it). A re-send is harmless if
-   the original was only late: every step is a compare-and-set on the record.
+   the original was only late: every step is a compare-and-set on the record;
+3. looks again at a few quarantined records (below).
 
 A job still ``queued`` is indexed from its creation, but re-sent only when its
 queue is empty (its message should have been taken long ago) — during a backlog
 it simply waits, so a long queue never multiplies messages. A chain step waiting
 for the step before is re-sent (with that step's output) only once that step has
 completed.
+
+No single record can stop the sweeper or fill its batches. An index entry whose
+record is gone (a chain step that expired before it ran) is dropped. A record
+this version cannot decode (corrupt, or a status added by a newer version during
+a rolling deploy) is logged once and moved to ``QUARANTINE_KEY``: out of the
+batches, counted for the exporter, and tried again a few per pass, so a newer
+worker readmits the records it can read. In a mixed fleet the older workers may
+quarantine them again; the newer ones keep readmitting them until the deploy ends.
 """
 
 from __future__ import annotations
@@ -26,22 +35,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.constants import QUEUES, SWEEPER_LOCK_KEY
-from worker.errors import JobNotFoundError
+from worker.constants import QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
+from worker.errors import JobNotFoundError, UnreadableRecordError
 from worker.models import JobRecord, JobStatus
-from worker.runner import JobRunner
+from worker.runner import Finished, JobRunner
 from worker.store import JobSnapshot, JobStore
 
 log = logging.getLogger(__name__)
 
 #: How many jobs one pass looks at per kind (the rest wait for the next pass).
 BATCH = 500
+#: How many quarantined records one pass tries to read again.
+QUARANTINE_REVIEW = 50
 
 
 @dataclass(frozen=True)
 class SweepReport:
-    timed_out: int
-    resent: int
+    timed_out: int = 0
+    resent: int = 0
+    quarantined: int = 0
+    readmitted: int = 0
 
 
 class Sweeper:
@@ -64,24 +77,52 @@ class Sweeper:
 
     def sweep_once(self) -> SweepReport:
         now = self.clock()
-        timed_out = sum(
-            1 for job_id in self.store.past_deadline(now, BATCH) if self._expire(job_id)
-        )
+        quarantined: list[str] = []
+        timed_out = self._expire_past_deadline(now, quarantined)
+        resent = self._resend_overdue(now, quarantined)
+        readmitted = self._review_quarantine(now)
+        return SweepReport(timed_out, resent, len(quarantined), readmitted)
+
+    def _read(self, job_id: str, now: float, quarantined: list[str]) -> JobSnapshot | None:
+        """The record, or None after dealing with one that cannot be used: an index entry
+        without a record is dropped, an unreadable record is quarantined."""
+        try:
+            return self.store.snapshot(job_id)
+        except JobNotFoundError:
+            self.store.forget([job_id])
+        except UnreadableRecordError as exc:
+            log.error("sweeper: %s; quarantined (%s)", exc, QUARANTINE_KEY)
+            self.store.quarantine(job_id, now)
+            self.store.count("records_quarantined")
+            quarantined.append(job_id)
+        return None
+
+    def _expire_past_deadline(self, now: float, quarantined: list[str]) -> int:
+        timed_out = 0
+        for job_id in self.store.past_deadline(now, BATCH):
+            snap = self._read(job_id, now, quarantined)
+            if snap is None:
+                continue
+            if snap.record.is_terminal:
+                self.store.forget([job_id])  # ended without leaving the index (older version)
+            elif snap.record.deadline_at <= now:
+                timed_out += isinstance(self.runner.time_out(snap), Finished)
+        return timed_out
+
+    def _resend_overdue(self, now: float, quarantined: list[str]) -> int:
         overdue = self.store.overdue(now - self.grace, BATCH)
         if not overdue:
-            return SweepReport(timed_out=timed_out, resent=0)
+            return 0
         # Looked at now: none again before another grace period, whatever we decide.
         self.store.mark_due_many(overdue, now)
         backlogged = self._backlogged_queues()
         resent = 0
         for job_id in overdue:
-            try:
-                snap = self.store.snapshot(job_id)
-            except JobNotFoundError:
-                self.store.unmark_due(job_id)
+            snap = self._read(job_id, now, quarantined)
+            if snap is None:
                 continue
             if snap.record.is_terminal:
-                self.store.unmark_due(job_id)
+                self.store.forget([job_id])
                 continue
             first_kwargs = self._resend_kwargs(snap, now, backlogged)
             if first_kwargs is None:
@@ -89,7 +130,24 @@ class Sweeper:
             log.warning("job %s: its message is overdue; re-sending it", job_id)
             self.resend(snap, first_kwargs)
             resent += 1
-        return SweepReport(timed_out=timed_out, resent=resent)
+        return resent
+
+    def _review_quarantine(self, now: float) -> int:
+        """Try a few quarantined records again: a newer version may have written them."""
+        readmitted = 0
+        for job_id in self.store.quarantined(QUARANTINE_REVIEW):
+            try:
+                snap = self.store.snapshot(job_id)
+            except JobNotFoundError:
+                self.store.drop_quarantined(job_id)
+                continue
+            except UnreadableRecordError:
+                self.store.requeue_quarantined(job_id, now)
+                continue
+            self.store.readmit(snap, now)
+            log.warning("sweeper: job %s can be read again; back in the indexes", job_id)
+            readmitted += 1
+        return readmitted
 
     def _backlogged_queues(self) -> set[str]:
         """Queues with messages waiting, read once per pass (one round trip)."""
@@ -127,14 +185,8 @@ class Sweeper:
         try:
             chain = self.store.get_chain(record.chain_id)
             return self.store.get(chain.step_job_ids[record.step - 2])
-        except JobNotFoundError:
+        except (JobNotFoundError, UnreadableRecordError):
             return None
-
-    def _expire(self, job_id: str) -> bool:
-        try:
-            return self.runner.expire(job_id) is not None
-        except JobNotFoundError:
-            return False
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every ``interval`` seconds while this worker holds the lock."""
@@ -143,7 +195,7 @@ class Sweeper:
             try:
                 if self.store.client.set(SWEEPER_LOCK_KEY, "1", nx=True, px=lock_ms):
                     report = self.sweep_once()
-                    if report.timed_out or report.resent:
+                    if report != SweepReport():
                         log.warning("sweeper: %s", report)
             except Exception:  # a sweep must never kill its thread
                 log.exception("sweeper pass failed; trying again next interval")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from typing import Any
@@ -13,12 +14,14 @@ from celery.exceptions import Ignore
 from worker.app import app, settings
 from worker.chains import send_job_chain
 from worker.constants import RUN_JOB_TASK
-from worker.errors import JobFailedError, JobNotFoundError
+from worker.errors import JobFailedError, JobNotFoundError, UnreadableRecordError
 from worker.ratelimit import AccountLimiter
 from worker.runner import Duplicate, Finished, JobRunner
 from worker.store import JobSnapshot, JobStore
 from worker.sweeper import Sweeper
 from worker.wavespeed import WaveSpeedClient
+
+log = logging.getLogger(__name__)
 
 _runner_lock = threading.Lock()
 _runner: tuple[int, JobRunner] | None = None
@@ -70,7 +73,12 @@ def run_job(
 
     ``previous_output`` is filled by a Celery chain with the step before's return value.
     """
-    outcome = job_runner().run(job_id, poll_seq=poll_seq, previous_output=previous_output)
+    try:
+        outcome = job_runner().run(job_id, poll_seq=poll_seq, previous_output=previous_output)
+    except (JobNotFoundError, UnreadableRecordError) as exc:
+        # A poison message: nothing a retry could fix. One line, acked once, no chain callback.
+        log.error("run_job dropped a message for job %r: %s", job_id, exc)
+        raise Ignore(str(exc)) from None
     if isinstance(outcome, Duplicate):
         # Ignore: no state change and, crucially, no chain callback from a duplicate.
         raise Ignore(outcome.reason)

@@ -9,12 +9,18 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from tests.support.records import put_in_status
 from tests.support.stack import SECRET_API_KEY, WorkerStack, worker_stack
 from worker.models import JobStatus
 
 T2I = "flux-kontext-max/text-to-image"
 EDIT = "flux-kontext-pro"
-QUICK_SWEEP = {"WAVEQUEUE_VISIBILITY_TIMEOUT": "8", "WAVEQUEUE_TASK_TIME_LIMIT": "5"}
+QUICK_SWEEP = {
+    "WAVEQUEUE_VISIBILITY_TIMEOUT": "8",
+    "WAVEQUEUE_TASK_TIME_LIMIT": "5",
+    "WAVEQUEUE_CONNECT_TIMEOUT": "1",
+    "WAVEQUEUE_READ_TIMEOUT": "1.5",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +42,16 @@ def _submit_directly(stack: WorkerStack, prompt: str) -> str:
 
 def _as_if_its_poll_message_was_lost(stack: WorkerStack, job_id: str, prediction_id: str) -> None:
     overdue = time.time() - 60
-    moved = stack.jobs.store.transition(
+    put_in_status(
+        stack.jobs.store,
         job_id,
-        expect={"status": "queued"},
-        updates={
-            "status": JobStatus.SUBMITTED.value,
-            "prediction_id": prediction_id,
-            "submitted_at": overdue,
-            "poll_seq": 1,
-            "poll_due_at": overdue,
-            "next_run_at": overdue,
-        },
+        JobStatus.SUBMITTED,
+        prediction_id=prediction_id,
+        submitted_at=overdue,
+        poll_seq=1,
+        poll_due_at=overdue,
+        next_run_at=overdue,
     )
-    assert moved
 
 
 def test_a_lost_poll_message_is_resent(stack: WorkerStack) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import Enqueuer
+from tests.support.records import put_in_status
 from worker.constants import QUEUE_NORMAL
 from worker.ratelimit import AccountLimiter
 from worker.runner import JobRunner
@@ -69,11 +70,9 @@ def test_a_queued_job_waits_while_its_queue_has_a_backlog(harness: Harness) -> N
 
 def test_a_job_in_flight_is_resent_with_its_poll_number(harness: Harness) -> None:
     job_id = harness.jobs.create(T2I, prompt="polling")
-    harness.store.transition(
-        job_id,
-        expect={"status": "queued"},
-        updates={"status": "submitted", "prediction_id": "p1", "poll_seq": 4,
-                 "next_run_at": harness.now},
+    put_in_status(
+        harness.store, job_id, "submitted", prediction_id="p1", poll_seq=4,
+        next_run_at=harness.now,
     )  # fmt: skip
     assert harness.sweep_later(1) == []
     assert harness.sweep_later(GRACE) == [(job_id, {"poll_seq": 4})]
@@ -87,11 +86,10 @@ def test_a_waiting_chain_step_follows_its_completed_predecessor(harness: Harness
     harness.store.transition(
         second, expect={}, updates={"chain_id": "c", "step": 2, "awaiting_image": "1"}
     )
-    running = {"status": "submitted", "next_run_at": harness.now + 999}
-    harness.store.transition(first, expect={}, updates=running)
+    put_in_status(harness.store, first, "submitted", next_run_at=harness.now + 999)
     # Step 1 still running: step 2 waits, however old it is.
     assert harness.sweep_later(GRACE + 1) == []
-    harness.store.transition(
+    assert harness.store.transition(
         first,
         expect={"status": "submitted"},
         updates={"status": "completed", "outputs": ["http://x/1.png"],
@@ -103,10 +101,12 @@ def test_a_waiting_chain_step_follows_its_completed_predecessor(harness: Harness
 
 def test_terminal_and_missing_jobs_leave_the_index(harness: Harness) -> None:
     job_id = harness.jobs.create(T2I, prompt="done")
-    harness.store.transition(job_id, expect={}, updates={"status": "completed"})
-    harness.store.mark_due("gone", harness.now)
+    put_in_status(harness.store, job_id, "completed")
+    harness.store.client.zadd("wq:next_run", {"gone": harness.now})
+    harness.store.client.zadd("wq:deadlines", {"gone": harness.now})
     assert harness.sweep_later(GRACE + 1) == []
     assert harness.store.overdue(harness.now + 10_000, 10) == []
+    assert harness.store.past_deadline(harness.now + 10_000, 10) == []
 
 
 def test_past_deadline_jobs_time_out(harness: Harness) -> None:

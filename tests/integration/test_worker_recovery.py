@@ -17,7 +17,12 @@ T2I = "flux-kontext-max/text-to-image"
 
 #: Short visibility timeout so a killed worker's messages come back within seconds:
 #: longest countdown (1 s) + task time limit (5 s) < 8 s.
-QUICK_RECOVERY = {"WAVEQUEUE_VISIBILITY_TIMEOUT": "8", "WAVEQUEUE_TASK_TIME_LIMIT": "5"}
+QUICK_RECOVERY = {
+    "WAVEQUEUE_VISIBILITY_TIMEOUT": "8",
+    "WAVEQUEUE_TASK_TIME_LIMIT": "5",
+    "WAVEQUEUE_CONNECT_TIMEOUT": "1",
+    "WAVEQUEUE_READ_TIMEOUT": "1.5",
+}
 
 
 def test_sigkilled_worker_jobs_finish_on_another_worker(tmp_path: Path) -> None:

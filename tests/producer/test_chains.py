@@ -12,6 +12,7 @@ from celery import chain as celery_chain
 from producer import ChainNotRetryableError, ChainState, Edit, JobClient, JobStatus, TextToImage
 from tests.producer.conftest import ProducerStack
 from tests.support.emulator import input_key
+from tests.support.records import put_in_status
 from worker.celery_config import make_app
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.models import MODEL_PREFIX, JobRecord
@@ -144,10 +145,11 @@ def test_retry_also_renews_later_steps_that_ended_while_the_chain_stood_failed(
     assert (failed.state, failed.current_step) == (ChainState.FAILED, 2)
     # Step 3 never ran; past its deadline, the worker's deadline sweep ends it.
     stale_step = failed.steps[2].job_id
-    assert stack_client.store.transition(
+    put_in_status(
+        stack_client.store,
         stale_step,
-        expect={"status": "queued"},
-        updates={"status": "timed_out", "error": {"code": "deadline_exceeded", "message": "-"}},
+        "timed_out",
+        error={"code": "deadline_exceeded", "message": "-"},
     )
 
     stack.emulator.configure(faults=None)

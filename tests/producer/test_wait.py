@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from producer import JobClient, JobNotFoundError, JobStatus, WaitTimeoutError, WavequeueError
+from tests.support.records import put_in_status
 from worker.constants import JOB_EVENTS_CHANNEL, JOB_KEY
 from worker.models import JobRecord
 
@@ -38,11 +39,7 @@ def _queued_job(client: JobClient) -> str:
 
 def _complete(client: JobClient, job_id: str) -> None:
     """What the worker does: compare-and-set to completed, announced on the channel."""
-    assert client.store.transition(
-        job_id,
-        expect={"status": "queued"},
-        updates={"status": "completed", "outputs": [f"https://cdn.example/{job_id}.png"]},
-    )
+    put_in_status(client.store, job_id, "completed", outputs=[f"https://cdn.example/{job_id}.png"])
 
 
 def _later(delay: float, action: Callable[[], object]) -> threading.Thread:
