@@ -32,6 +32,8 @@ FAULT_KINDS: Final[Mapping[str, str]] = {
     "without a response",
     "submit_slow": "submit waits `delay` seconds before it is handled",
     "submit_malformed": "the prediction IS created; the 200 response body is truncated JSON",
+    "submit_echo_auth": "submit answers HTTP 400 whose message quotes the request's "
+    "Authorization header (a careless server); not created",
     "result_500": "a result poll answers HTTP 500",
     "result_502": "a result poll answers HTTP 502",
     "result_503": "a result poll answers HTTP 503",

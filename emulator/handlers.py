@@ -199,6 +199,13 @@ class SubmitHandler(BaseHandler):
         if faults.fire("submit_drop_before_create", model.path, prompt):
             self.drop_connection()
             return False
+        if faults.fire("submit_echo_auth", model.path, prompt):
+            self.injected_fault = True
+            echoed = self.request.headers.get("Authorization", "")
+            self.send_envelope(
+                400, f"Bad request (emulator fault); you sent Authorization: {echoed}"
+            )
+            return False
         error_kind = faults.first_firing(SUBMIT_ERROR_KINDS, model.path, prompt)
         if error_kind is not None:
             send_fault_status(self, error_kind)

@@ -36,7 +36,7 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from worker.clock import Clock
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
@@ -51,12 +51,20 @@ from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
 from worker.store import JobSnapshot, JobStore, counter_field
-from worker.wavespeed import Prediction, WaveSpeedClient, failure_of
+from worker.wavespeed import Prediction, failure_of
 
 log = logging.getLogger(__name__)
 
 SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+class PredictionAPI(Protocol):
+    """What the runner needs of WaveSpeed (``worker.wavespeed.WaveSpeedClient``)."""
+
+    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction: ...
+
+    def result(self, prediction_id: str) -> Prediction: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ class JobRunner:
         settings: Settings,
         store: JobStore,
         limiter: AccountLimiter,
-        client: WaveSpeedClient,
+        client: PredictionAPI,
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,

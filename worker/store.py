@@ -405,6 +405,14 @@ class JobStore:
         """Bump the global counter ``name{labels}`` (never a record's field)."""
         self.client.hincrby(COUNTERS_KEY, counter_field(name, **labels), 1)
 
+    def count_many(self, amounts: Mapping[str, int]) -> None:
+        """Bump several global counters (``counter_field`` names) in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for field, amount in amounts.items():
+            if amount:
+                pipe.hincrby(COUNTERS_KEY, field, amount)
+        pipe.execute()
+
     def counters(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
         """Every global counter as ``{(name, ((label, value), ...)): count}``."""
         raw: dict[str, str] = self.client.hgetall(COUNTERS_KEY)  # type: ignore[assignment]

@@ -39,7 +39,7 @@ from worker.constants import QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError, UnreadableRecordError
 from worker.models import JobRecord, JobStatus
 from worker.runner import Finished, JobRunner
-from worker.store import JobSnapshot, JobStore
+from worker.store import JobSnapshot, JobStore, counter_field
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ class Sweeper:
         timed_out = self._expire_past_deadline(now, quarantined)
         resent = self._resend_overdue(now, quarantined)
         readmitted = self._review_quarantine(now)
+        # Operators (and tests) see that passes happen and what they did.
+        self.store.count_many(
+            {
+                counter_field("sweeper_passes"): 1,
+                counter_field("sweeper_timed_out"): timed_out,
+                counter_field("sweeper_resent"): resent,
+            }
+        )
         return SweepReport(timed_out, resent, len(quarantined), readmitted)
 
     def _read(self, job_id: str, now: float, quarantined: list[str]) -> JobSnapshot | None:

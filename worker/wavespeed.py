@@ -9,11 +9,15 @@ POST may bill twice. Only failures that prove the request was not acted on
 anything else after the bytes left is ``SubmitOutcomeUnknownError``.
 
 Messages are built from status codes and the server's own words, never from
-the request, so the API key cannot leak through an exception.
+the request; and the server's words are redacted (the API key and any bearer
+token are cut out) before they are quoted, because a careless server may echo
+the request's Authorization header back.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +43,8 @@ from worker.models import MODEL_PREFIX
 _TRANSIENT_TASK_CODES = range(5000, 6000)
 _SUBMIT_SAFE_HTTP = frozenset({429, 503})
 _MAX_ERROR_TEXT = 300
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+REDACTED = "[redacted]"
 
 
 class RemoteStatus(StrEnum):
@@ -124,14 +130,22 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _server_message(response: requests.Response) -> str:
+def redact(text: str, secret: str) -> str:
+    """``text`` without ``secret`` and without anything that looks like a bearer token."""
+    if secret:
+        text = text.replace(secret, REDACTED)
+    return _BEARER.sub(f"Bearer {REDACTED}", text)
+
+
+def _server_message(response: requests.Response, secret: str) -> str:
     try:
         body = response.json()
         message = body.get("message") if isinstance(body, dict) else None
     except ValueError:
         message = None
     text = str(message or response.text or response.reason or "")
-    return text[:_MAX_ERROR_TEXT]
+    # Redact before cutting, so a secret straddling the cut cannot leave a readable half.
+    return redact(text, secret)[:_MAX_ERROR_TEXT]
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -194,6 +208,7 @@ class WaveSpeedClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self._secret = api_key
         self.session.headers["User-Agent"] = "wavequeue"
 
     def close(self) -> None:
@@ -209,7 +224,7 @@ class WaveSpeedClient:
         if response.status_code != 200:
             raise self._http_error(response, during_submit=True)
         try:
-            return parse_prediction(response.json())
+            return self._redacted(parse_prediction(response.json()))
         except requests.exceptions.JSONDecodeError as exc:
             raise map_transport_error(exc, during_submit=True) from None
 
@@ -226,12 +241,18 @@ class WaveSpeedClient:
             envelope = response.json()
         except requests.exceptions.JSONDecodeError as exc:
             raise map_transport_error(exc, during_submit=False) from None
-        return parse_prediction(envelope)
+        return self._redacted(parse_prediction(envelope))
 
-    @staticmethod
-    def _http_error(response: requests.Response, *, during_submit: bool) -> WaveSpeedError:
+    def _redacted(self, prediction: Prediction) -> Prediction:
+        """A failed prediction's message is the server's text too."""
+        if not prediction.error_message:
+            return prediction
+        message = redact(prediction.error_message, self._secret)[:_MAX_ERROR_TEXT]
+        return dataclasses.replace(prediction, error_message=message)
+
+    def _http_error(self, response: requests.Response, *, during_submit: bool) -> WaveSpeedError:
         status = response.status_code
-        message = f"HTTP {status} from WaveSpeed: {_server_message(response)}"
+        message = f"HTTP {status} from WaveSpeed: {_server_message(response, self._secret)}"
         if status == 429:
             return RateLimitedError(message, code=429, retry_after=_retry_after(response))
         if 400 <= status < 500:  # 400/401/403/404/422...: the same request fails again

@@ -43,11 +43,28 @@ COUNTERS: Final[dict[str, str]] = {
     "connection), by model",
     "resubmissions": "Submits sent again under WAVEQUEUE_AMBIGUOUS_SUBMIT=resubmit, by model",
     "error_retries": "Error retries (transport errors, 5xx, 429), by model",
+    "orphaned_predictions": "Predictions created by a submit POST whose answer came after "
+    "the job had ended (timed out, or failed by a copy that took over its expired lease): "
+    "they may be billed, by model",
+    "records_quarantined": "Job records the sweeper could not read (corrupt, or a status "
+    "added by a newer version) and set aside in wq:quarantine",
+    "sweeper_passes": "Sweeper passes made (one worker sweeps at a time)",
+    "sweeper_timed_out": "Live jobs past their deadline that the sweeper ended",
+    "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
 #: increment, so ``rate()`` has a series from the start.
-UNLABELLED_COUNTERS: Final = frozenset({"remote_rate_limited", "limiter_waits"})
+UNLABELLED_COUNTERS: Final = frozenset(
+    {
+        "remote_rate_limited",
+        "limiter_waits",
+        "records_quarantined",
+        "sweeper_passes",
+        "sweeper_timed_out",
+        "sweeper_resent",
+    }
+)
 
 #: Histograms the workers keep in ``wq:hist:<name>``, with their configured bounds.
 HISTOGRAMS: Final[dict[str, tuple[str, tuple[float, ...]]]] = {

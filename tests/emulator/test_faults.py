@@ -113,6 +113,16 @@ def test_submit_malformed_creates_the_prediction_but_answers_broken_json(
     assert emulator.stats()["predictions"]["created"] == 1
 
 
+def test_submit_echo_auth_quotes_the_authorization_header(emulator: EmulatorHandle) -> None:
+    emulator.configure(faults={"submit_echo_auth": {"count": 1}})
+
+    response = emulator.submit(T2I_MAX, {"prompt": "x"})
+
+    assert response.status_code == 400
+    assert "Bearer test-key" in response.json()["message"]
+    assert emulator.stats()["predictions"]["created"] == 0
+
+
 # --- result faults ----------------------------------------------------------------------
 
 

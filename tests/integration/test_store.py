@@ -7,13 +7,15 @@ import threading
 import time
 import uuid
 
+import pytest
 import redis
 
 from tests.support.records import put_in_status
 from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENTS_CHANNEL, JOB_KEY
+from worker.errors import UnreadableRecordError
 from worker.models import JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
-from worker.store import JobStore, Moved
+from worker.store import MOVES, JobStore, Moved, counter_field
 
 
 def _record(**overrides: object) -> JobRecord:
@@ -125,3 +127,81 @@ def test_expected_latency_is_the_recent_median(redis_url: str) -> None:
     for seconds in (1.0, 9.0, 3.0):
         store.record_latency("m", seconds)
     assert store.expected_latency("m") == 3.0
+
+
+# the status machine ------------------------------------------------------------
+
+ALL_STATUSES = list(JobStatus)
+
+
+@pytest.mark.parametrize("current", ALL_STATUSES)
+def test_every_status_change_is_checked_against_the_machine(
+    redis_url: str, current: JobStatus
+) -> None:
+    """From each status, each target: applied iff the machine allows it; refused moves
+    change nothing."""
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    for target in ALL_STATUSES:
+        job_id, _ = store.create_job(_record())
+        put_in_status(store, job_id, current)
+        before = store.client.hgetall(JOB_KEY.format(job_id=job_id))
+        moved = store.transition(job_id, updates={"status": target.value, "prediction_id": "p"})
+        if current.is_terminal:
+            assert moved is Moved.FINISHED
+        elif target == current or target in MOVES[current]:
+            assert moved is Moved.APPLIED, (current, target)
+            continue
+        else:
+            assert moved is Moved.ILLEGAL, (current, target)
+        assert store.client.hgetall(JOB_KEY.format(job_id=job_id)) == before
+
+
+def test_a_terminal_record_takes_no_write_no_increment_and_no_event(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    job_id, _ = store.create_job(_record())
+    put_in_status(store, job_id, "timed_out")
+    pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(JOB_EVENTS_CHANNEL)
+    pubsub.get_message(timeout=1)
+    before = store.client.hgetall(JOB_KEY.format(job_id=job_id))
+
+    moved = store.transition(
+        job_id,
+        updates={"status": "completed", "outputs": ["http://x/late.png"]},
+        increments={"polls": 1},
+        count=[counter_field("polls", model="m")],
+        count_if_applied=[counter_field("jobs_completed", model="m")],
+    )
+
+    assert moved is Moved.FINISHED and not moved
+    assert store.client.hgetall(JOB_KEY.format(job_id=job_id)) == before
+    counters = store.counters()
+    assert counters[("polls", (("model", "m"),))] == 1  # the GET happened: counted
+    assert ("jobs_completed", (("model", "m"),)) not in counters
+    store.client.publish(JOB_EVENTS_CHANNEL, "marker")
+    messages = [pubsub.get_message(timeout=5) for _ in range(1)]
+    assert messages[0] is not None and messages[0]["data"] == "marker"
+
+
+def test_a_missing_record_is_never_created_by_a_write(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    moved = store.transition("gone", updates={"poll_seq": 3}, increments={"polls": 1})
+    assert moved is Moved.MISSING
+    assert not store.client.exists(JOB_KEY.format(job_id="gone"))
+
+
+def test_a_status_from_a_newer_version_is_left_alone(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    job_id, _ = store.create_job(_record())
+    store.client.hset(JOB_KEY.format(job_id=job_id), "status", "paused")
+    assert store.transition(job_id, updates={"status": "failed"}) is Moved.UNKNOWN_STATUS
+    assert store.client.hget(JOB_KEY.format(job_id=job_id), "status") == "paused"
+    with pytest.raises(UnreadableRecordError, match="status"):
+        store.get(job_id)
+
+
+def test_a_new_deadline_is_indexed_with_the_write(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    job_id, _ = store.create_job(_record())
+    assert store.transition(job_id, updates={"deadline_at": 12345.0})
+    assert store.client.zscore(DEADLINES_KEY, job_id) == 12345.0

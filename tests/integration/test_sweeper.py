@@ -94,10 +94,21 @@ def test_a_job_whose_message_never_came_times_out(stack: WorkerStack) -> None:
     assert record.error is not None and record.error.code == "deadline_exceeded"
 
 
+def _counter(stack: WorkerStack, name: str) -> int:
+    return stack.jobs.store.counters().get((name, ()), 0)
+
+
 def test_only_overdue_jobs_are_resent(stack: WorkerStack) -> None:
+    resent_before = _counter(stack, "sweeper_resent")
     job_ids = [stack.jobs.enqueue(T2I, prompt=f"on time {i}") for i in range(5)]
+    passes_before = _counter(stack, "sweeper_passes")
     assert all(r.status == "completed" for r in stack.jobs.wait(job_ids, timeout=20))
-    time.sleep(2)  # two sweeps
+    # Two full passes that began after every job was enqueued have looked at them all.
+    deadline = time.monotonic() + 30
+    while _counter(stack, "sweeper_passes") < passes_before + 2:
+        assert time.monotonic() < deadline, "the sweeper made no passes"
+        time.sleep(0.1)
+    assert _counter(stack, "sweeper_resent") == resent_before
     log = stack.workers[0].log()
     assert not any(f"job {job_id}: its message is overdue" in log for job_id in job_ids)
 

@@ -115,3 +115,53 @@ def test_past_deadline_jobs_time_out(harness: Harness) -> None:
     record = harness.store.get(job_id)
     assert record.status == "timed_out"
     assert record.error is not None and record.error.code == "deadline_exceeded"
+
+
+def test_an_unreadable_record_is_quarantined_and_does_not_stop_the_pass(
+    harness: Harness,
+) -> None:
+    """A status a newer version added (a rolling deploy) used to raise on every pass."""
+    newer = harness.jobs.create(T2I, deadline=5, prompt="written by a newer version")
+    harness.store.client.hset(f"wq:job:{newer}", "status", "paused")
+    late = harness.jobs.create(T2I, deadline=6, prompt="behind it")
+
+    harness.sweep_later(7)
+    report = harness.sweeper.sweep_once()
+
+    assert harness.store.get(late).status == "timed_out"
+    assert harness.store.quarantined(10) == [newer]
+    assert harness.store.client.hget(f"wq:job:{newer}", "status") == "paused"  # untouched
+    assert harness.store.past_deadline(harness.now + 10_000, 10) == []
+    assert harness.store.overdue(harness.now + 10_000, 10) == []
+    assert report.quarantined == 0  # found once, by the first pass
+    assert harness.store.counters()[("records_quarantined", ())] == 1
+
+
+def test_a_quarantined_record_that_can_be_read_again_is_readmitted(harness: Harness) -> None:
+    job_id = harness.jobs.create(T2I, deadline=5, prompt="repaired")
+    harness.store.client.hset(f"wq:job:{job_id}", "status", "paused")
+    harness.sweep_later(6)
+    assert harness.store.quarantined(10) == [job_id]
+
+    harness.store.client.hset(f"wq:job:{job_id}", "status", "queued")  # a newer worker's view
+    report = harness.sweeper.sweep_once()
+    assert report.readmitted == 1
+    assert harness.store.quarantined(10) == []
+    harness.sweep_later(1)  # readmitted past its deadline: the next pass ends it
+    assert harness.store.get(job_id).status == "timed_out"
+
+
+def test_index_entries_without_records_never_fill_the_batches(harness: Harness) -> None:
+    """600 ids whose hash is gone (chain steps that expired before they ran) ahead of a
+    real late job: they are dropped, and the real job times out on the next pass."""
+    gone = {f"gone-{i}": harness.now + i / 1000 for i in range(600)}
+    harness.store.client.zadd("wq:deadlines", gone)
+    harness.store.client.zadd("wq:next_run", gone)
+    late = harness.jobs.create(T2I, deadline=5, prompt="behind 600 ghosts")
+
+    harness.sweep_later(6)
+    harness.sweep_later(1)
+
+    assert harness.store.get(late).status == "timed_out"
+    assert harness.store.past_deadline(harness.now + 10_000, 1000) == []
+    assert harness.store.overdue(harness.now + 10_000, 1000) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,32 +40,54 @@ def test_sigkilled_worker_jobs_finish_on_another_worker(tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_submit_never_submits_twice(tmp_path: Path) -> None:
-    """Killed while POSTs may be in flight: a job either completes or ends
-    submit_outcome_unknown (policy fail); no input is ever sent twice."""
+    """Killed between sending the POST and storing the prediction id: the job's outcome is
+    unknown, and under the default policy it ends submit_outcome_unknown once its lease
+    runs out; the input is never sent twice."""
     with worker_stack(tmp_path, latency="fixed:1", settings=QUICK_RECOVERY) as stack:
-        stack.emulator.configure(faults={"submit_slow": {"delay": 0.5}})
-        job_ids = [stack.jobs.enqueue(T2I, prompt=f"mid-submit {i}") for i in range(12)]
-        stack.wait_for_status(
-            job_ids[:1], {"submitting", "submitted", "processing", "completed"}, timeout=20
+        # Only this job's POST is slow: the kill lands while it is in flight.
+        stack.emulator.configure(
+            faults={"submit_slow": {"delay": 3, "prompt_contains": "mid-submit victim"}}
         )
-        stack.workers[0].kill()
+        victim = stack.jobs.enqueue(T2I, prompt="mid-submit victim")
+        others = [stack.jobs.enqueue(T2I, prompt=f"mid-submit bystander {i}") for i in range(5)]
+        stack.wait_for_status([victim], {"submitting"}, timeout=20)
+        _wait_until(lambda: sum(stack.input_submissions().values()) >= 1, timeout=20)
+        stack.workers[0].kill()  # the victim's POST has reached the emulator, no answer yet
         stack.start_worker()
-        records = stack.jobs.wait(job_ids, timeout=60)
-        for record in records:
-            assert record.status.value in {"completed", "failed"}
-            if record.status.value == "failed":
-                assert record.error is not None
-                assert record.error.code == "submit_outcome_unknown"
+
+        record = stack.jobs.wait([victim], timeout=60)[0]
+        assert record.status.value == "failed"
+        assert record.error is not None and record.error.code == "submit_outcome_unknown"
+        assert "an earlier submit attempt did not finish" in record.error.message
+        assert "not re-sent" in record.error.message
+        for other in stack.jobs.wait(others, timeout=60):
+            assert other.status.value in {"completed", "failed"}
+            if other.status.value == "failed":
+                assert other.error is not None
+                assert other.error.code == "submit_outcome_unknown"
+        # The emulator created the victim's prediction after the kill; nobody sent it again.
         assert max(stack.input_submissions().values()) == 1
+        victims = [
+            p for p in stack.emulator.predictions() if p["input"]["prompt"] == "mid-submit victim"
+        ]
+        assert len(victims) == 1
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def test_warm_stop_hands_held_countdowns_back(tmp_path: Path) -> None:
     with worker_stack(tmp_path, latency="fixed:6") as stack:
         job_id = stack.jobs.enqueue(T2I, prompt="held countdown")
         stack.wait_for_status([job_id], {"submitted", "processing"}, timeout=20)
-        time.sleep(0.5)  # the poll countdown is now held, unacked, by the worker
-        assert stack.workers[0].stop(timeout=30) == 0
         client = stack.jobs.store.client
+        # The poll countdown is held, delivered and unacked, by the worker.
+        _wait_until(lambda: client.hlen("unacked") == 1 and client.llen(QUEUE_NORMAL) == 0, 20)
+        assert stack.workers[0].stop(timeout=30) == 0
         assert client.llen(QUEUE_NORMAL) == 1, "the held poll was not returned to the queue"
         assert client.hlen("unacked") == 0
         stack.start_worker()
