@@ -121,3 +121,12 @@ def test_json_decode_error_on_submit_is_outcome_unknown() -> None:
     exc = requests.exceptions.JSONDecodeError("bad json", "{", 0)
     assert type(map_transport_error(exc, during_submit=True)) is SubmitOutcomeUnknownError
     assert type(map_transport_error(exc, during_submit=False)) is TransientError
+
+
+def test_redaction_cuts_the_key_and_bearer_tokens() -> None:
+    from worker.wavespeed import redact
+
+    text = "bad key sk-abc; Authorization: Bearer sk-abc, also bearer other-token."
+    cleaned = redact(text, "sk-abc")
+    assert "sk-abc" not in cleaned and "other-token" not in cleaned
+    assert cleaned.count("[redacted]") == 3
