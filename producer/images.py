@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from worker.image_refs import ImageReferenceError
+from worker.image_refs import ImageReferenceError, data_uri_bytes
 from worker.limits import MAX_IMAGE_PIXELS, MAX_INLINE_IMAGE_BYTES, megabytes
 
 #: The largest image (decoded bytes) a producer inlines into a job record.
@@ -84,9 +84,8 @@ def _local_path(text: str, base_dir: Path | None) -> Path:
 
 
 def _check_data_uri_size(uri: str, max_bytes: int) -> None:
-    _, _, payload = uri.partition(",")
-    # 4 base64 characters carry 3 bytes; no need to decode to know the size.
-    if len(payload) * 3 // 4 > max_bytes:
+    # The same count as the request model's (4 base64 characters carry 3 bytes).
+    if data_uri_bytes(uri) > max_bytes:
         raise ImageReferenceError(f"data URI is larger than {megabytes(max_bytes)}")
 
 

@@ -88,7 +88,7 @@ def check_data_uri(uri: str) -> None:
             + ", ".join(DATA_URI_TYPES)
         )
     payload = uri[head.end() :]
-    decoded = len(payload) * 3 // 4 - (len(payload) - len(payload.rstrip("=")))
+    decoded = data_uri_bytes(uri)
     if decoded > MAX_INLINE_IMAGE_BYTES:
         raise ImageReferenceError(
             f"data URI holds {megabytes(decoded)}; inline images are capped at "
@@ -98,6 +98,12 @@ def check_data_uri(uri: str) -> None:
         raise ImageReferenceError(
             "data URI payload is not valid base64 (no whitespace, padded to 4 characters)"
         )
+
+
+def data_uri_bytes(uri: str) -> int:
+    """The decoded size of a base64 data URI's payload, without decoding it."""
+    payload = uri.partition(",")[2]
+    return len(payload) * 3 // 4 - (len(payload) - len(payload.rstrip("=")))
 
 
 def check_image_url(url: str, *, allow_private: bool = False) -> None:
