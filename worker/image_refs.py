@@ -45,6 +45,7 @@ SCHEMES = ("http", "https")
 DATA_URI_TYPES = ("png", "jpeg", "jpg", "webp", "gif", "bmp", "tiff")
 
 _DATA_URI_HEAD = re.compile(r"data:image/([a-z0-9.+-]+);base64,", re.IGNORECASE)
+_ASCII_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 #: A label that makes a C resolver or a browser read the whole host as IPv4.
@@ -110,11 +111,12 @@ def check_image_url(url: str, *, allow_private: bool = False) -> None:
     """An http(s) URL with a host that may be fetched (see the module's rule)."""
     if len(url) > MAX_IMAGE_URL_CHARS:
         raise ImageReferenceError(f"URL is longer than {MAX_IMAGE_URL_CHARS} characters")
-    for char in url:
-        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
-            raise ImageReferenceError(
-                f"URL contains a control character or whitespace (U+{ord(char):04X})"
-            )
+    bad = _ASCII_CONTROL_OR_SPACE.search(url) if url.isascii() else _unicode_control(url)
+    if bad is not None:
+        char = bad if isinstance(bad, str) else bad.group()
+        raise ImageReferenceError(
+            f"URL contains a control character or whitespace (U+{ord(char):04X})"
+        )
     if "://" not in url:
         raise ImageReferenceError("must be an http(s) URL or a data:image/...;base64 URI")
     try:
@@ -179,6 +181,14 @@ def _check_host(parts: SplitResult, *, allow_private: bool) -> None:
         raise ImageReferenceError(
             f"private host name {name!r} not allowed: {local} ({PRIVATE_HINT})"
         )
+
+
+def _unicode_control(url: str) -> str | None:
+    """The first control, format (bidi overrides, zero-width) or space character."""
+    for char in url:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+            return char
+    return None
 
 
 def _ascii_host(host: str) -> str:

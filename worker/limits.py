@@ -7,9 +7,8 @@ Why these numbers:
 
 - WaveSpeed documents 20 MB per uploaded image and 1-5 images for the Kontext
   ``/multi`` models. An inlined image lives in Redis (in the job record, for up to
-  ``WAVEQUEUE_RECORD_TTL``) and travels through it again to the worker, so it is
-  capped lower, at 10 MB decoded: bigger images belong on the caller's own
-  storage, passed by URL.
+  ``WAVEQUEUE_RECORD_TTL``) and is read back by the worker, so it is capped lower,
+  at 10 MB decoded: bigger images belong on the caller's own storage, passed by URL.
 - A whole request (the JSON body sent to WaveSpeed) is capped at 16 MB: one image
   at the inline cap fits (10 MB is ~13.4 MB as base64), five do not; a request
   that carries several big images must pass some by URL.
