@@ -18,11 +18,11 @@ from typing import Any
 from producer.options import JobOptions, check_options
 from producer.prepare import Limits, check_body, check_endpoint, resolve_images, without_none
 from worker.errors import ValidationError
+from worker.limits import MAX_CHAIN_STEPS
 from worker.models import DEFAULT_EDIT_MODEL, DEFAULT_TEXT_TO_IMAGE_MODEL, EndpointKind
 
 #: Stands in for the previous step's output while a later step is checked.
 PLACEHOLDER_IMAGE = "https://placeholder.invalid/previous-step-output.png"
-MAX_CHAIN_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def prepare_chain(
     first_image = first if isinstance(first, str | os.PathLike) else None
     starts_with_image = first_image is not None
     if not starts_with_image:
-        steps.append(_generation_step(problems, first))
+        steps.append(_generation_step(problems, first, limits))
     elif not edit_list:
         problems["edits"] = "a chain that starts from an image needs at least one edit"
     total = len(steps) + len(edit_list)
@@ -135,7 +135,7 @@ def prepare_chain(
     return PreparedChain(steps=[step for step in steps if step is not None], options=options)
 
 
-def _generation_step(problems: dict[str, str], spec: object) -> PreparedStep | None:
+def _generation_step(problems: dict[str, str], spec: object, limits: Limits) -> PreparedStep | None:
     prefix = "step1."
     if not isinstance(spec, TextToImage | Mapping):
         problems["first"] = (
@@ -147,7 +147,7 @@ def _generation_step(problems: dict[str, str], spec: object) -> PreparedStep | N
     endpoint = check_endpoint(problems, model, EndpointKind.TEXT_TO_IMAGE, prefix + "model")
     if endpoint is None:
         return None
-    body = check_body(problems, endpoint, step_fields, prefix)
+    body = check_body(problems, endpoint, step_fields, limits, prefix)
     return None if body is None else PreparedStep(endpoint.model, body, awaiting_image=False)
 
 
@@ -178,7 +178,7 @@ def _edit_step(
         resolve_images(problems, step_fields, limits, prefix)
     if endpoint is None:
         return None
-    body = check_body(problems, endpoint, step_fields, prefix)
+    body = check_body(problems, endpoint, step_fields, limits, prefix)
     if body is None:
         return None
     if awaiting_image:

@@ -227,11 +227,13 @@ class JobClient:
         return self.submit(prepared)
 
     def limits(self, image_base: Path | None = None) -> Limits:
-        """What request checks need from this client (deadline default, image size cap)."""
+        """What request checks need from this client (deadline default, image size cap,
+        whether image URLs may name private hosts)."""
         return Limits(
             default_deadline=self.settings.job_deadline,
             max_inline_bytes=self.max_inline_bytes,
             image_base=image_base,
+            allow_private_image_urls=self.settings.allow_private_image_urls,
         )
 
     def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:
@@ -438,7 +440,11 @@ class JobClient:
                 )
             body["image"] = previous.outputs[0]
         # The body was valid when enqueued; check again, now that the image is real.
-        body = validate_request(old.record.model, body)
+        body = validate_request(
+            old.record.model,
+            body,
+            allow_private_image_urls=self.settings.allow_private_image_urls,
+        )
         now = self.store.clock()
         record = self._fresh_step(old.record, body, now=now, deadline_at=now + step_deadline)
         new_job_id, created = self.store.create_job(

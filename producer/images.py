@@ -4,33 +4,55 @@ Why inline instead of upload: uploading to WaveSpeed's media endpoint needs the
 WaveSpeed API key, and a producer never holds it (only workers do). So a local
 file becomes a base64 ``data:image/...`` URI stored in the job record, which
 WaveSpeed accepts wherever it accepts an image URL. Base64 grows the bytes by a
-third and the record lives in Redis, so files are capped (``max_bytes``, 10 MB
-by default); put bigger images on your own storage and pass their URL.
+third and the record lives in Redis, so files are capped (``max_bytes``, at most
+``worker.limits.MAX_INLINE_IMAGE_BYTES``); put bigger images on your own storage
+and pass their URL.
+
+A file is checked from its header only (Pillow reads the size without decoding
+the pixels): its type must be one WaveSpeed takes, and it must have at most
+``MAX_IMAGE_PIXELS`` pixels, so a small file that would decode to gigabytes (a
+decompression bomb) is refused. URLs and data URIs are checked by the request
+model (``worker.image_refs``), the same rule the worker uses.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import mimetypes
 import os
+import re
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from worker.image_refs import ImageReferenceError, data_uri_bytes
+from worker.limits import MAX_IMAGE_PIXELS, MAX_INLINE_IMAGE_BYTES, megabytes
 
 #: The largest image (decoded bytes) a producer inlines into a job record.
-DEFAULT_MAX_INLINE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_INLINE_BYTES = MAX_INLINE_IMAGE_BYTES
+#: Pillow's format name -> the type of the data URI. MPO is how Pillow reads the JPEG
+#: files many phone cameras write (a JPEG with extra frames appended).
+ACCEPTED_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+#: ``scheme://`` or ``data:``: a reference the request model judges, never a file path.
+_URL_LIKE = re.compile(r"^(?:[a-z][a-z0-9+.-]+://|data:)", re.IGNORECASE)
 
 ImageSource = str | os.PathLike[str]
 
-
-class ImageReferenceError(ValueError):
-    """Why one image reference cannot be used (the caller names the field)."""
+__all__ = ["DEFAULT_MAX_INLINE_BYTES", "ImageReferenceError", "is_remote_reference"]
 
 
 def is_remote_reference(value: str) -> bool:
-    """An http(s) URL or a data URI: something the worker passes to WaveSpeed as is."""
-    return value.startswith(("http://", "https://", "data:"))
+    """A URL (any ``scheme://``) or a data URI: passed to the request model, which
+    accepts http(s) and ``data:image`` and names the rule that refuses anything else."""
+    return bool(_URL_LIKE.match(value))
 
 
 def resolve_image(
@@ -48,11 +70,11 @@ def resolve_image(
         )
     if not source.strip():
         raise ImageReferenceError("must not be empty")
-    if source.startswith("data:"):
+    if source[:5].lower() == "data:":
         _check_data_uri_size(source, max_bytes)
         return source
     if is_remote_reference(source):
-        return source  # the request model checks the URL's shape
+        return source  # the request model checks the URL against the rule
     return _inline_file(_local_path(source, base_dir), max_bytes)
 
 
@@ -62,10 +84,9 @@ def _local_path(text: str, base_dir: Path | None) -> Path:
 
 
 def _check_data_uri_size(uri: str, max_bytes: int) -> None:
-    _, _, payload = uri.partition(",")
-    # 4 base64 characters carry 3 bytes; no need to decode to know the size.
-    if len(payload) * 3 // 4 > max_bytes:
-        raise ImageReferenceError(f"data URI is larger than {_megabytes(max_bytes)}")
+    # The same count as the request model's (4 base64 characters carry 3 bytes).
+    if data_uri_bytes(uri) > max_bytes:
+        raise ImageReferenceError(f"data URI is larger than {megabytes(max_bytes)}")
 
 
 def _inline_file(path: Path, max_bytes: int) -> str:
@@ -73,30 +94,47 @@ def _inline_file(path: Path, max_bytes: int) -> str:
         raise ImageReferenceError(
             f"not an http(s) URL, a data: URI or an existing file: {str(path)!r}"
         )
-    size = path.stat().st_size
-    if size > max_bytes:
+    try:
+        with path.open("rb") as handle:
+            # Read one byte past the cap, never the whole of a file that grew.
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageReferenceError(f"{path.name}: cannot read: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        size = max(path.stat().st_size, len(data))
         raise ImageReferenceError(
-            f"{path.name} is {_megabytes(size)}; files are inlined up to {_megabytes(max_bytes)} "
+            f"{path.name} is {megabytes(size)}; files are inlined up to {megabytes(max_bytes)} "
             "(host bigger images yourself and pass the URL)"
         )
-    data = path.read_bytes()
     mime = _image_mime(data, path.name)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _image_mime(data: bytes, name: str) -> str:
-    """The image type from the content (Pillow), from the file name only as a fallback."""
+    """The data URI type, from the header (Pillow); refuses unknown types and bombs."""
     try:
+        # Image.open reads the header only; the pixels are never decoded here.
         with Image.open(io.BytesIO(data)) as image:
-            mime = Image.MIME.get(image.format or "")
-    except (UnidentifiedImageError, OSError):
+            width, height = image.size
+            image_format = image.format or ""
+    except Image.DecompressionBombError:
+        # Pillow's own ceiling (twice Image.MAX_IMAGE_PIXELS) is above ours.
+        raise ImageReferenceError(_too_many_pixels(name)) from None
+    except Exception:  # noqa: BLE001 - any decoding failure is the caller's bad file
         raise ImageReferenceError(f"{name} is not an image file Pillow can read") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReferenceError(_too_many_pixels(name, f" ({width} x {height})"))
+    mime = ACCEPTED_FORMATS.get(image_format)
     if mime is None:
-        mime, _ = mimetypes.guess_type(name)
-    if mime is None or not mime.startswith("image/"):
-        raise ImageReferenceError(f"{name}: cannot tell its image type")
+        accepted = ", ".join(sorted({f for f in ACCEPTED_FORMATS if f != "MPO"}))
+        raise ImageReferenceError(
+            f"{name} is a {image_format or 'unknown'} image; WaveSpeed takes {accepted}"
+        )
     return mime
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB"
+def _too_many_pixels(name: str, size: str = "") -> str:
+    return (
+        f"{name} has more than {MAX_IMAGE_PIXELS:,} pixels{size}; FLUX Kontext works at "
+        "about 1 megapixel, so scale it down first"
+    )

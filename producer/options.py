@@ -17,13 +17,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.limits import MAX_DEADLINE_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_METADATA_BYTES
 from worker.models import Priority
 
-#: Metadata is stored on every record and returned with it: keep it small.
-MAX_METADATA_BYTES = 4096
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
-#: The longest deadline a job may ask for (records of live jobs do not expire).
-MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
+#: The limits live in ``worker.limits``; these names stay for existing imports.
+MAX_IDEMPOTENCY_KEY_LENGTH = MAX_IDEMPOTENCY_KEY_CHARS
+__all__ = [
+    "MAX_DEADLINE_SECONDS",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "MAX_METADATA_BYTES",
+    "JobOptions",
+    "check_options",
+]
 
 
 @dataclass(frozen=True)

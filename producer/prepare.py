@@ -53,9 +53,13 @@ class Limits:
     """What the checks need from the client's configuration."""
 
     default_deadline: float
+    #: Inline images (local files, data URIs) up to this many decoded bytes; it can
+    #: lower ``worker.limits.MAX_INLINE_IMAGE_BYTES``, which the request model enforces.
     max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES
     #: Where relative image paths start (a batch file's folder); None = current directory.
     image_base: Path | None = None
+    #: ``Settings.allow_private_image_urls``: image URLs may name private hosts.
+    allow_private_image_urls: bool = False
 
 
 def models_of_kind(kind: EndpointKind) -> list[str]:
@@ -111,11 +115,17 @@ def resolve_images(
 
 
 def check_body(
-    problems: dict[str, str], endpoint: Endpoint, fields: Mapping[str, Any], prefix: str = ""
+    problems: dict[str, str],
+    endpoint: Endpoint,
+    fields: Mapping[str, Any],
+    limits: Limits,
+    prefix: str = "",
 ) -> dict[str, Any] | None:
     """The endpoint model's verdict on ``fields``; problems keep any earlier entry."""
     try:
-        return validate_request(endpoint.model, fields)
+        return validate_request(
+            endpoint.model, fields, allow_private_image_urls=limits.allow_private_image_urls
+        )
     except ValidationError as exc:
         for name, why in exc.problems.items():
             problems.setdefault(prefix + name, why)
@@ -151,7 +161,7 @@ def prepare_job(
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
     )
-    body = check_body(problems, endpoint, body_fields) if endpoint is not None else None
+    body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
         raise ValidationError(problems)
     assert endpoint is not None and body is not None and options is not None

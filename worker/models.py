@@ -8,11 +8,16 @@ ones in the WaveSpeed docs (see DESIGN.md). Adding a model is one entry in
 wavequeue always submits in async mode: ``enable_sync_mode`` would hold a
 worker slot for the whole inference, which is what this system exists to
 avoid, so the request models do not accept it.
+
+Input images follow one rule (``worker.image_refs``: http(s) to a public host, or
+a capped ``data:image`` URI); the limits on prompts, images and the whole request
+come from ``worker.limits``. Anything that validates a request, producer or
+worker, gets both.
 """
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,30 +25,38 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.errors import ValidationError
+from worker.image_refs import ImageReferenceError, check_image_reference
+from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
 
 MODEL_PREFIX = "wavespeed-ai/"
 
 AspectRatio = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
 SafetyTolerance = Literal["1", "2", "3", "4", "5"]
 Seed = Annotated[int, Field(ge=-1, le=2_147_483_647)]
-Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 
-_DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+$", re.IGNORECASE)
-
-
-def check_image_reference(value: str) -> str:
-    """An input image is an http(s) URL or a base64 ``data:image/...`` URI."""
-    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
-        return value
-    if _DATA_URI.match(value):
-        return value
-    raise ValueError("must be an http(s) URL or a data:image/...;base64 URI")
+#: The key of the validation context that carries ``allow_private_image_urls``.
+ALLOW_PRIVATE_IMAGE_URLS = "allow_private_image_urls"
 
 
-ImageRef = Annotated[str, pydantic.AfterValidator(check_image_reference)]
+def _image_reference(value: str, info: pydantic.ValidationInfo) -> str:
+    """The image rule of ``worker.image_refs``, with the caller's setting from the context."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    try:
+        return check_image_reference(
+            value, allow_private=bool(context.get(ALLOW_PRIVATE_IMAGE_URLS, False))
+        )
+    except ImageReferenceError as exc:
+        # A custom error keeps the message as written (no "Value error, " prefix);
+        # the reason goes in as context so braces in it are never read as a template.
+        raise PydanticCustomError("image_reference", "{reason}", {"reason": str(exc)}) from None
+
+
+ImageRef = Annotated[str, pydantic.AfterValidator(_image_reference)]
 
 
 class _Request(BaseModel):
@@ -96,7 +109,7 @@ class KontextProTextToImage(_Request):
 
 
 class KontextMultiEdit(_Request):
-    images: list[ImageRef] = Field(min_length=1, max_length=5)
+    images: list[ImageRef] = Field(min_length=1, max_length=MAX_IMAGES)
     seed: Seed | None = None
     guidance_scale: float = Field(3.5, ge=1.0, le=20.0)
     aspect_ratio: AspectRatio | None = None
@@ -159,20 +172,49 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return name or "request"
 
 
-def validate_request(model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def validate_request(
+    model: str, fields: Mapping[str, Any], *, allow_private_image_urls: bool = False
+) -> dict[str, Any]:
     """Validate ``fields`` for ``model``; return the JSON body to send to WaveSpeed.
 
-    Raises ``ValidationError`` naming every bad field at once.
+    Image references follow ``worker.image_refs``; ``allow_private_image_urls`` (the
+    caller's ``Settings.allow_private_image_urls``) admits private hosts. The whole
+    body is capped at ``MAX_REQUEST_BYTES`` as JSON. Raises ``ValidationError``
+    naming every bad field at once (``request`` for the size of the whole).
     """
     endpoint = get_endpoint(model)
     try:
-        request = endpoint.request.model_validate(dict(fields))
+        request = endpoint.request.model_validate(
+            dict(fields), context={ALLOW_PRIVATE_IMAGE_URLS: allow_private_image_urls}
+        )
     except pydantic.ValidationError as exc:
         problems: dict[str, str] = {}
         for err in exc.errors():
             problems.setdefault(_field_name(tuple(err["loc"])), err["msg"])
         raise ValidationError(problems) from None
-    return request.model_dump(exclude_none=True)
+    body = request.model_dump(exclude_none=True)
+    size = 0 if _surely_small(body) else request_size(body)
+    if size > MAX_REQUEST_BYTES:
+        raise ValidationError(
+            {
+                "request": f"is {megabytes(size)} as JSON; a request is at most "
+                f"{megabytes(MAX_REQUEST_BYTES)} (pass big images by URL)"
+            }
+        )
+    return body
+
+
+def request_size(body: Mapping[str, Any]) -> int:
+    """Bytes of ``body`` as compact UTF-8 JSON: what the limit on a request counts."""
+    return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _surely_small(body: Mapping[str, Any]) -> bool:
+    """True when ``body`` cannot reach ``MAX_REQUEST_BYTES`` (no character takes more
+    than 6 bytes as JSON), so the usual request skips encoding itself to be measured."""
+    strings = [*body.values(), *body.get("images", ())]
+    characters = sum(len(value) for value in strings if isinstance(value, str))
+    return characters * 6 + 64 * 1024 < MAX_REQUEST_BYTES
 
 
 class JobStatus(StrEnum):

@@ -39,6 +39,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_CONNECT_TIMEOUT": "connect_timeout",
     "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
+    "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
 }
 
 
@@ -85,6 +86,9 @@ class Settings(BaseModel):
     read_timeout: float = Field(30.0, gt=0)
     #: Countdown messages a worker holds in memory at most (``worker_eta_task_limit``).
     eta_task_limit: int = Field(5000, ge=1)
+    #: Image URLs may point at loopback and private addresses (in-house image hosts,
+    #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
+    allow_private_image_urls: bool = False
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:

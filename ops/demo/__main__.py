@@ -38,6 +38,9 @@ def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
     try:
         where = "the emulator" if endpoints.emulated else endpoints.base_url
         click.echo(f"Running the showcase against {where} ...")
+        if endpoints.emulated:
+            # The emulator serves its images on 127.0.0.1; producers may edit them.
+            settings = settings.model_copy(update={"allow_private_image_urls": True})
         with JobClient(settings, redis_url=endpoints.redis_url) as client:
             result = run_showcase(
                 client, out_dir, batch_size=batch_size, timeout=timeout, say=click.echo

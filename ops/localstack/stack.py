@@ -104,6 +104,12 @@ def child_env(**overrides: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **overrides}
 
 
+def _image_url_env(emulated: bool) -> dict[str, str]:
+    """The emulator serves its images on 127.0.0.1: editing them needs private image
+    URLs allowed (in the worker, and in producers that use ``stack.env``)."""
+    return {"WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1"} if emulated else {}
+
+
 def _write_private(path: Path, text: str) -> None:
     """Owner-only: a REDIS_URL may carry a password."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,13 +142,17 @@ class LocalStack:
         try:
             redis_url = self._redis()
             base_url = self._emulator(api_key) if emulated else self.settings.base_url
-            self._worker(redis_url, base_url, api_key)
+            self._worker(redis_url, base_url, api_key, emulated=emulated)
             flower_url = self._flower(redis_url)
             exporter_url = self._exporter(redis_url)
         except BaseException:
             self.stop()
             raise
-        _write_private(self.options.data_dir / "stack.env", f"REDIS_URL={redis_url}\n")
+        stack_env = {"REDIS_URL": redis_url, **_image_url_env(emulated)}
+        _write_private(
+            self.options.data_dir / "stack.env",
+            "".join(f"{name}={value}\n" for name, value in stack_env.items()),
+        )
         return Endpoints(redis_url, base_url, emulated, flower_url, exporter_url)
 
     def watch(self) -> None:
@@ -201,7 +211,7 @@ class LocalStack:
         )
         return url
 
-    def _worker(self, redis_url: str, base_url: str, api_key: str) -> None:
+    def _worker(self, redis_url: str, base_url: str, api_key: str, *, emulated: bool) -> None:
         log_path = self.logs / "worker.log"
         argv = [
             WAVEQUEUE, "worker",
@@ -214,7 +224,10 @@ class LocalStack:
                 address=f"{self.options.concurrency} threads -> {base_url} (log {log_path})",
                 argv=argv,
                 env=child_env(
-                    REDIS_URL=redis_url, WAVESPEED_BASE_URL=base_url, WAVESPEED_API_KEY=api_key
+                    REDIS_URL=redis_url,
+                    WAVESPEED_BASE_URL=base_url,
+                    WAVESPEED_API_KEY=api_key,
+                    **_image_url_env(emulated),
                 ),
                 log_path=log_path,
                 ready=lambda service: service.log_contains(" ready."),

@@ -10,7 +10,10 @@ The file holds one request per line, a JSON object (blank lines are skipped)::
 kind's default); ``priority``, ``deadline``, ``metadata`` and ``idempotency_key``
 are the job options; every other key is a WaveSpeed field of the model.
 Relative image paths start at the batch file's folder. If any line is bad, every
-bad line is reported with its number and nothing is enqueued.
+bad line is reported with its number and nothing is enqueued. A file holds at most
+``MAX_BATCH_LINES`` requests (``--max-lines``), each line at most
+``MAX_BATCH_LINE_BYTES``, and all its requests together at most ``MAX_BATCH_BYTES``
+(``worker.limits``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import click
 
@@ -37,33 +41,93 @@ from producer.commands.common import (
 )
 from producer.errors import ValidationError, WaitTimeoutError
 from producer.prepare import PreparedJob
-from worker.models import JobRecord, JobStatus
+from worker.limits import MAX_BATCH_BYTES, MAX_BATCH_LINE_BYTES, MAX_BATCH_LINES, megabytes
+from worker.models import JobRecord, JobStatus, request_size
 
 
-def read_batch(path: Path, client: JobClient) -> tuple[list[tuple[int, PreparedJob]], list[str]]:
+def read_batch(
+    path: Path, client: JobClient, *, max_lines: int = MAX_BATCH_LINES
+) -> tuple[list[tuple[int, PreparedJob]], list[str]]:
     """Every line checked: (line number, prepared job) for the good ones, and one
-    message per problem (``line N: field: why``) for the bad ones."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], [f"{path}: cannot read: {exc}"]
+    message per problem (``line N: field: why``) for the bad ones.
+
+    The file is read line by line: a line over ``MAX_BATCH_LINE_BYTES`` is reported
+    without being held in memory, reading stops past ``max_lines`` requests, and the
+    checked requests together may hold at most ``MAX_BATCH_BYTES`` (local images
+    inlined), since all of them wait in memory until every line has passed."""
     prepared: list[tuple[int, PreparedJob]] = []
     problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: not valid JSON: {exc}")
-            continue
-        try:
-            prepared.append((number, client.prepare(request, image_base=path.parent)))
-        except ValidationError as exc:
-            problems.extend(f"line {number}: {field}: {why}" for field, why in exc.problems.items())
+    requests = 0
+    total_bytes = 0
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(_read_lines(handle, MAX_BATCH_LINE_BYTES), start=1):
+                if raw is None:
+                    problems.append(
+                        f"line {number}: longer than {megabytes(MAX_BATCH_LINE_BYTES)} "
+                        "(one request per line; pass big images by URL or file path)"
+                    )
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    problems.append(f"line {number}: not UTF-8 text")
+                    continue
+                if not line.strip():
+                    continue
+                requests += 1
+                if requests > max_lines:
+                    problems.append(
+                        f"{path}: more than {max_lines:,} requests; split the file "
+                        "(or raise --max-lines)"
+                    )
+                    break
+                job = _check_line(number, line, path, client, problems)
+                if job is None:
+                    continue
+                prepared.append((number, job))
+                total_bytes += request_size(job.body)
+                if total_bytes > MAX_BATCH_BYTES:
+                    problems.append(
+                        f"line {number}: the requests so far hold more than "
+                        f"{megabytes(MAX_BATCH_BYTES)}; split the file or pass images by URL"
+                    )
+                    break
+    except OSError as exc:
+        return [], [f"{path}: cannot read: {exc}"]
     if not prepared and not problems:
         problems.append(f"{path}: no requests (one JSON object per line)")
     return prepared, problems
+
+
+def _read_lines(handle: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """Each line without its newline, or None for a line over ``max_bytes`` (whose
+    rest is skipped in chunks, never held whole)."""
+    while True:
+        line = handle.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = handle.readline(1024 * 1024)
+            yield None
+            continue
+        yield line.rstrip(b"\r\n")
+
+
+def _check_line(
+    number: int, line: str, path: Path, client: JobClient, problems: list[str]
+) -> PreparedJob | None:
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        problems.append(f"line {number}: not valid JSON: {exc}")
+        return None
+    try:
+        return client.prepare(request, image_base=path.parent)
+    except ValidationError as exc:
+        problems.extend(f"line {number}: {field}: {why}" for field, why in exc.problems.items())
+        return None
 
 
 class ProgressLine:
@@ -178,13 +242,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
     default=None,
     help="Seconds to wait at most (default: until the last deadline, plus a minute).",
 )
+@click.option(
+    "--max-lines",
+    type=click.IntRange(min=1),
+    default=MAX_BATCH_LINES,
+    show_default=True,
+    help="Refuse a file with more requests than this (nothing is enqueued).",
+)
 @json_option
 @reports_errors
-def batch_command(file: Path, wait: bool, timeout: float | None, as_json: bool) -> None:
+def batch_command(
+    file: Path, wait: bool, timeout: float | None, max_lines: int, as_json: bool
+) -> None:
     """Enqueue every request in FILE (JSON Lines), then show progress until all end.
     Exits 0 all completed, 1 some failed, 2 bad lines (nothing enqueued), 3 timed out."""
     with make_client() as client:
-        prepared, problems = read_batch(file, client)
+        prepared, problems = read_batch(file, client, max_lines=max_lines)
         if problems:
             for problem in problems:
                 click.echo(f"error: {problem}", err=True)

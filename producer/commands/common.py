@@ -14,11 +14,13 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 import redis
+from PIL import Image
 
 from producer.chain_status import ChainState, ChainStatus
 from producer.client import JobClient
@@ -36,6 +38,11 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TIMED_OUT = 3
 EXIT_UNAVAILABLE = 4
+
+# An image over the pixel limit is one "error:" line (producer.images refuses it);
+# Pillow warns first about images between its own two ceilings, which would print
+# a second line. Silenced here, in the CLI's own process, never by the library.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -118,7 +118,9 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert f"emulator  http://127.0.0.1:{ports['emulator']}" in text
         assert f"flower    http://127.0.0.1:{ports['flower']}/" in text
         assert f"exporter  http://127.0.0.1:{ports['exporter']}/metrics" in text
-        assert (up.data_dir / "stack.env").read_text() == f"REDIS_URL={redis_url}\n"
+        assert (up.data_dir / "stack.env").read_text() == (
+            f"REDIS_URL={redis_url}\nWAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS=1\n"
+        )
 
         with JobClient(redis_url=redis_url) as client:
             job_id = client.text_to_image("a lighthouse", seed=1)

@@ -18,6 +18,7 @@ from ops.localstack.redis_server import RedisServer
 from producer import JobClient
 from tests.support.emulator import EmulatorHandle, running_emulator
 from tests.support.worker_process import WorkerProcess
+from worker.settings import Settings
 
 #: Distinctive, so a leak into a record or a message is found by a plain search.
 EMULATOR_API_KEY = "sk-producer-tests-5b1d"
@@ -35,7 +36,11 @@ FAST_WORKER_SETTINGS = {
     "WAVEQUEUE_READ_TIMEOUT": "5",
     "WAVEQUEUE_RATE_LIMIT_PER_MINUTE": "100000",
     "WAVEQUEUE_MAX_IN_FLIGHT": "10000",
+    # The emulator serves its outputs on 127.0.0.1, and tests edit them.
+    "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1",
 }
+#: A producer's settings for the stack: emulator outputs are valid images to edit.
+STACK_SETTINGS = Settings(allow_private_image_urls=True)
 
 
 @dataclass
@@ -82,5 +87,5 @@ def stack(producer_stack: ProducerStack) -> Iterator[ProducerStack]:
 
 @pytest.fixture
 def stack_client(stack: ProducerStack) -> Iterator[JobClient]:
-    with JobClient(redis_url=stack.redis_url, reread_interval=0.5) as client:
+    with JobClient(STACK_SETTINGS, redis_url=stack.redis_url, reread_interval=0.5) as client:
         yield client

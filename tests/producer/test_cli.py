@@ -20,11 +20,20 @@ Run = Callable[..., Result]
 
 @pytest.fixture
 def wavequeue(stack: ProducerStack) -> Iterator[Run]:
-    """Run ``wavequeue ARGS...`` in-process with REDIS_URL pointing at the stack."""
+    """Run ``wavequeue ARGS...`` in-process with REDIS_URL pointing at the stack (whose
+    emulator serves images on 127.0.0.1, so private image URLs are allowed)."""
     runner = CliRunner()
 
     def run(*args: str, **env: str) -> Result:
-        return runner.invoke(main, list(args), env={"REDIS_URL": stack.redis_url, **env})
+        return runner.invoke(
+            main,
+            list(args),
+            env={
+                "REDIS_URL": stack.redis_url,
+                "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1",
+                **env,
+            },
+        )
 
     yield run
 

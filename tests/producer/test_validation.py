@@ -1,6 +1,10 @@
 """Invalid requests, generated for every endpoint: each one raises ``ValidationError``
 naming the bad field, and Redis receives nothing at all (no record, no message:
-Celery queues are Redis lists, so a sent message would leave a key)."""
+Celery queues are Redis lists, so a sent message would leave a key).
+
+And the producer agrees with the registry (``worker.models.validate_request``, what the
+worker trusts) on every request, valid or not, hostile image URLs included: what the
+registry rejects is rejected before enqueue, what it accepts is enqueued unchanged."""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from producer import Edit, JobClient, TextToImage, ValidationError
 from producer.options import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_METADATA_BYTES
+from tests.support.url_strategies import never_v4, private_v4, public_v4, urls
 from worker import errors as worker_errors
-from worker.models import ENDPOINTS, Endpoint, EndpointKind
+from worker.models import ENDPOINTS, Endpoint, EndpointKind, validate_request
+from worker.settings import Settings
 
 URL = "https://example.com/cat.png"
 METHOD_FOR_KIND = {
@@ -79,19 +85,23 @@ INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
         st.text(max_size=3).filter(lambda text: text not in {"1", "2", "3", "4", "5"}),
         st.integers().filter(lambda n: not 1 <= n <= 5),
     ),
-    # Neither a URL nor a data URI nor an existing file.
+    # Neither an allowed URL nor a data URI nor an existing file: private and
+    # never-allowed hosts in every spelling (the client does not allow private ones).
     "image": st.one_of(
         st.just(""),
         st.just("ftp://example.com/a.png"),
         st.just("data:text/plain;base64,aGk="),
         st.text(min_size=1, max_size=20).map(lambda text: f"missing-{text}.png"),
         st.integers(),
+        urls(private_v4),
+        urls(never_v4),
     ),
     "images": st.one_of(
         st.just([]),
         st.lists(st.just(URL), min_size=6, max_size=8),
         st.lists(st.just("no-such-file.png"), min_size=1, max_size=3),
         st.just(URL),
+        st.lists(urls(private_v4), min_size=1, max_size=3),
     ),
 }
 INVALID_OPTIONS: dict[str, st.SearchStrategy[Any]] = {
@@ -245,3 +255,109 @@ def test_every_problem_of_a_request_is_named_at_once(
         raised.value.problems
     )
     assert raw.dbsize() == 0
+
+
+# the producer and the registry agree --------------------------------------------------
+
+#: Image references the rule accepts (private ones only with the setting) ...
+good_images = st.one_of(
+    st.sampled_from(
+        [
+            URL,
+            "https://cdn.example.org/a/b.webp?sig=abc&x=1",
+            "https://[2606:4700:4700::1111]/x.png",
+            "data:image/png;base64,iVBORw0KGgo=",
+        ]
+    ),
+    urls(public_v4),
+    urls(private_v4),
+    st.sampled_from(["http://localhost:8765/media/a.png", "http://minio:9000/bucket/a.png"]),
+)
+#: ... and ones it never accepts, or that are not image references at all.
+bad_images = st.one_of(
+    st.sampled_from(
+        [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/",
+            "http://user@example.com/a.png",
+            "http://example.com/a\nb.png",
+            "file:///etc/passwd",
+            "ftp://example.com/a.png",
+            "data:image/svg+xml;base64,PHN2Zz4=",
+            "data:image/png;base64,not base64!",
+            "http:///no-host.png",
+            "https://",
+        ]
+    ),
+    urls(never_v4),
+    st.text(max_size=12),
+    st.integers(),
+)
+STRAY_FIELDS = ["enable_sync_mode", "webhook", "bogus"]
+
+
+@st.composite
+def any_requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """(model, fields): each part spoiled one time in five, so about half are valid."""
+
+    def spoil() -> bool:
+        return draw(st.integers(0, 4)) == 0
+
+    model = draw(st.sampled_from(sorted(ENDPOINTS)))
+    endpoint = ENDPOINTS[model]
+    good_prompt = st.text(min_size=1, max_size=40).filter(str.strip)
+    fields: dict[str, Any] = {"prompt": draw(INVALID_VALUES["prompt"] if spoil() else good_prompt)}
+    takes = set(endpoint.request.model_fields)
+    if "image" in takes:
+        fields["image"] = draw(bad_images if spoil() else good_images)
+    if "images" in takes:
+        count = draw(st.sampled_from([0, 6]) if spoil() else st.integers(1, 5))
+        fields["images"] = [draw(bad_images if spoil() else good_images) for _ in range(count)]
+    options = sorted(takes - {"prompt", "image", "images"})
+    for name in draw(st.sets(st.sampled_from(options), max_size=2)):
+        fields[name] = draw(INVALID_VALUES[name]) if spoil() else VALID_VALUES[name]
+    if spoil():
+        fields[draw(st.sampled_from(STRAY_FIELDS))] = True
+    return model, fields
+
+
+@pytest.fixture
+def clients(redis_url: str) -> Iterator[tuple[dict[bool, JobClient], redis.Redis]]:
+    """One client per value of ``allow_private_image_urls``, on an empty Redis."""
+    raw = redis.Redis.from_url(redis_url)
+    strict = JobClient(redis_url=redis_url)
+    lenient = JobClient(Settings(allow_private_image_urls=True), redis_url=redis_url)
+    yield {False: strict, True: lenient}, raw
+    strict.close()
+    lenient.close()
+    raw.close()
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=any_requests(), allow_private=st.booleans())
+def test_the_producer_enqueues_exactly_what_the_registry_accepts(
+    clients: tuple[dict[bool, JobClient], redis.Redis],
+    request: tuple[str, dict[str, Any]],
+    allow_private: bool,
+) -> None:
+    by_setting, raw = clients
+    client = by_setting[allow_private]
+    model, fields = request
+    raw.flushdb()
+    try:
+        expected: dict[str, Any] | None = validate_request(
+            model, fields, allow_private_image_urls=allow_private
+        )
+    except ValidationError:
+        expected = None
+    mapping = {"kind": ENDPOINTS[model].kind.value, "model": model, **fields}
+    event("registry accepts" if expected is not None else "registry rejects")
+    if expected is None:
+        with pytest.raises(ValidationError):
+            client.submit(client.prepare(mapping))
+        assert raw.dbsize() == 0
+    else:
+        job_id = client.submit(client.prepare(mapping))
+        assert client.get(job_id).input == expected

@@ -24,7 +24,9 @@ class Enqueuer:
 
     def create(self, model: str, deadline: float | None = None, **fields: Any) -> str:
         """Write a queued record without sending a message."""
-        body = validate_request(model, fields)
+        body = validate_request(
+            model, fields, allow_private_image_urls=self.settings.allow_private_image_urls
+        )
         now = time.time()
         record = JobRecord(
             id=uuid.uuid4().hex,

@@ -109,6 +109,8 @@ def worker_stack(
         "REDIS_URL": redis_server.url,
         "WAVESPEED_API_KEY": SECRET_API_KEY,
         "WAVESPEED_BASE_URL": emulator.base_url,
+        # The emulator serves its outputs on 127.0.0.1, and tests edit them.
+        "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1",
         **FAST_SETTINGS,
         **(settings or {}),
     }

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from worker.errors import ValidationError
-from worker.models import ENDPOINTS, JobStatus, can_move, get_endpoint, validate_request
+from worker.limits import MAX_INLINE_IMAGE_BYTES, MAX_REQUEST_BYTES
+from worker.models import (
+    ENDPOINTS,
+    JobStatus,
+    can_move,
+    get_endpoint,
+    request_size,
+    validate_request,
+)
 
 IMG = "https://example.com/cat.png"
 
@@ -62,6 +70,10 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("flux-kontext-pro/multi", {"prompt": "x", "images": []}, "images"),
     ("flux-kontext-pro/multi", {"prompt": "x", "images": [IMG] * 6}, "images"),
     ("flux-kontext-max/multi", {"prompt": "x", "images": [IMG, "nope"]}, "images[1]"),
+    ("flux-kontext-pro", {"prompt": "x", "image": "file:///etc/passwd"}, "image"),
+    ("flux-kontext-pro", {"prompt": "x", "image": "http://127.0.0.1:6379/"}, "image"),
+    ("flux-kontext-max/multi", {"prompt": "x", "images": [IMG, "http://10.0.0.1/"]}, "images[1]"),
+    ("flux-kontext-max/text-to-image", {"prompt": "x" * 4001}, "prompt"),
 ]
 
 
@@ -101,6 +113,60 @@ def test_data_uri_is_an_image() -> None:
         "flux-kontext-pro", {"prompt": "x", "image": "data:image/png;base64,iVBO"}
     )
     assert body["image"].startswith("data:image/png")
+
+
+def test_limits_are_named_in_the_error() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_request("flux-kontext-max/text-to-image", {"prompt": "x" * 4001})
+    assert "4000 characters" in caught.value.problems["prompt"]
+    with pytest.raises(ValidationError) as caught:
+        validate_request("flux-kontext-pro/multi", {"prompt": "x", "images": [IMG] * 6})
+    assert "at most 5 items" in caught.value.problems["images"]
+
+
+def test_the_url_rule_applies_with_the_callers_setting() -> None:
+    fields = {"prompt": "edit", "image": "http://127.0.0.1:8765/media/a.png"}
+    with pytest.raises(ValidationError) as caught:
+        validate_request("flux-kontext-pro", fields)
+    assert caught.value.problems["image"] == (
+        "private address 127.0.0.1 not allowed: loopback "
+        "(set WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS=1 for in-house image hosts)"
+    )
+    assert str(caught.value).startswith("invalid request: image: private address 127.0.0.1")
+    body = validate_request("flux-kontext-pro", fields, allow_private_image_urls=True)
+    assert body["image"] == fields["image"]
+    # Link-local (cloud metadata) is never an image host, setting or not.
+    with pytest.raises(ValidationError, match="link-local"):
+        validate_request(
+            "flux-kontext-pro",
+            {"prompt": "x", "image": "http://169.254.169.254/"},
+            allow_private_image_urls=True,
+        )
+
+
+def _data_uri(decoded_bytes: int) -> str:
+    return "data:image/png;base64," + "A" * (decoded_bytes // 3 * 4)
+
+
+def test_an_inline_image_over_the_cap_is_refused() -> None:
+    fits = {"prompt": "x", "image": _data_uri(MAX_INLINE_IMAGE_BYTES)}
+    assert validate_request("flux-kontext-pro", fits)["image"] == fits["image"]
+    with pytest.raises(ValidationError) as caught:
+        validate_request(
+            "flux-kontext-pro", {"prompt": "x", "image": _data_uri(MAX_INLINE_IMAGE_BYTES + 3)}
+        )
+    assert "capped at 10.0 MB" in caught.value.problems["image"]
+
+
+def test_a_request_over_the_total_size_is_refused() -> None:
+    """Each image within its cap, the whole over the request's: named ``request``."""
+    images = [_data_uri(7 * 1024 * 1024)] * 2
+    with pytest.raises(ValidationError) as caught:
+        validate_request("flux-kontext-pro/multi", {"prompt": "x", "images": images})
+    assert set(caught.value.problems) == {"request"}
+    assert "at most 16.0 MB" in caught.value.problems["request"]
+    one = validate_request("flux-kontext-pro/multi", {"prompt": "x", "images": images[:1]})
+    assert request_size(one) <= MAX_REQUEST_BYTES
 
 
 def test_status_moves_forward_only() -> None:
