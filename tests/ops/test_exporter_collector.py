@@ -87,4 +87,5 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_submit_outcome_unknown_total",
         "wavequeue_resubmissions_total",
         "wavequeue_error_retries_total",
+        "wavequeue_orphaned_predictions_total",
     }
