@@ -95,8 +95,8 @@ class JobClient:
 
     While Redis is unreachable (restarting, failing over, a network cut) a call keeps
     reconnecting for ``WAVEQUEUE_REDIS_RETRY_WINDOW`` seconds (10 by default) and then
-    raises ``BrokerUnavailableError``: it blocks at most that window plus one connect
-    timeout (see ``worker.redis_connection``).
+    raises ``BrokerUnavailableError``: against a Redis that stays down it blocks at most
+    that window plus one connect timeout (see ``worker.redis_connection``).
     """
 
     def __init__(

@@ -21,10 +21,11 @@ through ``celery_options`` (``worker.celery_config`` puts them in place).
 (``WAVEQUEUE_REDIS_CONNECT_TIMEOUT``) and a reply timeout
 (``WAVEQUEUE_REDIS_SOCKET_TIMEOUT``). A command that cannot reach Redis reconnects
 and tries again, with a short backoff, until ``WAVEQUEUE_REDIS_RETRY_WINDOW`` seconds
-have passed since it started (``RetryWithin``); then it raises. So a call blocks at
-most the window plus one connect timeout (12 s with the defaults; with Sentinel,
-add one connect timeout per sentinel that does not answer); a Redis that accepts
-connections and then never answers adds one reply timeout.
+have passed since it started (``RetryWithin``); then it raises. So against a Redis
+that stays down a command blocks at most the window plus one connect timeout (12 s
+with the defaults; with Sentinel, add one connect timeout per sentinel that does
+not answer); a Redis that accepts connections and then never answers adds one reply
+timeout. A call of several commands raises at its first command that gives up.
 
 Nothing here puts a password in a message: ``redact`` and ``describe`` name a Redis
 without its credentials, and ``unavailable`` turns a redis-py or kombu error into a
