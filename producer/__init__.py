@@ -17,6 +17,7 @@ from producer.chain_spec import Edit, TextToImage
 from producer.chain_status import ChainState, ChainStatus, ChainStep
 from producer.client import JobClient
 from producer.errors import (
+    BrokerUnavailableError,
     ChainNotRetryableError,
     JobNotFoundError,
     ValidationError,
@@ -27,6 +28,7 @@ from producer.prepare import PreparedJob
 from worker.models import JobRecord, JobStatus, Priority
 
 __all__ = [
+    "BrokerUnavailableError",
     "ChainNotRetryableError",
     "ChainState",
     "ChainStatus",

@@ -9,13 +9,17 @@ never needs the WaveSpeed API key: it drops the key from its settings.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+
+import redis
 
 from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
@@ -35,6 +39,7 @@ from worker.models import (
     Priority,
     validate_request,
 )
+from worker.redis_connection import unavailable
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -50,6 +55,25 @@ AWAITING_IMAGE_FIELD = "awaiting_image"
 DEFAULT_WAIT_GRACE = 60.0
 
 Progress = Callable[[list[JobRecord]], None]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _redis_errors_mapped(method: Callable[P, R]) -> Callable[P, R]:
+    """Redis lost for the whole retry window (or the password refused) raises
+    ``BrokerUnavailableError``, naming the Redis without its password."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            client = args[0]
+            assert isinstance(client, JobClient)
+            raise unavailable(client.settings, exc) from exc
+
+    return wrapper
 
 
 class JobOptionsInput(NamedTuple):
@@ -68,6 +92,11 @@ class JobClient:
     ``JobClient.from_env()``) or from explicit arguments
     (``JobClient(redis_url="redis://redis:6379/0")``). Thread-safe for use from
     many request handlers; ``close()`` (or ``with``) releases the connections.
+
+    While Redis is unreachable (restarting, failing over, a network cut) a call keeps
+    reconnecting for ``WAVEQUEUE_REDIS_RETRY_WINDOW`` seconds (10 by default) and then
+    raises ``BrokerUnavailableError``: against a Redis that stays down it blocks at most
+    that window plus one connect timeout (see ``worker.redis_connection``).
     """
 
     def __init__(
@@ -93,7 +122,7 @@ class JobClient:
         }
         # The API key is left out on purpose: only workers talk to WaveSpeed.
         self.settings = Settings(**{**base.model_dump(exclude={"api_key"}), **overrides})
-        self.store = JobStore.from_url(self.settings.redis_url, record_ttl=self.settings.record_ttl)
+        self.store = JobStore.from_settings(self.settings)
         self.max_inline_bytes = max_inline_bytes
         self.reread_interval = reread_interval
         self.wait_grace = wait_grace
@@ -241,6 +270,7 @@ class JobClient:
         ``prepare_from_mapping``) without enqueueing it; ``submit`` it later."""
         return prepare_from_mapping(request, self.limits(image_base))
 
+    @_redis_errors_mapped
     def submit(self, prepared: PreparedJob) -> str:
         """Enqueue a checked request; returns the job id. With an idempotency key
         already used, returns the first job's id and sends nothing."""
@@ -259,15 +289,20 @@ class JobClient:
         )
         job_id, created = self.store.create_job(record, idempotency_key=options.idempotency_key)
         if created:
-            self._celery().send_task(RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=options.queue)
+            with self._publishing(job_id):
+                self._celery().send_task(
+                    RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=options.queue
+                )
         return job_id
 
     # reading and waiting ------------------------------------------------------
 
+    @_redis_errors_mapped
     def get(self, job_id: str) -> JobRecord:
         """The job's record; ``JobNotFoundError`` if it never existed or expired."""
         return self.store.get(job_id)
 
+    @_redis_errors_mapped
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
         """Records in one round trip; ``JobNotFoundError`` names the first missing one."""
         ids = list(job_ids)
@@ -285,6 +320,7 @@ class JobClient:
         """
         return self.wait_all([job_id], timeout)[0]
 
+    @_redis_errors_mapped
     def wait_all(
         self,
         job_ids: Sequence[str],
@@ -325,6 +361,7 @@ class JobClient:
 
     # chains -------------------------------------------------------------------
 
+    @_redis_errors_mapped
     def chain(
         self,
         first: FirstStep,
@@ -378,6 +415,7 @@ class JobClient:
         self._send_chain(job_ids, options.queue)
         return chain_id
 
+    @_redis_errors_mapped
     def chain_status(self, chain_id: str) -> ChainStatus:
         """The chain's state, its current step and every step's outputs so far."""
         snapshot = self.store.get_chain(chain_id)
@@ -389,6 +427,7 @@ class JobClient:
                 raise JobNotFoundError(f"chain {chain_id!r}: step {number} ({job_id}) has expired")
         return derive_chain_status(snapshot, [r for r in records if r is not None])
 
+    @_redis_errors_mapped
     def wait_chain(self, chain_id: str, timeout: float | None = None) -> ChainStatus:
         """The chain's status once it completed or failed; ``WaitTimeoutError`` otherwise.
 
@@ -412,6 +451,7 @@ class JobClient:
             describe=lambda _: f"chain {chain_id} not finished",
         )
 
+    @_redis_errors_mapped
     def retry_chain(self, chain_id: str) -> str:
         """Resume a failed chain from its failed step; returns that step's new job id.
 
@@ -500,14 +540,35 @@ class JobClient:
             if self._app is None:
                 from worker.celery_config import make_app  # noqa: PLC0415 - Celery loads only when sending
 
-                self._app = make_app(self.settings)
+                app = make_app(self.settings)
+                # The job record is the result: a producer never reads Celery results.
+                # With a result backend, every send (celery's send_task ignores
+                # task_ignore_result) would also subscribe to the task's result channel,
+                # and that subscription retries on Celery's own, longer schedule while
+                # Redis is away (then asks for the app to be restarted).
+                app.conf.result_backend = None
+                self._app = app
             return self._app
 
     def _send_chain(self, job_ids: list[str], queue: str) -> None:
         """Send the steps as one Celery chain (a single job: one message)."""
         from worker.chains import send_job_chain  # noqa: PLC0415 - Celery loads only when sending
 
-        send_job_chain(self._celery(), job_ids, queue)
+        with self._publishing(job_ids[0]):
+            send_job_chain(self._celery(), job_ids, queue)
+
+    @contextlib.contextmanager
+    def _publishing(self, job_id: str) -> Iterator[None]:
+        """kombu gave up sending (after ``task_publish_retry_policy``): the record exists,
+        its message does not. The workers' sweeper sends a queued job whose message is
+        missing, so the job still runs once Redis is back."""
+        from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+        try:
+            yield
+        except OperationalError as exc:
+            advice = f"job {job_id} is recorded and the workers send its message once Redis is back"
+            raise unavailable(self.settings, exc, advice=advice) from exc
 
     @staticmethod
     def _step_record(

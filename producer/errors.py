@@ -5,13 +5,20 @@
     WavequeueError                  (worker.errors)
     ├── ValidationError             a bad request; ``problems`` names every bad field
     ├── JobNotFoundError            no record for that job or chain id
+    ├── BrokerUnavailableError      Redis unreachable for the retry window, or refusing the
+    │                               password (also a ``ConnectionError``)
     ├── WaitTimeoutError            ``wait``/``wait_all``/``wait_chain`` gave up
     └── ChainNotRetryableError      ``retry_chain`` on a chain that has not failed
 """
 
 from __future__ import annotations
 
-from worker.errors import JobNotFoundError, ValidationError, WavequeueError
+from worker.errors import (
+    BrokerUnavailableError,
+    JobNotFoundError,
+    ValidationError,
+    WavequeueError,
+)
 
 
 class WaitTimeoutError(WavequeueError, TimeoutError):
@@ -28,6 +35,7 @@ class ChainNotRetryableError(WavequeueError):
 
 
 __all__ = [
+    "BrokerUnavailableError",
     "ChainNotRetryableError",
     "JobNotFoundError",
     "ValidationError",

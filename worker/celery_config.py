@@ -12,11 +12,17 @@ from typing import Any
 from celery import Celery
 
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
+from worker.redis_connection import celery_options
 from worker.settings import Settings
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """Broker and result-backend transport options; identical on purpose (see DESIGN.md)."""
+    """Broker and result-backend transport options; identical on purpose (see DESIGN.md).
+
+    Besides the visibility timeout: Redis socket timeouts, and with Sentinel the
+    ``master_name`` and ``sentinel_kwargs`` that both the broker and the result backend
+    need (``worker.redis_connection.celery_options``).
+    """
     # kombu sweeps for expired unacked messages every interval x throttle seconds;
     # with a short visibility timeout the default (10 x 10 s) would recover far too late.
     sweep = max(1, min(10, int(settings.visibility_timeout // 10)))
@@ -24,16 +30,27 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": int(settings.visibility_timeout),
         "unacked_restore_interval": sweep,
         "unacked_restore_throttle": 1,
+        **celery_options(settings)["transport_options"],
     }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     options = transport_options(settings)
+    redis_options = celery_options(settings)
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
         "broker_transport_options": options,
-        "result_backend_transport_options": options,
+        "result_backend_transport_options": dict(options),
+        # TLS (rediss://) from REDIS_TLS_*: the broker, the result backend and Flower
+        # (which reads broker_use_ssl for its broker page and queue lengths).
+        "broker_use_ssl": redis_options["broker_use_ssl"],
+        "redis_backend_use_ssl": redis_options["redis_backend_use_ssl"],
+        "redis_socket_connect_timeout": redis_options["redis_socket_connect_timeout"],
+        "redis_socket_timeout": redis_options["redis_socket_timeout"],
+        # A send during a Redis outage retries for about WAVEQUEUE_REDIS_RETRY_WINDOW.
+        "broker_connection_timeout": redis_options["broker_connection_timeout"],
+        "task_publish_retry_policy": redis_options["task_publish_retry_policy"],
         "broker_connection_retry_on_startup": True,
         # JSON only: a pickle payload from a compromised producer would be code execution.
         "task_serializer": "json",

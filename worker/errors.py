@@ -8,6 +8,8 @@
     ├── JobNotFoundError            no record for that job or chain id
     ├── UnreadableRecordError       a record this version cannot decode (corrupt, or a
     │                               status a newer version added); never retried
+    ├── BrokerUnavailableError      Redis (broker and job store) could not be reached, or
+    │                               refused the password, within the retry window
     ├── JobFailedError              raised by the task when its job ended failed/timed out
     │                               (stops a Celery chain; expected, logged without traceback)
     └── WaveSpeedError              anything that went wrong talking to WaveSpeed
@@ -57,6 +59,17 @@ class UnreadableRecordError(WavequeueError):
         super().__init__(f"job {job_id!r} has a record this version cannot read: {reason}")
         self.job_id = job_id
         self.reason = reason
+
+
+class BrokerUnavailableError(WavequeueError, ConnectionError):
+    """Redis could not be used: unreachable for the whole retry window, no master known to
+    the sentinels, or the password was refused. ``target`` names the Redis without its
+    password; the message says what to check. The call may be repeated once Redis is back
+    (an enqueue with an idempotency key never creates a second job)."""
+
+    def __init__(self, message: str, *, target: str) -> None:
+        super().__init__(message)
+        self.target = target
 
 
 class WaveSpeedError(WavequeueError):

@@ -40,6 +40,14 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
     "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
+    "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
+    "REDIS_SENTINEL_PASSWORD": "redis_sentinel_password",
+    "REDIS_TLS_CA_FILE": "redis_tls_ca_file",
+    "REDIS_TLS_CERT_FILE": "redis_tls_cert_file",
+    "REDIS_TLS_KEY_FILE": "redis_tls_key_file",
+    "WAVEQUEUE_REDIS_CONNECT_TIMEOUT": "redis_connect_timeout",
+    "WAVEQUEUE_REDIS_SOCKET_TIMEOUT": "redis_socket_timeout",
+    "WAVEQUEUE_REDIS_RETRY_WINDOW": "redis_retry_window",
 }
 
 
@@ -90,12 +98,46 @@ class Settings(BaseModel):
     #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
     allow_private_image_urls: bool = False
 
+    # Redis connections (worker.redis_connection builds every one of them from these).
+    #: With a ``sentinel://`` REDIS_URL: the name of the master the sentinels watch.
+    redis_sentinel_master: str | None = None
+    #: The sentinels' own password (``requirepass`` in sentinel.conf), if they have one;
+    #: the master's password goes in REDIS_URL as usual.
+    redis_sentinel_password: SecretStr | None = None
+    #: TLS (``rediss://``): the CA that signed the server's certificate (unset: the
+    #: system's CAs), and a client certificate and key if the server asks for one.
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_connect_timeout: float = Field(2.0, gt=0)
+    #: Longest wait for one reply; above kombu's 1 s BRPOP, which shares it.
+    redis_socket_timeout: float = Field(5.0, ge=2)
+    #: A call that loses Redis reconnects and retries for this long, then raises.
+    redis_retry_window: float = Field(10.0, ge=0)
+
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.poll_max_interval < self.poll_min_interval:
             raise ValueError("poll_max_interval must be >= poll_min_interval")
         if self.retry_max_delay < self.retry_base_delay:
             raise ValueError("retry_max_delay must be >= retry_base_delay")
+        return self
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        scheme = self.redis_url.partition("://")[0].lower()
+        if scheme == "sentinel" and not self.redis_sentinel_master:
+            raise ValueError(
+                "a sentinel:// REDIS_URL needs REDIS_SENTINEL_MASTER (the master's name)"
+            )
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        tls_files = (self.redis_tls_ca_file, self.redis_tls_cert_file)
+        if any(tls_files) and scheme != "rediss":
+            raise ValueError(
+                "REDIS_TLS_* settings need a rediss:// REDIS_URL "
+                "(TLS through Sentinel is not supported)"
+            )
         return self
 
     @property

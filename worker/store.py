@@ -67,6 +67,8 @@ from worker.constants import (
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
 from worker.models import TERMINAL_STATUSES, JobRecord, JobStatus
+from worker.redis_connection import redis_client
+from worker.settings import Settings
 
 #: Record fields stored as JSON (everything else is a plain string; "" means unset).
 _JSON_FIELDS = frozenset({"input", "outputs", "has_nsfw_contents", "error", "metadata"})
@@ -271,10 +273,15 @@ class JobStore:
         self._create = client.register_script(_CREATE_LUA)
 
     @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> JobStore:
+        """The store on the Redis that ``settings`` name (plain, TLS or Sentinel), with
+        bounded retries while Redis is away (``worker.redis_connection``)."""
+        return cls(redis_client(settings), record_ttl=settings.record_ttl, clock=clock)
+
+    @classmethod
     def from_url(cls, url: str, *, record_ttl: int, clock: Clock | None = None) -> JobStore:
-        return cls(
-            redis.Redis.from_url(url, decode_responses=True), record_ttl=record_ttl, clock=clock
-        )
+        """The store on a plain ``redis://`` URL with default settings (tests use it)."""
+        return cls.from_settings(Settings(redis_url=url, record_ttl=record_ttl), clock=clock)
 
     # creating -----------------------------------------------------------------
 

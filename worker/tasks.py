@@ -28,7 +28,7 @@ _runner: tuple[int, JobRunner] | None = None
 
 
 def _build_runner() -> JobRunner:
-    store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
+    store = JobStore.from_settings(settings)
     limiter = AccountLimiter(
         store.client,
         per_minute=settings.rate_limit_per_minute,

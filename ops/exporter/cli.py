@@ -7,11 +7,11 @@ import sys
 import threading
 
 import click
-import redis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ops.exporter.collector import WavequeueCollector
 from worker.errors import ConfigError
+from worker.redis_connection import redis_client
 from worker.settings import Settings
 
 DEFAULT_PORT = 9808
@@ -20,9 +20,9 @@ DEFAULT_PORT = 9808
 def build_registry(settings: Settings) -> CollectorRegistry:
     """A registry with only the wavequeue collector (no process metrics: the exporter's
     own CPU and memory are not what anyone monitors wavequeue for)."""
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, decode_responses=True
-    )
+    # One attempt per scrape: a scrape that waits out a Redis outage would time out in
+    # Prometheus, where wavequeue_redis_up 0 says what is wrong.
+    client = redis_client(settings, retry_window=0)
     registry = CollectorRegistry()
     registry.register(WavequeueCollector(client, visibility_timeout=settings.visibility_timeout))
     return registry

@@ -11,7 +11,9 @@ still holds Flower's own default (see ``ops/flower/guard.py``):
 - ``url_prefix``: ``FLOWER_URL_PREFIX`` (e.g. ``flower`` behind a reverse proxy).
 - ``persistent`` state in ``db`` (``FLOWER_DB``, default ``.wavequeue/flower/flower.db``).
 - ``max_tasks`` bounded; offline workers purged.
-- The broker transport options (``visibility_timeout``) are the workers' own.
+- The broker transport options (``visibility_timeout``, Sentinel's ``master_name``)
+  are the workers' own; TLS (``broker_use_ssl``) comes with ``worker.app``'s config,
+  which Flower reads for its broker page and ``/api/queues/length``.
 """
 
 import sys
@@ -49,6 +51,7 @@ except _guard.FlowerConfigError as _exc:
     sys.stderr.flush()
     raise SystemExit(_guard.EX_CONFIG) from None
 
-# Same visibility timeout as the workers, so Flower's broker view and any message
-# it handles agree with them (worker.app already sets it; this makes it explicit).
+# Same visibility timeout (and Sentinel master) as the workers, so Flower's broker view
+# and any message it handles agree with them (worker.app already sets them; this makes
+# it explicit).
 _app.conf.broker_transport_options = _transport_options(_Settings.from_env())

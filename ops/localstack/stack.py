@@ -33,7 +33,6 @@ from types import TracebackType
 
 import click
 import redis
-from kombu.utils.url import maybe_sanitize_url
 
 from ops.localstack.interrupts import interrupt_on_signals
 from ops.localstack.redis_server import RedisServer, free_port
@@ -46,6 +45,7 @@ from ops.localstack.supervisor import (
     port_open,
 )
 from worker.errors import ConfigError
+from worker.redis_connection import redact, redis_client
 from worker.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -88,8 +88,12 @@ def pick_port(preferred: int) -> int:
     return preferred
 
 
-def redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+def redis_answers(settings: Settings) -> bool:
+    """One quick PING to the Redis ``settings`` name (plain, TLS or Sentinel)."""
+    try:
+        client = redis_client(settings, retry_window=0)
+    except ValueError:  # not a URL redis-py understands
+        return False
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -178,10 +182,8 @@ class LocalStack:
     def _redis(self) -> str:
         wanted = self.settings.redis_url
         if "redis_url" in self.settings.model_fields_set:
-            if redis_answers(wanted):
-                self.say(
-                    f"  {'redis':<9} {maybe_sanitize_url(wanted)} (REDIS_URL, already running)"
-                )
+            if redis_answers(self.settings):
+                self.say(f"  {'redis':<9} {redact(wanted)} (REDIS_URL, already running)")
                 return wanted
             self.say("  REDIS_URL does not answer: starting an embedded redis-server instead")
         port = self.options.redis_port or pick_port(PREFERRED_REDIS_PORT)

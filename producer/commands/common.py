@@ -6,7 +6,8 @@ Exit codes (the README lists them too):
 - 1: the job or chain ended failed or timed out (past its deadline)
 - 2: bad input: one line per problem on stderr, nothing enqueued; also an unknown id
 - 3: ``--wait``/``wait`` gave up: the timeout passed first (the job keeps running)
-- 4: infrastructure: Redis unreachable, a download failed
+- 4: infrastructure: Redis unreachable (after WAVEQUEUE_REDIS_RETRY_WINDOW seconds of
+  retrying) or refusing the password, a download failed
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from producer.errors import (
     ValidationError,
     WaitTimeoutError,
 )
-from worker.errors import ConfigError
+from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
+from worker.redis_connection import redact
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -73,8 +75,12 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             fail(str(exc), EXIT_BAD_INPUT)
         except WaitTimeoutError as exc:
             fail(str(exc), EXIT_TIMED_OUT)
+        except BrokerUnavailableError as exc:
+            fail(str(exc), EXIT_UNAVAILABLE)
         except redis.RedisError as exc:
-            fail(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE)
+            # Anything else Redis answered (out of memory, say): its first line, no password.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(f"Redis error: {redact(reason)}", EXIT_UNAVAILABLE)
 
     return wrapper
 

@@ -61,11 +61,14 @@ def run_help(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def test_services_and_profiles() -> None:
     assert set(SERVICES) == {
         "redis", "worker", "flower", "exporter", "emulator", "prometheus", "grafana",
+        "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
     }  # fmt: skip
     assert PROJECT == ["emulator", "exporter", "flower", "worker"]
     assert SERVICES["emulator"]["profiles"] == ["dev"]
     assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
     assert SERVICES["grafana"]["profiles"] == ["monitoring"]
+    for name in ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert SERVICES[name]["profiles"] == ["ha"]
     for name in ("redis", "worker", "flower", "exporter"):
         assert "profiles" not in SERVICES[name]
     # One image for every project service: they differ by command only.
@@ -80,6 +83,36 @@ def test_redis_is_durable_and_never_evicts() -> None:
     assert "--maxmemory-policy noeviction" in command
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     assert COMPOSE["volumes"] is not None and "redis-data" in COMPOSE["volumes"]
+
+
+def test_ha_profile_one_replica_three_sentinels_quorum_two() -> None:
+    replica = " ".join(SERVICES["redis-replica"]["command"])
+    assert "--replicaof redis 6379" in replica
+    assert "--appendonly yes" in replica
+    assert "--masterauth" in replica
+    # The first master can be demoted by a failover: it must be able to follow the new one.
+    assert "--masterauth" in SERVICES["redis"]["command"]
+    commands = {
+        name: SERVICES[name]["command"][-1] for name in SERVICES if name.startswith("sentinel-")
+    }
+    assert len(commands) == 3
+    for command in commands.values():
+        assert "'sentinel monitor wavequeue redis 6379 2'" in command
+        assert "sentinel auth-pass wavequeue $$REDIS_PASSWORD" in command
+        assert command.endswith("exec redis-server /tmp/sentinel.conf --sentinel")
+    # Workers, Flower and the exporter are pointed at the sentinels through .env.
+    for name in PROJECT:
+        environment = SERVICES[name].get("environment", {})
+        if "REDIS_URL" in environment:
+            assert environment["REDIS_URL"].startswith("${REDIS_URL:-redis://")
+            assert environment["REDIS_SENTINEL_MASTER"] == "${REDIS_SENTINEL_MASTER:-}"
+    example = (ROOT / ".env.example").read_text()
+    documented = next(line for line in example.splitlines() if line.startswith("# REDIS_URL="))
+    sentinels = documented.removeprefix("# REDIS_URL=").split(";")
+    assert [url.split("@")[-1].removeprefix("sentinel://") for url in sentinels] == [
+        "sentinel-1:26379", "sentinel-2:26379", "sentinel-3:26379",
+    ]  # fmt: skip
+    assert "# REDIS_SENTINEL_MASTER=wavequeue" in example
 
 
 def test_worker_scales() -> None:
