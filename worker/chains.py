@@ -28,6 +28,8 @@ def send_job_chain(
             RUN_JOB_TASK,
             kwargs={"job_id": job_id, **(first_kwargs if index == 0 and first_kwargs else {})},
             queue=queue,
+            # Results live in the job record: never subscribe to a result channel per send.
+            ignore_result=True,
         )
         for index, job_id in enumerate(job_ids)
     ]

@@ -56,7 +56,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Left out of repr(): the URL may carry the Redis password.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
     api_key: SecretStr | None = None
     base_url: str = "https://api.wavespeed.ai"
 

@@ -49,3 +49,9 @@ def test_visibility_timeout_must_cover_countdowns() -> None:
     settings = Settings.from_env({"WAVEQUEUE_VISIBILITY_TIMEOUT": "60"})
     with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT"):
         settings.validate_timings()
+
+
+def test_repr_never_shows_the_redis_password() -> None:
+    settings = Settings(redis_url="redis://:hunter2-secret@redis:6379/0")
+    assert "hunter2-secret" not in repr(settings)
+    assert "hunter2-secret" not in str(settings)
