@@ -79,7 +79,10 @@ def resolve_image(
 
 
 def _local_path(text: str, base_dir: Path | None) -> Path:
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~someone" with no such user: take the name as it is
+        path = Path(text)
     return base_dir / path if base_dir is not None and not path.is_absolute() else path
 
 
