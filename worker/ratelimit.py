@@ -2,55 +2,57 @@
 
 Celery's ``rate_limit`` is per worker; WaveSpeed's limits are per account: N
 images per minute, counted (like the emulator's ``--rate-limit-per-minute``) over
-a sliding 60 s window, and a cap on predictions in flight. One Lua script, run
-against Redis ``TIME`` (one clock for every worker, whatever the hosts' clocks
-say), grants a submit or says how long to wait. A grant needs all of:
+a sliding 60 s window, and a cap on predictions in flight. One Lua script, run on
+Redis ``TIME`` (one clock for every worker, whatever the hosts' clocks say),
+grants a submit or says how long to wait, from four rules:
 
-* **No fleet-wide pause.** ``pause()`` (a remote 429: its ``Retry-After``, or
-  ``DEFAULT_PAUSE_SECONDS``) makes every ``acquire`` on every worker answer
-  "wait" until Redis time passes the pause end. A pause only ever extends.
-* **The window.** A log of recent grants (a sorted set scored by when each
-  leaves the window, with a running total) admits ``images`` only if the grants
-  of the last ``60 + margin`` seconds plus these stay within N. This is the
-  exact rule the server applies, so it is the guarantee: never more than N
-  images in any 60 s window at the server, as long as no POST reaches WaveSpeed
-  more than ``margin`` seconds after its grant (the margin is that allowance;
-  it costs ``margin / (60 + margin)`` of the rate: 3.2% at the default 2 s).
-* **The pacer.** A GCRA token bucket refilled at ``N / (60 + margin)`` images per
-  second with a small capacity (``burst_seconds`` of the rate, at least one
-  image) spreads the grants evenly instead of letting N through at once and
-  then nothing for a minute. Its capacity is what absorbs a waiting job coming
-  back a little late, so lateness does not waste the rate.
+* **One schedule** (GCRA with reservations). Submits get slots ``(60 + margin +
+  slack) / N`` seconds apart per image; ``tat`` (the theoretical arrival time) is
+  the end of the schedule. A submit is granted at once while the schedule is
+  less than ``burst_seconds`` ahead of now, so an idle fleet may start a couple of
+  seconds' worth at once; otherwise the job is given its own slot at the end and
+  told to come back then. The slot is reserved (nobody else can take it), so
+  waiting jobs come back one by one, not all together at every token, and a job
+  that comes back early keeps its slot. A slot nobody claims within a window of
+  its time lapses (its job failed or timed out meanwhile).
+* **The window.** A log of actual grants (a sorted set scored by when each leaves
+  the window, with a running total) admits a job only if the grants of the last
+  ``60 + margin`` seconds plus its images stay within N: the server's own rule,
+  so this is the guarantee that no 60 s window at WaveSpeed ever holds more than N,
+  provided no POST arrives more than ``margin`` seconds after its grant (the
+  margin is that allowance). The schedule alone would let ``burst + N`` through a
+  window after an idle spell; the log makes that first burst wait for room.
 * **The in-flight cap**, as before: a slot per job in a sorted set scored by
   expiry, so a slot a crashed worker never released ages out by itself; a job's
   terminal transition removes its slot (see ``store.transition``).
+* **A fleet-wide pause.** ``pause()`` (a remote 429: its ``Retry-After``, or
+  ``DEFAULT_PAUSE_SECONDS``) makes every ``acquire`` on every worker answer "wait"
+  until Redis time passes the pause end. A pause only ever extends, and moves the
+  whole schedule back by what it adds (reserved slots are stored relative to a
+  ``shift``), so the jobs waiting out a pause come back spread out as before.
 
-Why not one token bucket? A bucket of capacity B refilled at r lets B + r*60
-through in a 60 s window; the old one started full with a whole minute of
-tokens (B = N), so about 2N fitted in a window. Making a bucket alone safe needs
-B + r*(60 + margin) <= N, which costs B/N of the rate on top of the margin (at
-the 2/min tier, half of it). The window log is exact, so the pacer only shapes.
+Why the slack: slots run ``slack`` seconds per N images slower than the log's
+window, so a job that is granted a little after its slot (Celery countdowns,
+jitter) does not leave its successor one window later without room, and waiting
+on the log stays the exception. A saturated fleet therefore gets N images per
+``60 + margin + slack`` seconds: 96.8% of N with the defaults (1.5 s + 0.5 s).
 
-**A job larger than the window** (``images`` > N, or above the pacer's capacity)
-is never blocked forever: it is granted once the log is empty and the pacer
-full, and goes into debt. Its log entry holds the window ``images / N`` times as
-long, and the pacer owes ``images`` intervals, so the average stays at N per
-minute. (The server may still refuse a single request above its per-minute
-limit; the limiter cannot help that one.)
+Why not one token bucket: a bucket of capacity B refilled at r lets ``B + r*60``
+through in 60 s. The old one started full with a whole minute (B = N): about 2N
+in the first window. Safe needs ``B + r*(60 + margin) <= N``, which costs B/N of
+the rate on top of the margin (at the 2/min tier, half of it); the log is exact.
 
-**Who asks when.** A refused job is told when to come back: not "when the next
-token is due" (every waiting job would then ask at that same instant), but its
-place in line: the later of when capacity is due and the end of the line of
-jobs already waiting (a sorted set of waiting job ids, and the line's end in the
-state hash). A job that comes back early keeps its place; one whose turn passed
-without capacity (another job took it) goes to the back. Any caller that finds
-capacity free is granted at once, so no capacity waits for a job that never
-comes back.
+**A job larger than the limit** (``images`` > N) or than the burst is never
+blocked forever: it waits until the schedule is not ahead of now (and, above N,
+until the log is empty), is granted, and takes ``images`` slots of the schedule;
+its log entry holds the window ``images / N`` times as long. So the average stays
+at N per window. (The server may still refuse a single request above its
+per-minute limit; no limiter can help that one.)
 
-State: ``RATE_BUCKET_KEY`` (hash: pacer ``tat``, the line's ``horizon``,
-``paused_until``, ``pause_reason``, the log's running total ``logged`` and a grant
-``seq``), ``RATE_LOG_KEY``, ``RATE_WAITING_KEY``, ``IN_FLIGHT_KEY``. Times are Redis
-``TIME`` seconds; tests pass ``now`` to drive them.
+State: ``RATE_BUCKET_KEY`` (hash: ``tat``, ``shift``, ``paused_until``,
+``pause_reason``, the log's running total ``logged`` and a grant ``seq``),
+``RATE_LOG_KEY``, ``RATE_RESERVED_KEY``, ``IN_FLIGHT_KEY``. Times are Redis ``TIME``
+seconds; tests pass ``now`` to drive the clock.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ from worker.constants import IN_FLIGHT_KEY, KEY_PREFIX, RATE_BUCKET_KEY
 
 #: Grants in the window (members ``<seq>:<images>``, scored by when they leave it).
 RATE_LOG_KEY = KEY_PREFIX + "ratelimit:log"
-#: Jobs told to come back later (scored by when), so a job asking again keeps its place.
-RATE_WAITING_KEY = KEY_PREFIX + "ratelimit:waiting"
+#: Reserved slots of jobs told to come back (job id, scored by slot time - shift).
+RATE_RESERVED_KEY = KEY_PREFIX + "ratelimit:reserved"
 
 WINDOW_SECONDS = 60.0
 #: How late after its grant a POST may reach WaveSpeed and still count inside our window.
-DEFAULT_MARGIN_SECONDS = 2.0
-#: The pacer's capacity, in seconds of the rate.
+DEFAULT_MARGIN_SECONDS = 1.5
+#: How much slower than the window the schedule runs, per N images (see the docstring).
+DEFAULT_SLACK_SECONDS = 0.5
+#: How far ahead of now the schedule may run and still grant at once.
 DEFAULT_BURST_SECONDS = 2.0
 #: A 429 without ``Retry-After`` pauses the fleet this long.
 DEFAULT_PAUSE_SECONDS = 10.0
@@ -92,27 +96,26 @@ local function fmt(x) return string.format('%.6f', x) end
 _ACQUIRE_LUA = (
     _NOW_LUA
     + """
--- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 waiting zset
--- ARGV: per_minute, max_in_flight, job_id, images, slot_ttl, window,
---       burst (pacer capacity, seconds), now ('' = TIME)
+-- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 reserved slots zset
+-- ARGV: per_minute, max_in_flight, job_id, images, slot_ttl, window (log, seconds),
+--       interval (schedule, seconds per image), burst (seconds), now ('' = TIME)
 local limit = tonumber(ARGV[1])
 local job = ARGV[3]
 local cost = tonumber(ARGV[4])
 local window = tonumber(ARGV[6])
-local burst = tonumber(ARGV[7])
-local interval = window / limit   -- the line's spacing: the window's long-run rate
-local pace = 60 / limit           -- the pacer's: the nominal rate, so the log binds
+local interval = tonumber(ARGV[7])
+local burst = tonumber(ARGV[8])
 local function cost_of(member) return tonumber(string.match(member, ':(%d+)$')) end
 
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
-local s = redis.call('HMGET', KEYS[1], 'tat', 'horizon', 'paused_until', 'logged', 'seq')
+local s = redis.call('HMGET', KEYS[1], 'tat', 'shift', 'paused_until', 'logged', 'seq')
 local tat = tonumber(s[1]) or now
-local horizon = tonumber(s[2]) or now
+local shift = tonumber(s[2]) or 0
 local paused_until = tonumber(s[3]) or 0
 local logged = tonumber(s[4]) or 0
 local seq = tonumber(s[5]) or 0
 
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window - shift)
 -- Grants whose window has passed leave the log.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 if #expired > 0 then
@@ -122,79 +125,78 @@ end
 if logged < 0 or redis.call('ZCARD', KEYS[3]) == 0 then logged = 0 end
 if #expired > 0 then redis.call('HSET', KEYS[1], 'logged', logged) end
 
--- Earliest moment each rule admits this job. The pacer (GCRA, capacity ``burst``
--- seconds): its debt plus these images within capacity (or no debt, for a job larger
--- than the capacity). The log: room for images (or an empty window).
-local pacer_ready = tat - math.max(0, burst - cost * pace)
-local room_needed = limit - math.min(cost, limit)
-local log_ready = now
+local holds_slot = redis.call('ZSCORE', KEYS[2], job)
+local full = not holds_slot and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2])
+local slot = tonumber(redis.call('ZSCORE', KEYS[4], job))
+if slot then
+  slot = slot + shift
+  if slot > now then return {0, fmt(slot - now), 'rate'} end  -- early: keep the slot
+else
+  if full then return {0, '1', 'in_flight'} end  -- takes nothing from the schedule
+  -- A slot on the schedule: now if it is at most `burst` ahead (with these images),
+  -- else at its end; a job larger than the burst waits for the schedule to catch up.
+  slot = math.max(now, paused_until, tat - math.max(0, burst - cost * interval))
+  tat = math.max(tat, slot) + cost * interval
+  redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+  if slot > now then
+    redis.call('ZADD', KEYS[4], fmt(slot - shift), job)
+    return {0, fmt(slot - now), slot == paused_until and 'paused' or 'rate'}
+  end
+end
+
+-- This job's slot has come. It still needs the pause over, room in the window and an
+-- in-flight slot; until then it keeps its slot.
+local keep = function() redis.call('ZADD', KEYS[4], fmt(slot - shift), job) end
+if paused_until > now then
+  keep()
+  return {0, fmt(paused_until - now), 'paused'}
+end
+local room_needed = limit - math.min(cost, limit)  -- above N: an empty window
 if logged > room_needed then
+  local ready
   if room_needed == 0 then
-    log_ready = tonumber(redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2])
+    ready = tonumber(redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2])
   else
     local need = logged - room_needed
     local oldest = redis.call('ZRANGE', KEYS[3], 0, need - 1, 'WITHSCORES')
     local freed = 0
     for i = 1, #oldest, 2 do
       freed = freed + cost_of(oldest[i])
-      log_ready = tonumber(oldest[i + 1])
+      ready = tonumber(oldest[i + 1])
       if freed >= need then break end
     end
   end
+  keep()
+  return {0, fmt(ready - now), 'rate'}
 end
-local ready = math.max(now, pacer_ready, log_ready)
-local why = 'rate'
-if paused_until > ready then
-  ready = paused_until
-  why = 'paused'
+if full then
+  keep()
+  return {0, '1', 'in_flight'}
 end
-
-if ready <= now then
-  if not redis.call('ZSCORE', KEYS[2], job)
-      and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
-    return {0, '1', 'in_flight'}
-  end
-  seq = seq + 1
-  -- A job larger than the window holds it proportionally longer: N per minute on average.
-  local hold = window * math.max(1, cost / limit)
-  redis.call('ZADD', KEYS[3], fmt(now + hold), seq .. ':' .. cost)
-  redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now) + cost * pace),
-    'logged', logged + cost, 'seq', seq)
-  redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[5])), job)
-  redis.call('ZREM', KEYS[4], job)
-  return {1, '0', 'granted'}
-end
-
--- Not yet. A job early for its place keeps it; one whose place comes before capacity
--- does (a slow predecessor, or a caller that found capacity first) is next; anyone
--- else, and everyone during a pause, joins the end of the line.
-local place = tonumber(redis.call('ZSCORE', KEYS[4], job))
-local come_back
-if place and place > now and place >= ready then
-  come_back = place
-elseif place and why == 'rate' then
-  come_back = ready
-else
-  come_back = math.max(ready, horizon)
-  horizon = come_back + cost * interval
-end
-redis.call('ZADD', KEYS[4], fmt(come_back), job)
-redis.call('HSET', KEYS[1], 'horizon', fmt(horizon))
-return {0, fmt(come_back - now), why}
+seq = seq + 1
+-- A job larger than the window holds it proportionally longer: N per window on average.
+redis.call('ZADD', KEYS[3], fmt(now + window * math.max(1, cost / limit)), seq .. ':' .. cost)
+redis.call('HSET', KEYS[1], 'logged', logged + cost, 'seq', seq)
+redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[5])), job)
+redis.call('ZREM', KEYS[4], job)
+return {1, '0', 'granted'}
 """
 )
 
 _PAUSE_LUA = (
     _NOW_LUA
     + """
--- KEYS[1] state hash; ARGV: seconds, reason, now ('' = TIME). Only ever extends.
+-- KEYS[1] state hash; ARGV: seconds, reason, now ('' = TIME). Only ever extends, and
+-- moves the schedule (and every reserved slot, through `shift`) back by what it adds.
 local ends = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
-if ends > current then
-  redis.call('HSET', KEYS[1], 'paused_until', fmt(ends), 'pause_reason', ARGV[2])
-  return fmt(ends)
-end
-return fmt(current)
+local s = redis.call('HMGET', KEYS[1], 'paused_until', 'tat', 'shift')
+local current = tonumber(s[1]) or 0
+if ends <= current then return fmt(current) end
+local added = ends - math.max(current, now)
+redis.call('HSET', KEYS[1], 'paused_until', fmt(ends), 'pause_reason', ARGV[2],
+  'tat', fmt(math.max(tonumber(s[2]) or now, now) + added),
+  'shift', fmt((tonumber(s[3]) or 0) + added))
+return fmt(ends)
 """
 )
 
@@ -202,7 +204,7 @@ return fmt(current)
 @dataclass(frozen=True)
 class Permit:
     granted: bool
-    #: When not granted: seconds until it is worth asking again (this job's place in line).
+    #: When not granted: seconds until it is worth asking again (this job's slot).
     wait: float
     #: "granted", or what refused: "rate", "paused" or "in_flight".
     reason: str = "granted"
@@ -241,6 +243,7 @@ class AccountLimiter:
         per_minute: int,
         max_in_flight: int,
         margin: float = DEFAULT_MARGIN_SECONDS,
+        slack: float = DEFAULT_SLACK_SECONDS,
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         default_pause: float = DEFAULT_PAUSE_SECONDS,
     ) -> None:
@@ -248,13 +251,12 @@ class AccountLimiter:
             raise ValueError("per_minute and max_in_flight must be at least 1")
         self.per_minute = per_minute
         self.max_in_flight = max_in_flight
-        #: Grants are counted over this many seconds: the server's 60 s plus the margin.
+        #: The log counts grants over this many seconds: the server's 60 s plus the margin.
         self.window = WINDOW_SECONDS + max(0.0, margin)
-        #: Seconds between images at the steady rate.
-        self.interval = self.window / per_minute
-        #: The pacer's capacity in seconds: one image, plus ``burst_seconds`` of lateness
-        #: or burst it absorbs.
-        self.capacity = WINDOW_SECONDS / per_minute + max(0.0, burst_seconds)
+        #: Seconds between slots on the schedule, per image.
+        self.interval = (self.window + max(0.0, slack)) / per_minute
+        #: How far ahead of now the schedule may be and still grant at once.
+        self.burst = max(0.0, burst_seconds)
         self.default_pause = default_pause
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._pause = client.register_script(_PAUSE_LUA)
@@ -262,8 +264,8 @@ class AccountLimiter:
 
     @property
     def steady_rate_per_minute(self) -> float:
-        """What a saturated fleet gets: N per (60 + margin) seconds."""
-        return self.per_minute * WINDOW_SECONDS / self.window
+        """What a saturated fleet gets: one image per ``interval``."""
+        return WINDOW_SECONDS / self.interval
 
     def acquire(
         self, job_id: str, *, images: int, slot_ttl: float, now: float | None = None
@@ -271,7 +273,7 @@ class AccountLimiter:
         """Take ``images`` of the rate and an in-flight slot for ``job_id``, or say how long
         to wait. ``now`` (Redis ``TIME`` when None) is for tests."""
         granted, wait, reason = self._acquire(
-            keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_WAITING_KEY],
+            keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_RESERVED_KEY],
             args=[
                 self.per_minute,
                 self.max_in_flight,
@@ -279,7 +281,8 @@ class AccountLimiter:
                 max(1, int(images)),
                 slot_ttl,
                 self.window,
-                self.capacity,
+                self.interval,
+                self.burst,
                 _now_arg(now),
             ],
         )
