@@ -8,10 +8,10 @@ grants a submit or says how long to wait, from four rules:
 
 * **One schedule** (GCRA with reservations). Submits get slots ``(60 + margin +
   slack) / N`` seconds apart per image; ``tat`` (the theoretical arrival time) is
-  the end of the schedule. A submit is granted at once while the schedule is
-  less than ``burst_seconds`` ahead of now, so an idle fleet may start a couple of
-  seconds' worth at once; otherwise the job is given its own slot at the end and
-  told to come back then. The slot is reserved (nobody else can take it), so
+  the end of the schedule. A submit is granted at once if, with its images, the
+  schedule runs at most ``burst_seconds`` ahead of now, so an idle fleet may start a
+  couple of seconds' worth at once; otherwise the job is given its own slot at the
+  end and told to come back then. The slot is reserved (nobody else can take it), so
   waiting jobs come back one by one, not all together at every token, and a job
   that comes back early keeps its slot. A slot nobody claims within a window of
   its time lapses (its job failed or timed out meanwhile).
@@ -233,8 +233,8 @@ def _now_arg(now: float | None) -> str:
 
 
 class AccountLimiter:
-    """Images-per-minute window, pacer, fleet-wide pause and in-flight cap, shared by all
-    workers through Redis (see the module docstring)."""
+    """The images-per-minute schedule and window, the in-flight cap and the fleet-wide
+    pause, shared by all workers through Redis (see the module docstring)."""
 
     def __init__(
         self,
