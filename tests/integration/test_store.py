@@ -14,7 +14,6 @@ from tests.support.records import put_in_status
 from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENTS_CHANNEL, JOB_KEY
 from worker.errors import UnreadableRecordError
 from worker.models import JobRecord, JobStatus
-from worker.ratelimit import AccountLimiter
 from worker.store import MOVES, JobStore, Moved, counter_field
 
 
@@ -103,22 +102,6 @@ def test_missing_record_never_matches(redis_url: str) -> None:
     store = JobStore.from_url(redis_url, record_ttl=120)
     assert not store.transition("nope", expect={}, updates={"status": "failed"})
     assert not redis.Redis.from_url(redis_url).exists(JOB_KEY.format(job_id="nope"))
-
-
-def test_limiter_caps_in_flight_and_rate(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    limiter = AccountLimiter(client, per_minute=3, max_in_flight=2)
-    assert limiter.acquire("a", images=1, slot_ttl=60).granted
-    assert limiter.acquire("b", images=1, slot_ttl=60).granted
-    over_cap = limiter.acquire("c", images=1, slot_ttl=60)
-    assert not over_cap.granted
-    limiter.release("a")
-    assert limiter.acquire("c", images=1, slot_ttl=60).granted
-    limiter.release("b")
-    limiter.release("c")
-    out_of_tokens = limiter.acquire("d", images=1, slot_ttl=60)
-    assert not out_of_tokens.granted
-    assert 0 < out_of_tokens.wait <= 20  # one token refills in 60/3 s
 
 
 def test_expected_latency_is_the_recent_median(redis_url: str) -> None:
