@@ -42,6 +42,7 @@ from worker.clock import Clock
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import (
     PermanentError,
+    RateLimitedError,
     SubmitOutcomeUnknownError,
     TransientError,
     WaveSpeedError,
@@ -223,13 +224,13 @@ class JobRunner:
         except SubmitOutcomeUnknownError as exc:
             self.store.count("submit_outcome_unknown", model=record.model)
             return self._ambiguous(snap, token, exc)
-        except TransientError as exc:
-            # Provably not created (refused, 429, 503): give the token and slot back.
+        except RateLimitedError as exc:
             self.limiter.release(record.id)
-            tally = _NOTHING
-            if exc.code == 429:
-                tally = _Tally({}, [counter_field("remote_rate_limited")])
-            return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
+            return self._remote_rate_limited(snap, token, exc)
+        except TransientError as exc:
+            # Provably not created (refused, 503): give the token and slot back.
+            self.limiter.release(record.id)
+            return self._error_retry(snap, exc, poll_seq=0, token=token)
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
         now = self.clock()
@@ -262,6 +263,23 @@ class JobRunner:
         log.info("job %s submitted as prediction %s", record.id, prediction.id)
         return Reschedule(delay, 1, "poll")
 
+    def _remote_rate_limited(self, snap: JobSnapshot, token: str, exc: RateLimitedError) -> Outcome:
+        """A 429 on submit: the account's window is full, nothing was created. It is the
+        account's state, not this job's error: every worker's submits pause until it has
+        room, and this job waits like any the limiter holds back, on no retry budget.
+        Except a job larger than the whole per-minute limit, which the server may never
+        take: it spends its budget, so it ends with a clear error instead of pausing the
+        fleet until its deadline."""
+        record = snap.record
+        tally = _Tally({}, [counter_field("remote_rate_limited")])
+        self.limiter.pause(exc.retry_after, "429 from WaveSpeed on submit")
+        if int(record.input.get("num_images", 1)) > self.settings.rate_limit_per_minute:
+            return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
+        wait = exc.retry_after if exc.retry_after is not None else self.limiter.default_pause
+        wait = min(wait, self.settings.retry_max_delay, record.deadline_at - self.clock())
+        wait = max(0.05, wait) + self.rng.uniform(0, 0.25)
+        return self._reschedule_submit(snap, wait, "rate_limit", tally, token=token)
+
     def _ambiguous(self, snap: JobSnapshot, token: str, exc: WaveSpeedError) -> Outcome:
         """The POST may have created a prediction we know nothing of."""
         if self.settings.ambiguous_submit_policy == "fail":
@@ -286,6 +304,12 @@ class JobRunner:
         prediction_id = snap.field("prediction_id")
         try:
             prediction = self.client.result(prediction_id)
+        except RateLimitedError as exc:
+            # Polled too fast for the account: poll later, on no retry budget (the deadline
+            # bounds it). A GET limit is not the images limit: submits go on.
+            delay = max(exc.retry_after or 0.0, self._poll_delay(record, record.polls + 1, now))
+            delay = min(delay, max(0.05, record.deadline_at - now))
+            return self._schedule(snap, my_seq, delay, "poll")
         except TransientError as exc:
             return self._error_retry(snap, exc, poll_seq=my_seq)
         except PermanentError as exc:

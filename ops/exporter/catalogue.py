@@ -42,7 +42,7 @@ COUNTERS: Final[dict[str, str]] = {
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
     "connection), by model",
     "resubmissions": "Submits sent again under WAVEQUEUE_AMBIGUOUS_SUBMIT=resubmit, by model",
-    "error_retries": "Error retries (transport errors, 5xx, 429), by model",
+    "error_retries": "Error retries (transport errors, 5xx), by model",
     "orphaned_predictions": "Predictions created by a submit POST whose answer came after "
     "the job had ended (timed out, or failed by a copy that took over its expired lease): "
     "they may be billed, by model",

@@ -89,6 +89,20 @@ def test_transient_faults_end_completed(stack: WorkerStack, fault: dict[str, obj
     assert sum(served.values()) >= 1, "the fault never fired: the test proves nothing"
 
 
+def test_429s_on_submit_cost_no_retry_budget(stack: WorkerStack) -> None:
+    """More 429s than the retry budget allows errors: the job still completes, because a
+    429 pauses submits (fleet-wide) instead of counting as this job's error."""
+    budget = int(stack.env.get("WAVEQUEUE_RETRY_BUDGET", "8"))
+    stack.emulator.configure(faults={"submit_429": {"count": budget + 2, "retry_after": 1}})
+    key = ("remote_rate_limited", ())
+    before = stack.jobs.store.counters().get(key, 0)
+    job_id = stack.jobs.enqueue(T2I, prompt="many 429s")
+    record = stack.jobs.wait([job_id], timeout=60)[0]
+    assert record.status == "completed", record.error
+    assert stack.jobs.store.snapshot(job_id).number("error_retries") == 0
+    assert stack.jobs.store.counters()[key] - before == budget + 2
+
+
 PERMANENT_FAULTS = [
     ({"prediction_failed": {"code": 1200, "message": "flagged by moderation"}}, 1200),
     ({"prediction_failed": {"code": 1403}}, 1403),
