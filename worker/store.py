@@ -33,6 +33,9 @@ Bookkeeping fields:
   message that should be alive; older copies drop themselves.
 - ``error_retries``: error retries used so far (polls do not count).
 - ``next_run_at``: when the job's next message is due (mirrored in ``NEXT_RUN_KEY``).
+- ``last_write``: a random id of the last applied ``transition``, so that redis-py retrying
+  a script call whose reply was lost (a connection dropped mid-call) finds it applied
+  instead of failing its own compare-and-set.
 - ``awaiting_image``: "1" while a chain step waits for the step before's output as its
   ``image`` ("0" once filled in at run time).
 """
@@ -42,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -101,9 +105,11 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 in-flight set, 3 deadlines, 4 next-run, 5 counters
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
---       6 terminal TTL, 7 event channel, 8 job id
+--       6 terminal TTL, 7 event channel, 8 job id, 9 write id
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
+-- The same call again (redis-py retried it after its reply was lost): it was applied.
+if redis.call('HGET', KEYS[1], 'last_write') == ARGV[9] then return 1 end
 -- HTTP calls that happened are counted whatever this write decides.
 for _, field in ipairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[5], field, 1) end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -127,12 +133,12 @@ end
 local updates = cjson.decode(ARGV[2])
 local new = updates['status']
 if new and new ~= status and not allowed[new] then return -3 end
-local flat = {}
+local flat = {'last_write', ARGV[9]}
 for field, value in pairs(updates) do
   table.insert(flat, field)
   table.insert(flat, value)
 end
-if #flat > 0 then redis.call('HSET', KEYS[1], unpack(flat)) end
+redis.call('HSET', KEYS[1], unpack(flat))
 for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
@@ -376,6 +382,7 @@ class JobStore:
         increments: Mapping[str, int] | None = None,
         count: Sequence[str] = (),
         count_if_applied: Sequence[str] = (),
+        write_id: str | None = None,
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
         matches and the status change (if any) is one ``MOVES`` allows.
@@ -404,6 +411,8 @@ class JobStore:
                 self.record_ttl,
                 JOB_EVENTS_CHANNEL,
                 job_id,
+                # Makes the call idempotent: a retry after a lost reply finds it applied.
+                write_id or uuid.uuid4().hex[:16],
             ],
         )
         return Moved(int(result))

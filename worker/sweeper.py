@@ -157,6 +157,31 @@ class Sweeper:
             readmitted += 1
         return readmitted
 
+    def bring_back(self, job_id: str) -> bool:
+        """Re-send a job whose message this worker knows is lost (its run could not reach
+        Redis, or could not publish what came next): at once, without the grace period.
+        False when there is nothing to send yet (a chain step whose predecessor has not
+        completed: the predecessor's message brings it)."""
+        try:
+            snap = self.store.snapshot(job_id)
+        except (JobNotFoundError, UnreadableRecordError):
+            return True  # nothing left to bring back
+        record = snap.record
+        if record.is_terminal:
+            return True
+        if snap.field("awaiting_image") == "1":
+            previous = self._previous_step(record)
+            if previous is None or previous.status is not JobStatus.COMPLETED:
+                return False
+            first_kwargs: dict[str, Any] = {"previous_output": previous.outputs[0]}
+        elif record.status is JobStatus.QUEUED:
+            first_kwargs = {}
+        else:
+            first_kwargs = {"poll_seq": int(snap.number("poll_seq"))}
+        log.warning("job %s: its message was lost with the broker; sending it again", job_id)
+        self.resend(snap, first_kwargs)
+        return True
+
     def _backlogged_queues(self) -> set[str]:
         """Queues with messages waiting, read once per pass (one round trip)."""
         pipe = self.store.client.pipeline(transaction=False)

@@ -6,15 +6,25 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from celery import Task, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.app import app, settings
 from worker.chains import send_job_chain
 from worker.constants import RUN_JOB_TASK
-from worker.errors import JobFailedError, JobNotFoundError, UnreadableRecordError
+from worker.errors import (
+    BrokerUnavailableError,
+    JobFailedError,
+    JobNotFoundError,
+    UnreadableRecordError,
+)
+from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
 from worker.runner import Duplicate, Finished, JobRunner
 from worker.store import JobSnapshot, JobStore
@@ -23,11 +33,25 @@ from worker.wavespeed import WaveSpeedClient
 
 log = logging.getLogger(__name__)
 
-_runner_lock = threading.Lock()
-_runner: tuple[int, JobRunner] | None = None
+#: What a run raises when Redis is away past the client's retries.
+BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, OperationalError)
 
 
-def _build_runner() -> JobRunner:
+@dataclass(frozen=True)
+class _Parts:
+    """What one worker process builds once: its runner (Redis pool, HTTP session), its
+    sweeper and its nudger."""
+
+    runner: JobRunner
+    sweeper: Sweeper
+    nudger: Nudger
+
+
+_parts_lock = threading.Lock()
+_parts: tuple[int, _Parts] | None = None
+
+
+def _build_parts() -> _Parts:
     store = JobStore.from_settings(settings)
     limiter = AccountLimiter(
         store.client,
@@ -43,17 +67,33 @@ def _build_runner() -> JobRunner:
         read_timeout=settings.read_timeout,
         pool_size=64,
     )
-    return JobRunner(settings, store, limiter, client)
+    runner = JobRunner(settings, store, limiter, client)
+    sweeper = Sweeper(
+        store,
+        runner,
+        resend,
+        grace=runner.takeover_grace,
+        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+    )
+    return _Parts(runner, sweeper, Nudger(sweeper.bring_back))
+
+
+def _process_parts() -> _Parts:
+    """Built on first use in the process that uses them: after a prefork fork, never at
+    import, never inherited."""
+    global _parts  # noqa: PLW0603 - one set per process, built lazily
+    with _parts_lock:
+        if _parts is None or _parts[0] != os.getpid():
+            _parts = (os.getpid(), _build_parts())
+        return _parts[1]
 
 
 def job_runner() -> JobRunner:
-    """The process's runner (its Redis pool and HTTP session), built on first use in the
-    process that uses it: after a prefork fork, never at import, never inherited."""
-    global _runner  # noqa: PLW0603 - one runner per process, built lazily
-    with _runner_lock:
-        if _runner is None or _runner[0] != os.getpid():
-            _runner = (os.getpid(), _build_runner())
-        return _runner[1]
+    return _process_parts().runner
+
+
+def nudger() -> Nudger:
+    return _process_parts().nudger
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -79,6 +119,10 @@ def run_job(
         # A poison message: nothing a retry could fix. One line, acked once, no chain callback.
         log.error("run_job dropped a message for job %r: %s", job_id, exc)
         raise Ignore(str(exc)) from None
+    except BROKER_LOST as exc:
+        # Redis went away mid-run (past the client's retries): this message ends here, and
+        # the job is sent again from its record as soon as Redis answers.
+        _lost_with_the_broker(job_id, exc)
     if isinstance(outcome, Duplicate):
         # Ignore: no state change and, crucially, no chain callback from a duplicate.
         raise Ignore(outcome.reason)
@@ -93,10 +137,21 @@ def run_job(
                 error.message if error else "",
             )
         return outcome.output
-    raise self.retry(
-        countdown=outcome.countdown,
-        kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
-    )
+    try:
+        raise self.retry(
+            countdown=outcome.countdown,
+            kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
+        )
+    except Reject as exc:
+        # celery could not publish the next message (the broker is away) and would drop
+        # this one: the job's next step is claimed in its record but has no message.
+        _lost_with_the_broker(job_id, exc)
+
+
+def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
+    log.warning("job %s: its next message was lost with the broker (%s)", job_id, exc)
+    nudger().add(job_id)
+    raise Ignore(f"job {job_id}: sent again once the broker is back") from None
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
@@ -115,18 +170,12 @@ _sweeper_stop = threading.Event()
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_sweeper(**_: object) -> None:
-    runner = job_runner()
-    sweeper = Sweeper(
-        runner.store,
-        runner,
-        resend,
-        grace=runner.takeover_grace,
-        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
-    )
-    thread = threading.Thread(
-        target=sweeper.run, args=(_sweeper_stop,), name="wavequeue-sweeper", daemon=True
-    )
-    thread.start()
+    parts = _process_parts()
+    for name, target in (
+        ("wavequeue-sweeper", parts.sweeper.run),
+        ("wavequeue-nudger", parts.nudger.run),
+    ):
+        threading.Thread(target=target, args=(_sweeper_stop,), name=name, daemon=True).start()
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -188,3 +188,22 @@ def test_a_new_deadline_is_indexed_with_the_write(redis_url: str) -> None:
     job_id, _ = store.create_job(_record())
     assert store.transition(job_id, updates={"deadline_at": 12345.0})
     assert store.client.zscore(DEADLINES_KEY, job_id) == 12345.0
+
+
+def test_a_retried_call_is_applied_once(redis_url: str) -> None:
+    """redis-py re-sends a script whose reply was lost: the second call finds it applied
+    (instead of failing its own compare-and-set), and counts nothing twice."""
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    job_id, _ = store.create_job(_record())
+    call = {
+        "expect": {"poll_seq": ""},
+        "updates": {"poll_seq": 1},
+        "increments": {"polls": 1},
+        "count": [counter_field("polls", model="m")],
+        "write_id": "w-1",
+    }
+    assert store.transition(job_id, **call) is Moved.APPLIED  # type: ignore[arg-type]
+    assert store.transition(job_id, **call) is Moved.APPLIED  # type: ignore[arg-type]
+    assert store.get(job_id).polls == 1
+    assert store.counters()[("polls", (("model", "m"),))] == 1
+    assert store.transition(job_id, **{**call, "write_id": "w-2"}) is Moved.MISMATCH  # type: ignore[arg-type]

@@ -165,3 +165,18 @@ def test_index_entries_without_records_never_fill_the_batches(harness: Harness) 
     assert harness.store.get(late).status == "timed_out"
     assert harness.store.past_deadline(harness.now + 10_000, 1000) == []
     assert harness.store.overdue(harness.now + 10_000, 1000) == []
+
+
+def test_a_job_whose_message_was_lost_with_the_broker_is_brought_back_at_once(
+    harness: Harness,
+) -> None:
+    polling = harness.jobs.create(T2I, prompt="claimed poll 3, message lost")
+    put_in_status(harness.store, polling, "submitted", prediction_id="p", poll_seq=3)
+    queued = harness.jobs.create(T2I, prompt="never ran")
+    assert harness.sweeper.bring_back(polling)
+    assert harness.sweeper.bring_back(queued)
+    assert harness.resent == [(polling, {"poll_seq": 3}), (queued, {})]
+    # Nothing to bring back for an ended or missing job.
+    put_in_status(harness.store, queued, "failed")
+    assert harness.sweeper.bring_back(queued) and harness.sweeper.bring_back("gone")
+    assert len(harness.resent) == 2
