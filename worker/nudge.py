@@ -43,13 +43,13 @@ class Nudger:
         """Try every pending job once; keep those Redis could not take yet."""
         for job_id in sorted(self.pending()):
             try:
-                done = self._bring_back(job_id)
+                self._bring_back(job_id)
             except Exception:  # Redis still away (or any other failure): try again later
                 log.debug("job %s: not brought back yet", job_id, exc_info=True)
                 continue
-            if done:
-                with self._lock:
-                    self._pending.discard(job_id)
+            # Sent, or nothing to send (ended; a chain step the sweeper's rule will follow).
+            with self._lock:
+                self._pending.discard(job_id)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

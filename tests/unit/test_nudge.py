@@ -24,10 +24,3 @@ def test_a_job_stays_pending_while_redis_is_away_and_leaves_once_sent() -> None:
     redis_up = True
     nudger.flush()
     assert nudger.pending() == set() and sent == ["j1"]
-
-
-def test_a_step_waiting_for_its_predecessor_stays_pending() -> None:
-    nudger = Nudger(lambda job_id: False)
-    nudger.add("step-2")
-    nudger.flush()
-    assert nudger.pending() == {"step-2"}
