@@ -78,9 +78,16 @@ class RestoreHeldMessages(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         current = HeldMessages(qos)
         while self._lost:
-            # A connection error here propagates: the consumer reconnects and the next
-            # start tries again (what is already back in its queue is then a no-op).
-            recorded, unrecorded = self._lost[0].put_back(qos)
+            try:
+                recorded, unrecorded = self._lost[0].put_back(qos)
+            except parent.connection_errors + parent.channel_errors:
+                # The consumer reconnects and the next start tries again; what is
+                # already back in its queue is then a no-op.
+                raise
+            except Exception:
+                # A failure here must not stop the worker: the visibility timeout remains.
+                log.exception("could not put back held messages after reconnect")
+                recorded = unrecorded = 0
             self._lost.pop(0)
             if recorded or unrecorded:
                 log.warning(
