@@ -2,16 +2,19 @@
 
 Two real worker processes hold most of 40 jobs as countdown messages (the emulator's
 latency keeps every job polling) when redis-server goes away. The workers must stay up,
-reconnect by themselves, and put the messages they held back in their queue at reconnect
-(``worker.reconnect``), so every job completes within a minute, not after the 10 minute
-visibility timeout, and no input reaches WaveSpeed twice.
+reconnect by themselves, and put the messages they held back in their queue at reconnect,
+so every job completes within a minute, not after the 10 minute visibility timeout, and
+no input reaches WaveSpeed twice. The messages go back through kombu's own restore when
+it closes the dead channel, if Redis is back within redis-py's retries, and otherwise
+through the reconnect step (``worker.reconnect``).
 
 Known gap outside the worker's consumer (worker/tasks.py and worker/runner.py): a run
 that is executing while Redis goes away can end with its job's next message lost, in
-no queue and not in ``unacked``. Its store write fails and celery acks the failed run
-once Redis is back, or it claims the next poll and then cannot publish its message, or
-its poll claim reaches Redis but the reply is lost; a redelivered copy is then dropped
-as superseded. That job waits for the sweeper's grace period. The tests assert
+no queue and not in ``unacked``. Either its store write fails and celery acks the
+failed run once Redis is back, or it claims the next poll and then cannot publish its
+message (celery rejects the run's own message), or its poll claim reaches Redis but
+the reply is lost. A redelivered copy of the run's message is then dropped as
+superseded. That job waits for the sweeper's grace period. The tests assert
 strictly that no message is left waiting for the visibility timeout; when jobs are
 stuck only because their message is gone, they report it as an expected failure
 (xfail) until the runner handles it.
@@ -58,7 +61,10 @@ def test_recovery_timeout_is_well_below_the_visibility_timeout() -> None:
 
 
 def test_redis_restart_mid_run(stack: WorkerStack, private_redis: RedisServer) -> None:
-    _survives(stack, private_redis.restart)
+    # Redis is back within a fraction of a second. kombu's own restore when it closes
+    # the dead channel (redis-py retries it for a few seconds) may then succeed, and
+    # leave the reconnect step nothing to do: either way nothing may be left held.
+    _survives(stack, private_redis.restart, restore_step_must_run=False)
 
 
 def test_redis_unreachable_for_10s(stack: WorkerStack, private_redis: RedisServer) -> None:
@@ -67,10 +73,14 @@ def test_redis_unreachable_for_10s(stack: WorkerStack, private_redis: RedisServe
         time.sleep(10)  # the fault itself: Redis is away this long
         private_redis.start()  # same port, same data dir (AOF)
 
-    _survives(stack, outage)
+    # Longer than redis-py's retries inside kombu's close-time restore: only the
+    # reconnect step can put the held messages back.
+    _survives(stack, outage, restore_step_must_run=True)
 
 
-def _survives(stack: WorkerStack, fault: Callable[[], None]) -> None:
+def _survives(
+    stack: WorkerStack, fault: Callable[[], None], *, restore_step_must_run: bool
+) -> None:
     client = stack.jobs.store.client
     job_ids = [stack.jobs.enqueue(T2I, prompt=f"restart {i}") for i in range(JOBS)]
     stack.wait_for_status(job_ids, {"submitted", "processing"}, timeout=60)
@@ -95,7 +105,10 @@ def _survives(stack: WorkerStack, fault: Callable[[], None]) -> None:
     _wait_until_nothing_is_held(client)
     logs = stack.worker_logs()
     assert "Unrecoverable error" not in logs
-    assert sum(int(n) for n in RESTORED.findall(logs)) > 0, "the restore path did not run"
+    restored = sum(int(n) for n in RESTORED.findall(logs))
+    print(f"reconnect step restored {restored} held message(s)")
+    if restore_step_must_run:
+        assert restored > 0, "the reconnect step did not run"
     submissions = stack.input_submissions()
     assert len(submissions) == JOBS
     assert max(submissions.values()) == 1
