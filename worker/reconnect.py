@@ -7,12 +7,13 @@ messages waiting in the event loop's timer. kombu keeps each one in Redis's
 ``unacked`` hash until it is acked. When the consumer loses the broker, celery clears
 the timer (``asynloop`` resets the hub on a loop error) and closes the dead channel.
 Closing it tries to put the channel's unacked messages back
-(``QoS.restore_unacked_once``). That needs the Redis that has just gone away, so it
-fails, and kombu never tries again. The messages stay in ``unacked`` until the
-visibility timeout (600 s by default) moves them back, so polling jobs stop for ten
-minutes. A message can also be lost on the way in: kombu pops it (BRPOP) and then
-records it in ``unacked``. If Redis goes away in between, the message is in no queue
-and not in ``unacked``. Only the worker's memory has it, and kombu drops it.
+(``QoS.restore_unacked_once``). That needs the Redis that has just gone away. Unless
+Redis answers again within redis-py's few retries, it fails, and kombu never tries
+again. The messages stay in ``unacked`` until the visibility timeout (600 s by
+default) moves them back, so polling jobs stop for ten minutes. A message can also
+be lost on the way in: kombu pops it (BRPOP) and then records it in ``unacked``. If
+Redis goes away in between, the message is in no queue and not in ``unacked``. Only
+the worker's memory has it, and kombu drops it.
 
 The consumer bootstep ``RestoreHeldMessages`` handles both. Each time the consumer
 starts, it wraps the append of its channel's kombu QoS. A message kombu popped but
