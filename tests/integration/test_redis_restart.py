@@ -8,16 +8,15 @@ no input reaches WaveSpeed twice. The messages go back through kombu's own resto
 it closes the dead channel, if Redis is back within redis-py's retries, and otherwise
 through the reconnect step (``worker.reconnect``).
 
-Known gap outside the worker's consumer (worker/tasks.py and worker/runner.py): a run
-that is executing while Redis goes away can end with its job's next message lost, in
-no queue and not in ``unacked``. Either its store write fails and celery acks the
-failed run once Redis is back, or it claims the next poll and then cannot publish its
-message (celery rejects the run's own message), or its poll claim reaches Redis but
-the reply is lost. A redelivered copy of the run's message is then dropped as
-superseded. That job waits for the sweeper's grace period. The tests assert
-strictly that no message is left waiting for the visibility timeout; when jobs are
-stuck only because their message is gone, they report it as an expected failure
-(xfail) until the runner handles it.
+A run under way when Redis goes away can lose its job's next message; the worker's
+nudger (``worker/nudge.py``) re-sends that job once Redis answers. One gap remains,
+seen in about one quick restart in five, one job of 40: a job whose next message is
+in no queue, not in ``unacked`` and not in any worker's bookkeeping. The likely cause
+is a BRPOP reply that never reached kombu (Redis popped the message, and the reply was
+lost with the connection, or was held unread while the worker's prefetch was full).
+Only the sweeper finds such a job, after its grace period. The tests assert strictly
+that no message is left waiting for the visibility timeout; jobs stuck only because
+their message is gone are reported as an expected failure (xfail).
 """
 
 from __future__ import annotations
