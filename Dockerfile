@@ -10,11 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, so a code change does not reinstall them; at the versions the
+# test suite passed with (constraints.txt, the same pins `make` installs).
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir worker producer emulator ops \
     && touch worker/__init__.py producer/__init__.py emulator/__init__.py ops/__init__.py \
-    && pip install . \
+    && pip install -c constraints.txt . \
     && pip uninstall -y wavequeue
 
 COPY worker ./worker

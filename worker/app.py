@@ -14,10 +14,14 @@ from celery import signals
 
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
+from worker.reconnect import RestoreHeldMessages
 from worker.settings import Settings
 
 settings = Settings.from_env()
 app = make_app(settings)
+# After a Redis restart or outage, the messages a worker held (countdowns above all) go
+# back to their queue when its consumer reconnects, not after the visibility timeout.
+app.steps["consumer"].add(RestoreHeldMessages)
 
 __all__ = ["app", "celery_config", "make_app", "settings", "transport_options"]
 

@@ -6,6 +6,11 @@ The ``threads`` pool with 16 threads gives many concurrent calls per process
 at a fraction of prefork's memory; scale out with more worker processes or
 containers. Any extra arguments go to ``celery worker`` unchanged, e.g.
 ``wavequeue worker --pool prefork --concurrency 4``.
+
+Exit status: 0 after a requested stop (SIGTERM, Ctrl-C), 78 when the configuration
+is refused before start, and the worker's own non-zero status when it stops on an
+error (celery's "Unrecoverable error" is 1), so a supervisor that restarts on
+failure restarts it. ``app.worker_main`` would drop that status and exit 0.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ def worker_command(
     except ConfigError as exc:
         click.echo(f"wavequeue worker: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG
-    from worker.app import app  # noqa: PLC0415 - build the app only once config is known good
+    from celery.bin.celery import celery  # noqa: PLC0415 - import celery's CLI only to run it
 
     argv = [
+        "--app=worker.app",  # imported by celery only now that the config is known good
         "worker",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
@@ -56,4 +62,7 @@ def worker_command(
         f"--loglevel={loglevel}",
         *celery_args,
     ]
-    app.worker_main(argv)
+    # celery's own command line, as `celery worker` runs it, minus its sys.exit: in
+    # non-standalone mode click returns the status that `celery worker` exits with.
+    status = celery.main(args=argv, prog_name="wavequeue", standalone_mode=False)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -98,8 +98,13 @@ def worker_stack(
     settings: dict[str, str] | None = None,
     workers: int = 1,
     concurrency: int = 4,
+    redis_server: RedisServer | None = None,
 ) -> Iterator[WorkerStack]:
-    redis_server = RedisServer(data_dir=tmp_path / "redis").start()
+    """``redis_server``: a running server the caller owns (e.g. ``private_redis``, to restart
+    it mid-test); by default the stack starts and stops one of its own."""
+    owns_redis = redis_server is None
+    if redis_server is None:
+        redis_server = RedisServer(data_dir=tmp_path / "redis").start()
     emulator = EmulatorServer(
         EmulatorConfig(
             api_key=SECRET_API_KEY, latency=LatencySpec.parse(latency), image_scale=0.1, seed=7
@@ -130,4 +135,5 @@ def worker_stack(
             worker.stop()
         stack.jobs.close()
         emulator.stop()
-        redis_server.stop()
+        if owns_redis:
+            redis_server.stop()

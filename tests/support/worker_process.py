@@ -23,6 +23,8 @@ class WorkerProcess:
     concurrency: int = 4
     pool: str = "threads"
     name: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:6]}")
+    #: More arguments for `celery worker`, e.g. a setting as ``name=value``.
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
@@ -34,6 +36,7 @@ class WorkerProcess:
             "--hostname", f"{self.name}@%h",
             "--without-gossip",
             "--without-mingle",
+            *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
