@@ -47,6 +47,7 @@ Redis round trip. A reconnect costs one transaction per held message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
@@ -57,6 +58,14 @@ from kombu.utils.json import loads
 log = logging.getLogger(__name__)
 
 TASKS_STEP = "celery.worker.consumer.tasks:Tasks"
+
+#: Called after each reconnect, once held messages are back (the sweeper's catch-up).
+_after_reconnect: list[Callable[[], None]] = []
+
+
+def after_reconnect(callback: Callable[[], None]) -> None:
+    """Call ``callback`` (quickly: it runs on the consumer's thread) after each reconnect."""
+    _after_reconnect.append(callback)
 
 
 class RestoreHeldMessages(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -71,7 +80,9 @@ class RestoreHeldMessages(bootsteps.StartStopStep):  # type: ignore[misc]
         self._lost: list[HeldMessages] = []
 
     def start(self, parent: Any) -> None:
+        reconnected = False
         if self._current is not None:  # a restart: the channel we consumed from is gone
+            reconnected = True
             self._lost.append(self._current)
             self._current = None
         qos = parent.task_consumer.channel.qos
@@ -98,6 +109,12 @@ class RestoreHeldMessages(bootsteps.StartStopStep):  # type: ignore[misc]
                     unrecorded,
                 )
         self._current = current
+        if reconnected:
+            for callback in _after_reconnect:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("an after-reconnect callback failed")
 
 
 class HeldMessages:

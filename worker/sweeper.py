@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: How many jobs one pass looks at per kind (the rest wait for the next pass).
 BATCH = 500
+#: After a broker outage, how long to let the messages put back at reconnect run before
+#: what is still overdue is taken for lost (and the catch-up pass's grace).
+CATCH_UP_SETTLE = 10.0
+#: Held by the one worker that catches up after an outage.
+CATCH_UP_LOCK_KEY = SWEEPER_LOCK_KEY + ":catch-up"
 #: How many quarantined records one pass tries to read again.
 QUARANTINE_REVIEW = 50
 
@@ -74,12 +79,13 @@ class Sweeper:
         self.grace = grace
         self.interval = interval
         self.clock = clock
+        self._catch_up = threading.Event()
 
     def sweep_once(self) -> SweepReport:
         now = self.clock()
         quarantined: list[str] = []
         timed_out = self._expire_past_deadline(now, quarantined)
-        resent = self._resend_overdue(now, quarantined)
+        resent = self._resend_overdue(now, quarantined, self.grace)
         readmitted = self._review_quarantine(now)
         # Operators (and tests) see that passes happen and what they did.
         self.store.count_many(
@@ -117,8 +123,8 @@ class Sweeper:
                 timed_out += isinstance(self.runner.time_out(snap), Finished)
         return timed_out
 
-    def _resend_overdue(self, now: float, quarantined: list[str]) -> int:
-        overdue = self.store.overdue(now - self.grace, BATCH)
+    def _resend_overdue(self, now: float, quarantined: list[str], grace: float) -> int:
+        overdue = self.store.overdue(now - grace, BATCH)
         if not overdue:
             return 0
         # Looked at now: none again before another grace period, whatever we decide.
@@ -132,7 +138,7 @@ class Sweeper:
             if snap.record.is_terminal:
                 self.store.forget([job_id])
                 continue
-            first_kwargs = self._resend_kwargs(snap, now, backlogged)
+            first_kwargs = self._resend_kwargs(snap, now, backlogged, grace)
             if first_kwargs is None:
                 continue
             log.warning("job %s: its message is overdue; re-sending it", job_id)
@@ -190,25 +196,27 @@ class Sweeper:
         return {queue for queue, length in zip(QUEUES, pipe.execute(), strict=True) if length}
 
     def _resend_kwargs(
-        self, snap: JobSnapshot, now: float, backlogged: set[str]
+        self, snap: JobSnapshot, now: float, backlogged: set[str], grace: float
     ) -> dict[str, Any] | None:
         """What the re-sent message needs, or None when the job should wait longer."""
         record = snap.record
         if record.status is not JobStatus.QUEUED:
             return {"poll_seq": int(snap.number("poll_seq"))}
         if snap.field("awaiting_image") == "1":
-            return self._waiting_step_kwargs(record, now)
+            return self._waiting_step_kwargs(record, now, grace)
         if record.priority.queue in backlogged:
             return None  # a backlog: its message is most likely still waiting in line
         return {}
 
-    def _waiting_step_kwargs(self, record: JobRecord, now: float) -> dict[str, Any] | None:
+    def _waiting_step_kwargs(
+        self, record: JobRecord, now: float, grace: float
+    ) -> dict[str, Any] | None:
         """A chain step waiting for the step before: re-send it only once that step
         completed more than a grace period ago (its own message was then lost)."""
         previous = self._previous_step(record)
         if previous is None or previous.status is not JobStatus.COMPLETED or not previous.outputs:
             return None
-        if (previous.completed_at or now) > now - self.grace:
+        if (previous.completed_at or now) > now - grace:
             return None
         return {"previous_output": previous.outputs[0]}
 
@@ -221,14 +229,50 @@ class Sweeper:
         except (JobNotFoundError, UnreadableRecordError):
             return None
 
+    def catch_up_soon(self) -> None:
+        """Ask for a catch-up pass ``CATCH_UP_SETTLE`` seconds from now (the worker's broker
+        connection was lost and is back)."""
+        self._catch_up.set()
+
+    def catch_up(self) -> int:
+        """After a broker outage: re-send jobs overdue by more than ``CATCH_UP_SETTLE``
+        seconds, not the usual grace. A message can vanish with the connection in a way
+        no worker can see (Redis popped it for a BRPOP whose reply never arrived), and the
+        held messages the workers put back at reconnect have run by now, so what is still
+        overdue has most likely lost its message; a re-send of one that was only late is
+        harmless. One worker does it per outage (a short lock)."""
+        lock_ms = int(CATCH_UP_SETTLE * 2000)
+        if not self.store.client.set(CATCH_UP_LOCK_KEY, "1", nx=True, px=lock_ms):
+            return 0
+        resent = self._resend_overdue(self.clock(), [], CATCH_UP_SETTLE)
+        self.store.count_many(
+            {counter_field("sweeper_catch_ups"): 1, counter_field("sweeper_resent"): resent}
+        )
+        log.warning("sweeper: caught up after a broker outage; re-sent %d job(s)", resent)
+        return resent
+
     def run(self, stop: threading.Event) -> None:
-        """Sweep every ``interval`` seconds while this worker holds the lock."""
+        """Sweep every ``interval`` seconds while this worker holds the lock; catch up
+        after a broker outage when asked."""
         lock_ms = int(self.interval * 1000)
-        while not stop.wait(self.interval):
+        next_sweep = time.monotonic() + self.interval
+        catch_up_at: float | None = None
+        while not stop.is_set():
+            if self._catch_up.is_set():
+                self._catch_up.clear()
+                catch_up_at = time.monotonic() + CATCH_UP_SETTLE
+            wake = min(next_sweep, catch_up_at or next_sweep)
+            if self._catch_up.wait(max(0.0, wake - time.monotonic())) or stop.is_set():
+                continue
             try:
-                if self.store.client.set(SWEEPER_LOCK_KEY, "1", nx=True, px=lock_ms):
-                    report = self.sweep_once()
-                    if report != SweepReport():
-                        log.warning("sweeper: %s", report)
+                if catch_up_at is not None and time.monotonic() >= catch_up_at:
+                    catch_up_at = None
+                    self.catch_up()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.interval
+                    if self.store.client.set(SWEEPER_LOCK_KEY, "1", nx=True, px=lock_ms):
+                        report = self.sweep_once()
+                        if report != SweepReport():
+                            log.warning("sweeper: %s", report)
             except Exception:  # a sweep must never kill its thread
                 log.exception("sweeper pass failed; trying again next interval")

@@ -26,6 +26,7 @@ from worker.errors import (
 )
 from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
+from worker.reconnect import after_reconnect
 from worker.runner import Duplicate, Finished, JobRunner
 from worker.store import JobSnapshot, JobStore
 from worker.sweeper import Sweeper
@@ -171,6 +172,7 @@ _sweeper_stop = threading.Event()
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_sweeper(**_: object) -> None:
     parts = _process_parts()
+    after_reconnect(parts.sweeper.catch_up_soon)
     for name, target in (
         ("wavequeue-sweeper", parts.sweeper.run),
         ("wavequeue-nudger", parts.nudger.run),

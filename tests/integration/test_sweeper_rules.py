@@ -180,3 +180,22 @@ def test_a_job_whose_message_was_lost_with_the_broker_is_brought_back_at_once(
     put_in_status(harness.store, queued, "failed")
     assert harness.sweeper.bring_back(queued) and harness.sweeper.bring_back("gone")
     assert len(harness.resent) == 2
+
+
+def test_a_catch_up_after_an_outage_resends_what_is_still_overdue(harness: Harness) -> None:
+    from worker.sweeper import CATCH_UP_SETTLE
+
+    lost = harness.jobs.create(T2I, prompt="its message vanished with the connection")
+    put_in_status(
+        harness.store, lost, "submitted", prediction_id="p", poll_seq=2,
+        next_run_at=harness.now - CATCH_UP_SETTLE - 1,
+    )  # fmt: skip
+    on_time = harness.jobs.create(T2I, prompt="its countdown is due later")
+    put_in_status(
+        harness.store, on_time, "submitted", prediction_id="q", poll_seq=1,
+        next_run_at=harness.now + 5,
+    )  # fmt: skip
+    assert harness.sweeper.catch_up() == 1
+    assert harness.resent == [(lost, {"poll_seq": 2})]
+    # One worker per outage: the others' requests find the lock taken.
+    assert harness.sweeper.catch_up() == 0
