@@ -51,6 +51,7 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_passes": "Sweeper passes made (one worker sweeps at a time)",
     "sweeper_timed_out": "Live jobs past their deadline that the sweeper ended",
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
+    "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -63,6 +64,7 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_passes",
         "sweeper_timed_out",
         "sweeper_resent",
+        "sweeper_catch_ups",
     }
 )
 
