@@ -31,8 +31,12 @@ TRANSIENT_TASK_CODES = range(5000, 6000)
 AMBIGUOUS_NO_CREATE = ("submit_500", "submit_502", "submit_drop_before_create")
 #: Faults after which the worker may (and must, to finish) submit again: "not created".
 SAFE_REFUSALS = ("submit_503", "submit_429")
-#: Interruptions during which a submit answer can be lost without the emulator knowing.
-INTERRUPTIONS = ("worker_kill", "emulator_down", "redis_restart", "redis_down")
+#: Faults that can lose a submit answer the emulator did deliver: the worker dies, or
+#: cannot store the prediction id, between the answer and the store. (A connection cut
+#: before the answer, by a kill or the gate, the emulator records as ``client_left``.)
+INTERRUPTIONS = ("worker_kill", "redis_restart", "redis_down")
+#: Seconds between a delivered answer and the worker storing the id, on a busy machine.
+STORE_SLACK = 2.0
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,11 @@ def _why_again(
     created = _epoch(earlier["created_at"])
     for event in interruptions:
         end = event.end or event.start
-        if event.start - read_timeout - 1 <= created <= end + 2:
+        if event.kind == "worker_kill":
+            hit = created <= event.start <= created + STORE_SLACK
+        else:  # Redis gone while the POST was out: its answer could not be stored
+            hit = event.start - read_timeout <= created <= end + STORE_SLACK
+        if hit:
             return f"interrupted by {event.label}"
     return None
 
@@ -337,6 +345,24 @@ def producer_bounded(facts: RunFacts, max_block: float) -> list[Violation]:
         if call.error and not call.wavequeue_error:
             found.append(Violation("producer", call.ref, f"unclear error: {call.error[:240]}"))
     return found
+
+
+def producer_reconnects(facts: RunFacts, slack: float = 2.0) -> list[Violation]:
+    """A producer call fails only while Redis is away: once it is back, the producer's
+    next call works without anyone rebuilding the client."""
+    outages = [
+        (event.start - slack, (event.end or event.start) + slack)
+        for event in facts.events
+        if event.kind in ("redis_restart", "redis_down")
+    ]
+    return [
+        Violation("producer", call.ref, f"failed while Redis was up: {call.error[:200]}")
+        for call in facts.producer_calls
+        if call.error
+        and not any(
+            call.started <= end and start <= call.started + call.seconds for start, end in outages
+        )
+    ]
 
 
 def moves_again_within(

@@ -67,6 +67,8 @@ class RunFacts:
     events: list[FaultEvent]
     messages: list[BrokerMessage]
     predictions_by_tag: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: (Redis keys, files) searched for the API key; set by the key check.
+    key_searched: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)

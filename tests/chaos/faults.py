@@ -82,10 +82,8 @@ class KillWorkers:
         for offset in self.at:
             if not ctx.sleep_until(offset):
                 return
-            target, job_id = self._pick(ctx)
-            with ctx.lock:
-                if target.process is None or target.process.poll() is not None:
-                    continue
+            with ctx.lock:  # aim inside the lock: another fault may hold it for seconds
+                target, job_id = self._pick(ctx)
                 name = target.log_path.stem
                 event = ctx.begin(
                     "worker_kill",
@@ -105,11 +103,7 @@ class KillWorkers:
                 if found is not None:
                     return found
                 time.sleep(0.05)
-        return ctx.rng.choice(_running(ctx)), None
-
-
-def _running(ctx: FaultContext) -> list[WorkerProcess]:
-    return ctx.stack.live_workers()
+        return ctx.rng.choice(ctx.stack.live_workers()), None
 
 
 def _worker_running_a_submit(ctx: FaultContext) -> tuple[WorkerProcess, str] | None:
@@ -126,7 +120,7 @@ def _worker_running_a_submit(ctx: FaultContext) -> tuple[WorkerProcess, str] | N
     submitting = {j for j, s in zip(live, now, strict=True) if s == "submitting"}
     if not submitting:
         return None
-    by_host = {ctx.stack.hostname(w): w for w in _running(ctx)}
+    by_host = {ctx.stack.hostname(w): w for w in ctx.stack.live_workers()}
     (active,) = _inspect(ctx, list(by_host), ("active",), timeout=1.0)
     for host, tasks in active.items():
         for task in tasks:
@@ -162,7 +156,7 @@ class WarmStops:
                 self._warm_stop_one(ctx)
 
     def _warm_stop_one(self, ctx: FaultContext) -> None:
-        running = _running(ctx)
+        running = ctx.stack.live_workers()
         holding = _held_jobs(ctx, running)
         target = max(running, key=lambda w: len(holding.get(ctx.stack.hostname(w), set())))
         held = holding.get(ctx.stack.hostname(target), set())

@@ -119,7 +119,7 @@ class ProgressMonitor:
     def begin(self, kind: str, label: str, **detail: Any) -> FaultEvent:
         """Start a fault event; records which jobs were in flight (read now, not from the
         last sample, so a fault that follows an enqueue burst sees those jobs)."""
-        self._sample_quietly()
+        self.sample_quietly()
         statuses = self.statuses()
         event = FaultEvent(
             kind,
@@ -135,10 +135,10 @@ class ProgressMonitor:
     def end(self, event: FaultEvent, **detail: Any) -> None:
         event.end = time.time()
         event.detail.update(detail)
-        self._sample_quietly()
+        self.sample_quietly()
         event.live_at_end = {j for j, s in self.statuses().items() if s not in TERMINAL}
 
-    def _sample_quietly(self) -> None:
+    def sample_quietly(self) -> None:
         try:
             self.sample()
         except redis.RedisError:

@@ -35,6 +35,7 @@ class FaultLine:
     lasted: float
     first_move: float | None
     all_done: float | None
+    note: str = ""
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Summary:
     predictions: int = 0
     submissions: int = 0
     faults_served: dict[str, int] = field(default_factory=dict)
+    #: What the checks looked at, so an empty violation list is not an empty check.
+    checked: str = ""
     fault_lines: list[FaultLine] = field(default_factory=list)
     seconds: float = 0.0
     violations: list[Violation] = field(default_factory=list)
@@ -110,10 +113,30 @@ def summarize(
     summary.predictions = int(facts.emulator_stats["predictions"]["created"])
     summary.submissions = int(facts.emulator_stats["submissions"]["total"])
     summary.faults_served = dict(facts.emulator_stats.get("faults", {}))
+    summary.checked = _checked(facts)
     summary.fault_lines = [
         _fault_line(facts, monitor, event, workload_started) for event in facts.events
     ]
     return summary
+
+
+def _checked(facts: RunFacts) -> str:
+    outputs = sum(
+        len(job.record.outputs)
+        for job in facts.jobs.values()
+        if job.record is not None and job.status == "completed"
+    )
+    links = sum(
+        len(facts.predictions_by_tag.get(job.tag, []))
+        for job in facts.jobs.values()
+        if job.item.kind == "chain" and job.step > 1
+    )
+    matched = sum(len(found) for found in facts.predictions_by_tag.values())
+    keys, files = facts.key_searched
+    return (
+        f"{outputs} outputs fetched, {links} chain links, {matched} predictions matched "
+        f"to jobs, key searched in {keys} Redis keys and {files} files"
+    )
 
 
 def _fault_line(
@@ -138,7 +161,19 @@ def _fault_line(
         end - event.start,
         None if first is None else first - end,
         all_done,
+        _mid_post_note(facts, event),
     )
+
+
+def _mid_post_note(facts: RunFacts, event: FaultEvent) -> str:
+    """For a kill aimed at a submit in flight: what became of that job, and what the
+    emulator saw of its POST (the evidence that the kill landed mid-POST)."""
+    job = facts.jobs.get(str(event.detail.get("mid_post_job")))
+    if job is None:
+        return ""
+    answers = [p.get("submit_answer") for p in facts.predictions_by_tag.get(job.tag, [])]
+    ended = job.status + (f" [{job.error_code}]" if job.error_code else "")
+    return f"{job.tag} ended {ended}; its predictions' answers: {answers or 'none created'}"
 
 
 def render(summary: Summary) -> str:
@@ -167,6 +202,7 @@ def render(summary: Summary) -> str:
             f"errors: {producer}; slowest call {summary.slowest_producer_call:.1f}s; "
             f"orphan records {summary.orphans}",
         ),
+        ("checked", summary.checked),
         ("duration", f"{summary.seconds:.0f}s"),
         ("run dir", summary.run_dir),
     ]
@@ -224,7 +260,8 @@ def _recovery(summary: Summary) -> str:
 def _fault_row(line: FaultLine) -> str:
     first = "-" if line.first_move is None else f"{line.first_move:.1f}s"
     done = "never" if line.all_done is None else f"{line.all_done:.1f}s"
+    note = f"\n      -> {line.note}" if line.note else ""
     return (
         f"t={line.at:6.1f}  {line.label}  (lasted {line.lasted:.1f}s)  "
-        f"first move +{first}, all done +{done}"
+        f"first move +{first}, all done +{done}{note}"
     )

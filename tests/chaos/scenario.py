@@ -87,7 +87,7 @@ def run_scenario(scenario: Scenario, run_dir: Path) -> Outcome:
             thread.join(settle_by)
         _settle(stack, enqueuer, settle_by)
         monitor.stop()
-        monitor.sample()  # the last moves, after the monitor's final tick
+        monitor.sample_quietly()  # the last moves, after the monitor's final tick
         facts = _facts(scenario, stack, enqueuer, monitor)
         _keep_evidence(run_dir, facts)
         violations = _judge(scenario, stack, facts, monitor)
@@ -191,7 +191,12 @@ def _judge(
 ) -> list[Violation]:
     aof = sorted((stack.redis.data_dir / "appendonlydir").glob("*"))
     logs = [worker.log_path for worker in stack.workers]
-    hits = search([*redis_blobs(stack.redis.url), *file_blobs([*aof, *logs])], stack.api_key)
+    blobs = [*redis_blobs(stack.redis.url), *file_blobs([*aof, *logs])]
+    hits = search(blobs, stack.api_key)
+    facts.key_searched = (
+        sum(1 for where, _ in blobs if where.endswith("key name")),
+        len(aof) + len(logs),
+    )
     found = [
         *checks.every_job_ends_terminal(facts),
         *checks.submitted_once(facts),
@@ -201,6 +206,7 @@ def _judge(
         *checks.warm_stop_hands_back(facts),
         *checks.poison_acked_once(facts),
         *checks.producer_bounded(facts, PRODUCER_MAX_BLOCK),
+        *checks.producer_reconnects(facts),
         *checks.workers_survive(stack.exits_on_their_own()),
         *_injector_errors(facts),
     ]

@@ -195,6 +195,13 @@ class ChaosStack:
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> ChaosStack:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # whatever did start
+            raise
+
+    def _start(self) -> ChaosStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(data_dir=self.run_dir / "redis", appendonly=True).start()
         flags = [
@@ -216,11 +223,13 @@ class ChaosStack:
             self.ended_by_harness.add(worker.name)
             with contextlib.suppress(Exception):
                 worker.stop(timeout=20)
-        with contextlib.suppress(Exception):
-            self.producer.close()
-        self.gate.stop()
-        self.emulator.stop()
-        self.redis.stop()
+        # Each part may be missing when start() failed half-way.
+        if hasattr(self, "producer"):
+            with contextlib.suppress(Exception):
+                self.producer.close()
+        for part in ("gate", "emulator", "redis"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
 
     # --- environment ----------------------------------------------------------------
 
