@@ -152,6 +152,18 @@ def submitted_once(facts: RunFacts) -> list[Violation]:
     return found
 
 
+def second_prediction_reasons(facts: RunFacts) -> Counter[str]:
+    """Why each extra prediction happened ("unjustified" when nothing explains it)."""
+    interruptions = [e for e in facts.events if e.kind in INTERRUPTIONS]
+    reasons = Counter[str]()
+    for job in facts.jobs.values():
+        predictions = facts.predictions_by_tag.get(job.tag, [])
+        for earlier, _ in itertools.pairwise(predictions):
+            reason = _why_again(facts.policy, earlier, interruptions, facts.settings.read_timeout)
+            reasons[(reason or "unjustified").split(" by ")[0]] += 1
+    return reasons
+
+
 def _why_again(
     policy: str, earlier: dict[str, Any], interruptions: list[FaultEvent], read_timeout: float
 ) -> str | None:

@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tests.chaos.checks import Violation, double_submitted_jobs, is_lost
+from tests.chaos.checks import (
+    Violation,
+    double_submitted_jobs,
+    is_lost,
+    second_prediction_reasons,
+)
 from tests.chaos.facts import RunFacts
 from tests.chaos.monitor import TERMINAL, FaultEvent, ProgressMonitor
 
@@ -61,6 +66,7 @@ class Summary:
     faults_served: dict[str, int] = field(default_factory=dict)
     #: What the checks looked at, so an empty violation list is not an empty check.
     checked: str = ""
+    second_predictions: Counter[str] = field(default_factory=Counter)
     fault_lines: list[FaultLine] = field(default_factory=list)
     seconds: float = 0.0
     violations: list[Violation] = field(default_factory=list)
@@ -114,6 +120,7 @@ def summarize(
     summary.submissions = int(facts.emulator_stats["submissions"]["total"])
     summary.faults_served = dict(facts.emulator_stats.get("faults", {}))
     summary.checked = _checked(facts)
+    summary.second_predictions = second_prediction_reasons(facts)
     summary.fault_lines = [
         _fault_line(facts, monitor, event, workload_started) for event in facts.events
     ]
@@ -196,6 +203,7 @@ def render(summary: Summary) -> str:
             else []
         ),
         ("emulator", f"{summary.submissions} submit POSTs, {summary.predictions} predictions"),
+        ("second predictions", _reasons(summary.second_predictions)),
         ("faults served", _served(summary.faults_served)),
         (
             "producer",
@@ -238,6 +246,14 @@ def group(violations: list[Violation]) -> list[str]:
 
 def _flag(count: int) -> str:
     return str(count) if count == 0 else f"{count}  <-- must be 0"
+
+
+def _reasons(reasons: Counter[str]) -> str:
+    if not reasons:
+        return "none"
+    return f"{sum(reasons.values())}: " + ", ".join(
+        f"{why} {n}" for why, n in reasons.most_common()
+    )
 
 
 def _served(served: dict[str, int]) -> str:
