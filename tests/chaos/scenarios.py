@@ -7,16 +7,16 @@ Settings that differ from the shipped defaults, and why:
   WaveSpeed's 2 s guidance is about its servers, not ours.
 - ``WAVEQUEUE_VISIBILITY_TIMEOUT``: kept at the shipped 600 s wherever the scenario
   is about the broker giving messages back (warm stop, Redis restart: the project
-  rule is stated for shipped defaults) or about the emulator. Shortened to 20-30 s
+  rule is stated for shipped defaults) or about the emulator. Shortened to 20-40 s
   where workers are SIGKILLed or messages are lost on purpose: a killed worker's
   held messages come back only after the visibility timeout (or the sweeper's grace,
   (vt - longest countdown) / 2), and what those scenarios prove is that nothing is
   lost or sent twice, not how long 600 s is. 20 s is above the longest countdown
-  (2 s) plus the task time limit (10 s), which the worker checks at start.
+  (2 s) plus the task time limit (15 s), which the worker checks at start.
 - Retry backoff: 0.25 s doubling to 2 s (a short run); the emulator scenarios use the
   shipped 1 s doubling to 60 s, which is what rides out a 30 s outage within the
   retry budget of 8.
-- ``WAVEQUEUE_JOB_DEADLINE`` 45-120 s: bounds how long a stuck job can hang the run.
+- ``WAVEQUEUE_JOB_DEADLINE`` 40-120 s: bounds how long a stuck job can hang the run.
 """
 
 from __future__ import annotations
@@ -134,9 +134,9 @@ MIXED = Scenario(
     workload=WorkloadSpec(singles=130, chains=40, enqueue_over=90, deadline=120, seed=7),
     stack=StackConfig(
         settings={
-            # Kills want a short visibility timeout, which caps the backoff (30 s > 15 s
-            # + the 10 s task time limit); a budget of 12 rides out the 30 s outage.
-            "WAVEQUEUE_VISIBILITY_TIMEOUT": "30",
+            # Kills want a short visibility timeout, which caps the backoff (40 s > 15 s
+            # + the 15 s task time limit); a budget of 12 rides out the 30 s outage.
+            "WAVEQUEUE_VISIBILITY_TIMEOUT": "40",
             "WAVEQUEUE_RETRY_BASE_DELAY": "0.5",
             "WAVEQUEUE_RETRY_MAX_DELAY": "15",
             "WAVEQUEUE_RETRY_BUDGET": "12",

@@ -47,11 +47,14 @@ BASE_SETTINGS: Mapping[str, str] = {
     "WAVEQUEUE_FIRST_POLL_DEFAULT": "1",
     "WAVEQUEUE_RETRY_BASE_DELAY": "0.25",
     "WAVEQUEUE_RETRY_MAX_DELAY": "2",
-    "WAVEQUEUE_TASK_TIME_LIMIT": "10",
+    # At least twice connect + read timeout (the worker checks): a POST ends in the lease.
+    "WAVEQUEUE_TASK_TIME_LIMIT": "15",
     "WAVEQUEUE_CONNECT_TIMEOUT": "2",
     "WAVEQUEUE_READ_TIMEOUT": "4",
     "WAVEQUEUE_RATE_LIMIT_PER_MINUTE": "100000",
     "WAVEQUEUE_MAX_IN_FLIGHT": "10000",
+    # Chain steps edit the previous step's output, an emulator URL on 127.0.0.1.
+    "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1",
 }
 
 
