@@ -227,6 +227,7 @@ class SubmitHandler(BaseHandler):
             self.drop_connection()
             return False
         if faults.fire("submit_echo_auth", model.path, prompt):
+            self._served(submission, "submit_echo_auth")
             self.injected_fault = True
             echoed = self.request.headers.get("Authorization", "")
             self.send_envelope(

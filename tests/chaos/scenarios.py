@@ -49,6 +49,8 @@ TWENTY_PERCENT: Mapping[str, Any] = {
     "result_slow": {"probability": 0.03, "delay": 2},
     "result_malformed": 0.03,
     "prediction_failed": {"probability": 0.05, "code": 1403},
+    # A 400 that quotes the Authorization header back: the key must still land nowhere.
+    "submit_echo_auth": 0.01,
 }
 #: The same, but failed predictions say "the service broke" (5003): the worker then
 #: submits a new prediction, which the double-submission check must accept.

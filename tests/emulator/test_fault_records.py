@@ -44,7 +44,9 @@ def test_a_clean_submit_records_no_fault_and_a_delivered_answer(
     assert _faults_of(emulator, "clean") == {}
 
 
-@pytest.mark.parametrize("kind", ["submit_503", "submit_429", "submit_drop_before_create"])
+@pytest.mark.parametrize(
+    "kind", ["submit_503", "submit_429", "submit_drop_before_create", "submit_echo_auth"]
+)
 def test_faults_that_create_nothing_are_counted_per_input(
     emulator: EmulatorHandle, kind: str
 ) -> None:
