@@ -310,7 +310,13 @@ def poison_acked_once(facts: RunFacts) -> list[Violation]:
             continue
         for poison in event.detail.get("poison", []):
             found += _poison_violations(facts, poison)
-        failed_passes = facts.log_records("sweeper pass failed")
+        # A pass while Redis is away fails and is retried: that is not the poison's doing.
+        outages = _redis_outages(facts, slack=2.0)
+        failed_passes = [
+            record
+            for record in facts.log_records("sweeper pass failed")
+            if not any(start <= _logged_at(record) <= end for start, end in outages)
+        ]
         if failed_passes:
             found.append(
                 Violation(
@@ -366,11 +372,7 @@ def producer_bounded(facts: RunFacts, max_block: float) -> list[Violation]:
 def producer_reconnects(facts: RunFacts, slack: float = 2.0) -> list[Violation]:
     """A producer call fails only while Redis is away: once it is back, the producer's
     next call works without anyone rebuilding the client."""
-    outages = [
-        (event.start - slack, (event.end or event.start) + slack)
-        for event in facts.events
-        if event.kind in ("redis_restart", "redis_down")
-    ]
+    outages = _redis_outages(facts, slack)
     return [
         Violation("producer", call.ref, f"failed while Redis was up: {call.error[:200]}")
         for call in facts.producer_calls
@@ -428,6 +430,20 @@ def _who(job: JobFacts) -> str:
 def _bookkeeping(job: JobFacts) -> str:
     keys = ("prediction_id", "poll_seq", "polls", "attempts", "error_retries", "submit_token")
     return ", ".join(f"{k}={job.raw.get(k, '')!r}" for k in keys)
+
+
+def _redis_outages(facts: RunFacts, slack: float) -> list[tuple[float, float]]:
+    return [
+        (event.start - slack, (event.end or event.start) + slack)
+        for event in facts.events
+        if event.kind in ("redis_restart", "redis_down")
+    ]
+
+
+def _logged_at(record: str) -> float:
+    """When a ``file: [2026-01-31 12:00:00,123: LEVEL/...] ...`` record was logged."""
+    stamp = record.split("[", 1)[1].split(": ", 1)[0]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def _epoch(stamp: str) -> float:

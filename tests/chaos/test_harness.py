@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import redis
 from tests.chaos import checks
 from tests.chaos.broker import decode_payload, read_messages
 from tests.chaos.facts import JobFacts, RunFacts
+from tests.chaos.faults import PoisonMessage
+from tests.chaos.monitor import FaultEvent
 from tests.chaos.secrets_scan import needles, redis_blobs, search
 from tests.chaos.workload import Enqueued, tag_of
 from worker.settings import Settings
@@ -153,3 +156,34 @@ def test_workload_tags_map_prompts_back_to_jobs() -> None:
     assert tag_of("[c0007s2] make it blue") == "c0007s2"
     assert tag_of("[j0042] a lighthouse") == "j0042"
     assert tag_of("no tag") is None
+
+
+def test_a_sweeper_pass_that_fails_while_redis_is_down_is_not_the_poisons_doing(
+    tmp_path: Path,
+) -> None:
+    def at(stamp: str) -> float:
+        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp()
+
+    line = "[{}: ERROR/MainProcess] sweeper pass failed; trying again next interval\n"
+    facts = _facts([], [], "fail")
+    facts.logs = [
+        (tmp_path / "worker0.log", line.format("2026-01-01 00:00:05,000")),
+        (tmp_path / "worker1.log", line.format("2026-01-01 00:01:00,000")),
+    ]
+    marker = "[2026-01-01 00:00:01,000: ERROR/MainProcess] run_job dropped a message for poison-1\n"
+    facts.logs.append((tmp_path / "worker2.log", marker))
+    facts.events = [
+        FaultEvent(
+            "redis_down", "Redis down 10s", at("2026-01-01 00:00:00"), at("2026-01-01 00:00:10")
+        ),
+        FaultEvent(
+            "poison",
+            "poison",
+            0.0,
+            0.0,
+            detail={"poison": [PoisonMessage("unknown job", "t", "poison-1")]},
+        ),
+    ]
+    found = checks.poison_acked_once(facts)
+    assert [v.evidence.split(",")[0] for v in found] == ["1 failed sweeper pass(es)"]
+    assert "worker1.log" in found[0].evidence
