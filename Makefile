@@ -66,7 +66,7 @@ bench: $(STAMP)
 # version. Extra pytest flags: make chaos CHAOS_ARGS="-k redis".
 .PHONY: chaos
 chaos: $(STAMP)
-	$(BIN)/pytest tests/chaos -m chaos $(CHAOS_ARGS)
+	$(BIN)/pytest tests/chaos -m chaos --chaos-dir out/chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) out .wavequeue .mypy_cache .pytest_cache .ruff_cache

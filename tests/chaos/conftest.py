@@ -8,9 +8,32 @@ passed or failed, and kept in its run directory as ``report.txt``.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.chaos.report import TABLES
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-dir",
+        default=None,
+        help="keep each scenario's run directory (logs, Redis data, report) under this "
+        "directory instead of pytest's tmp dir, which keeps only the last few sessions",
+    )
+
+
+@pytest.fixture
+def chaos_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where this test's scenario runs keep their evidence."""
+    chosen = request.config.getoption("chaos_dir")
+    if chosen is None:
+        return tmp_path
+    root = Path(chosen) / time.strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,20 +13,20 @@ from tests.chaos.scenario import Scenario, run_scenario
 from tests.chaos.scenarios import FULL, SMALL
 
 
-def _run(scenario: Scenario, tmp_path: Path) -> None:
-    outcome = run_scenario(scenario, tmp_path / scenario.name)
+def _run(scenario: Scenario, chaos_dir: Path) -> None:
+    outcome = run_scenario(scenario, chaos_dir / scenario.name)
     summary = outcome.summary
     assert summary.lost == 0 and summary.double_submitted == 0, outcome.table
     assert not outcome.violations, outcome.table
 
 
 @pytest.mark.timeout(600)
-def test_small_mixed_run(tmp_path: Path) -> None:
-    _run(SMALL, tmp_path)
+def test_small_mixed_run(chaos_dir: Path) -> None:
+    _run(SMALL, chaos_dir)
 
 
 @pytest.mark.chaos
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("scenario", FULL, ids=[s.name for s in FULL])
-def test_scenario(scenario: Scenario, tmp_path: Path) -> None:
-    _run(scenario, tmp_path)
+def test_scenario(scenario: Scenario, chaos_dir: Path) -> None:
+    _run(scenario, chaos_dir)
