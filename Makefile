@@ -61,5 +61,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m ops.bench.emulator_polls
 
+# The full chaos suite (tests/chaos): each fault alone, then all mixed, 1,100+ jobs,
+# 10-20 minutes; one table per scenario at the end. `make test` runs only its small
+# version. Extra pytest flags: make chaos CHAOS_ARGS="-k redis".
+.PHONY: chaos
+chaos: $(STAMP)
+	$(BIN)/pytest tests/chaos -m chaos --chaos-dir out/chaos $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) out .wavequeue .mypy_cache .pytest_cache .ruff_cache

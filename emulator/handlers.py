@@ -125,23 +125,48 @@ class SubmitHandler(BaseHandler):
     (429), then the prediction is created and answered (or held in sync mode).
     """
 
+    #: Set when the client closed the connection before the answer (e.g. its read timeout).
+    client_left = False
+    #: The submit faults served on this request, in order.
+    request_faults: list[str]
+
+    def on_connection_close(self) -> None:
+        self.client_left = True
+
     async def post(self, model_path: str) -> None:
+        self.request_faults = []
         submission = self._admit(model_path)
         if submission is None or not await self._survives_submit_faults(submission):
             return
         prediction = self._create(submission)
         if prediction is None:
             return
+        prediction.submit_faults = list(self.request_faults)
         faults, model, prompt = self.state.faults, submission.model.path, submission.prompt
         if faults.fire("submit_drop_after_create", model, prompt):
+            self._served(submission, "submit_drop_after_create", prediction)
             self.drop_connection()
         elif prediction.params["enable_sync_mode"]:
             await self._answer_sync(prediction)
         elif faults.fire("submit_malformed", model, prompt):
+            self._served(submission, "submit_malformed", prediction)
             wire = prediction.wire()
             self.write_wire(wire[: len(wire) // 2])
         else:
             self.write_wire(prediction.wire())
+        if self.client_left:
+            prediction.submit_answer = "client_left"
+
+    def _served(
+        self, submission: Submission, kind: str, prediction: Prediction | None = None
+    ) -> None:
+        """Record a submit fault against the input (and the prediction it hit), so a test
+        can tell a justified second submission from a blind one."""
+        self.request_faults.append(kind)
+        self.state.stats.submit_faults_per_input[submission.key][kind] += 1
+        if prediction is not None:
+            prediction.submit_faults.append(kind)
+            prediction.submit_answer = kind
 
     def _admit(self, model_path: str) -> Submission | None:
         owner = self.authorize()
@@ -195,11 +220,14 @@ class SubmitHandler(BaseHandler):
         faults, model, prompt = self.state.faults, submission.model, submission.prompt
         slow = faults.fire("submit_slow", model.path, prompt)
         if slow is not None:
+            self._served(submission, "submit_slow")
             await asyncio.sleep(slow.delay)
         if faults.fire("submit_drop_before_create", model.path, prompt):
+            self._served(submission, "submit_drop_before_create")
             self.drop_connection()
             return False
         if faults.fire("submit_echo_auth", model.path, prompt):
+            self._served(submission, "submit_echo_auth")
             self.injected_fault = True
             echoed = self.request.headers.get("Authorization", "")
             self.send_envelope(
@@ -208,10 +236,12 @@ class SubmitHandler(BaseHandler):
             return False
         error_kind = faults.first_firing(SUBMIT_ERROR_KINDS, model.path, prompt)
         if error_kind is not None:
+            self._served(submission, error_kind)
             send_fault_status(self, error_kind)
             return False
         throttled = faults.fire("submit_429", model.path, prompt)
         if throttled is not None:
+            self._served(submission, "submit_429")
             self.send_too_many_requests(throttled.retry_after, "Too many requests")
             return False
         return True

@@ -78,6 +78,14 @@ class Prediction:
     code: int | None = None
     inference_ms: int = 0
     polls: int = 0
+    #: Submit faults served on the request that created it (``submit_slow``,
+    #: ``submit_drop_after_create``, ``submit_malformed``).
+    submit_faults: list[str] = field(default_factory=list)
+    #: What became of the submit answer: ``delivered``, ``submit_drop_after_create``,
+    #: ``submit_malformed`` or ``client_left`` (the client hung up first, e.g. a read
+    #: timeout during ``submit_slow``): anything but ``delivered`` means the client
+    #: never learned this prediction's id.
+    submit_answer: str = "delivered"
     webhook_log: list[dict[str, Any]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _wire: bytes | None = None
@@ -134,6 +142,8 @@ class Prediction:
             "outputs": list(self.outputs),
             "has_nsfw_contents": list(self.has_nsfw_contents),
             "polls": self.polls,
+            "submit_faults": list(self.submit_faults),
+            "submit_answer": self.submit_answer,
             "latency_seconds": self.plan.latency,
             "created_at": rfc3339(self.created_at),
             "started_at": rfc3339(self.started_at) if self.started_at else None,

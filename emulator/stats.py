@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,10 @@ class Stats:
     submissions_per_model: Counter[str] = field(default_factory=Counter)
     # Every submit POST that got past auth with a JSON body, fault or not ...
     submissions_per_input: Counter[str] = field(default_factory=Counter)
+    # The submit faults served per input (kind -> count), created or not ...
+    submit_faults_per_input: defaultdict[str, Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )
     # ... and those that actually created a prediction.
     predictions_created: int = 0
     predictions_per_model: Counter[str] = field(default_factory=Counter)
@@ -71,6 +75,9 @@ class Stats:
                 "total": self.submissions_total,
                 "per_model": dict(self.submissions_per_model),
                 "per_input": dict(self.submissions_per_input),
+                "faults_per_input": {
+                    key: dict(kinds) for key, kinds in self.submit_faults_per_input.items()
+                },
             },
             "predictions": {
                 "created": self.predictions_created,
