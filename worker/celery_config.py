@@ -16,6 +16,10 @@ from worker.redis_connection import celery_options
 from worker.settings import Settings
 
 
+#: Seconds kombu's unacked-restore lock lives; one restore pass takes milliseconds.
+UNACKED_MUTEX_EXPIRE = 10
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
     """Broker and result-backend transport options; identical on purpose (see DESIGN.md).
 
@@ -30,6 +34,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": int(settings.visibility_timeout),
         "unacked_restore_interval": sweep,
         "unacked_restore_throttle": 1,
+        # kombu's restore lock (300 s by default) outlives a Redis that stops while it is
+        # held: no worker could restore anything for five minutes (seen in the chaos suite).
+        "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
         **celery_options(settings)["transport_options"],
     }
 

@@ -114,7 +114,14 @@ class JobFailedError(WavequeueError):
     """
 
     def __init__(self, job_id: str, status: str, code: int | str | None, message: str) -> None:
-        super().__init__(f"job {job_id} {status}: [{code}] {message}")
+        # The four values are the args: Celery rebuilds the exception from its args when
+        # it serializes the failure (JSON); with one formatted string it could not, fell
+        # back to WavequeueError, and ``throws=`` no longer matched (a traceback per job).
+        super().__init__(job_id, status, code, message)
         self.job_id = job_id
         self.status = status
         self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.status}: [{self.code}] {self.message}"

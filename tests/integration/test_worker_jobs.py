@@ -7,6 +7,7 @@ each test resets the emulator and uses fresh job ids.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -119,6 +120,12 @@ def test_permanent_failures_keep_the_remote_code(
     assert record.error is not None and record.error.code == code
     assert record.error.message
     assert record.attempts == 1  # a final failure is never resubmitted
+    # An expected ending: logged as such, without a traceback.
+    deadline = time.monotonic() + 20
+    while f"raised expected: JobFailedError('{record.id}'" not in stack.worker_logs():
+        assert time.monotonic() < deadline, "the failed run was not logged as expected"
+        time.sleep(0.05)
+    assert f"raised unexpected: WavequeueError('job {record.id}" not in stack.worker_logs()
 
 
 def test_unreachable_input_image_fails_with_1402(stack: WorkerStack) -> None:

@@ -55,3 +55,20 @@ def test_repr_never_shows_the_redis_password() -> None:
     settings = Settings(redis_url="redis://:hunter2-secret@redis:6379/0")
     assert "hunter2-secret" not in repr(settings)
     assert "hunter2-secret" not in str(settings)
+
+
+def test_a_failed_job_error_survives_celerys_round_trip() -> None:
+    """Celery rebuilds a task's exception from its type and args: a JobFailedError must
+    come back as itself (else ``throws=`` misses it and every failure logs a traceback)."""
+    from worker.errors import JobFailedError
+
+    error = JobFailedError("j1", "failed", 1403, "boom")
+    again = type(error)(*error.args)
+    assert (again.job_id, again.status, again.code, again.message) == ("j1", "failed", 1403, "boom")
+    assert str(again) == str(error) == "job j1 failed: [1403] boom"
+
+
+def test_kombus_restore_lock_is_short_lived() -> None:
+    from worker.celery_config import transport_options
+
+    assert transport_options(Settings())["unacked_mutex_expire"] <= 30
