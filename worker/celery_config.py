@@ -15,7 +15,6 @@ from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.redis_connection import celery_options
 from worker.settings import Settings
 
-
 #: Seconds kombu's unacked-restore lock lives; one restore pass takes milliseconds.
 UNACKED_MUTEX_EXPIRE = 10
 
