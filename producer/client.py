@@ -469,9 +469,10 @@ class JobClient:
             raise ChainNotRetryableError(
                 f"chain {chain_id} is {status.state.value}; only a failed chain can be retried"
             )
-        old = self.store.snapshot(failed.job_id)
-        step_deadline = float(old.field(STEP_DEADLINE_FIELD) or self.settings.job_deadline)
-        body = dict(old.record.input)
+        snap = self.store.snapshot(failed.job_id)
+        step_deadline = float(snap.field(STEP_DEADLINE_FIELD) or self.settings.job_deadline)
+        old = self.store.get(failed.job_id)
+        body = dict(old.input)
         if failed.number > 1:
             previous = status.steps[failed.number - 2]
             if not previous.outputs:
@@ -481,16 +482,16 @@ class JobClient:
             body["image"] = previous.outputs[0]
         # The body was valid when enqueued; check again, now that the image is real.
         body = validate_request(
-            old.record.model,
+            old.model,
             body,
             allow_private_image_urls=self.settings.allow_private_image_urls,
         )
         now = self.store.clock()
-        record = self._fresh_step(old.record, body, now=now, deadline_at=now + step_deadline)
+        record = self._fresh_step(old, body, now=now, deadline_at=now + step_deadline)
         new_job_id, created = self.store.create_job(
             record,
             # One retry per failed record, however many callers ask at once.
-            idempotency_key=f"wavequeue.retry:{old.record.id}",
+            idempotency_key=f"wavequeue.retry:{old.id}",
             extra={STEP_DEADLINE_FIELD: repr(step_deadline)},
         )
         if not created:
@@ -510,7 +511,7 @@ class JobClient:
                 step_id = step.job_id
             run_ids.append(step_id)
         self._keep_alive(chain_id, run_ids, step_deadline)
-        self._send_chain(run_ids, old.record.priority.queue)
+        self._send_chain(run_ids, old.priority.queue)
         return new_job_id
 
     # lookup by either kind of id ----------------------------------------------

@@ -16,12 +16,14 @@ from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.reconnect import RestoreHeldMessages
 from worker.settings import Settings
+from worker.task_events import UnbufferedTaskEvents
 
 settings = Settings.from_env()
 app = make_app(settings)
 # After a Redis restart or outage, the messages a worker held (countdowns above all) go
 # back to their queue when its consumer reconnects, not after the visibility timeout.
 app.steps["consumer"].add(RestoreHeldMessages)
+app.steps["consumer"].add(UnbufferedTaskEvents)
 
 __all__ = ["app", "celery_config", "make_app", "settings", "transport_options"]
 

@@ -11,6 +11,11 @@ from typing import Final
 #: find (or delete) all of them with one SCAN pattern.
 KEY_PREFIX: Final = "wq:"
 JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
+#: A job's request (``{"input": ..., "metadata": ...}``, JSON): apart from its hash, because
+#: only the submit reads it and it would push the hash out of Redis's compact encoding.
+REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
+#: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
+LIVE_KEY: Final = KEY_PREFIX + "live"
 CHAIN_KEY: Final = KEY_PREFIX + "chain:{chain_id}"
 IDEMPOTENCY_KEY: Final = KEY_PREFIX + "idem:{key}"
 #: Recent inference latencies per model (a capped list), used to time the first poll.
@@ -48,5 +53,5 @@ QUEUE_HIGH: Final = "wavequeue.high"
 QUEUE_NORMAL: Final = "wavequeue.normal"
 QUEUES: Final = (QUEUE_HIGH, QUEUE_NORMAL)
 
-#: How many recent completions per model feed the first-poll estimate.
-LATENCY_SAMPLE_SIZE: Final = 50
+#: How many recent completions per model feed the poll schedule (``schedule.LatencyProfile``).
+LATENCY_SAMPLE_SIZE: Final = 200

@@ -269,16 +269,18 @@ class JobError(BaseModel):
     message: str
 
 
-class JobRecord(BaseModel):
-    """The public view of a job, as stored in Redis and returned to producers."""
+class JobState(BaseModel):
+    """A job without its request: what the worker reads on every run. Stored in the job's
+    hash, small fields only, so Redis keeps it in its compact (listpack) encoding."""
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     model: str
-    input: dict[str, Any]
     status: JobStatus
     priority: Priority = Priority.NORMAL
+    #: Images the request asks for (``num_images``): what the rate limiter counts.
+    images: int = 1
     prediction_id: str | None = None
     outputs: list[str] = Field(default_factory=list)
     has_nsfw_contents: list[bool] = Field(default_factory=list)
@@ -292,9 +294,21 @@ class JobRecord(BaseModel):
     deadline_at: float
     chain_id: str | None = None
     step: int | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+
+class JobRecord(JobState):
+    """The public view of a job, as returned to producers: its state plus its request
+    (``input``, the body sent to WaveSpeed, and the producer's ``metadata``), which the
+    store keeps apart because only the submit needs it."""
+
+    input: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def state(self) -> JobState:
+        return JobState.model_validate(self.model_dump(exclude={"input", "metadata"}))

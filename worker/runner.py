@@ -1,4 +1,4 @@
-"""What one run of ``run_job`` does, decided against the job record.
+"""What one run of ``run_job`` does, decided against the job state.
 
 The Celery task is a thin shell around ``JobRunner.run()``, which returns an
 ``Outcome``: ``Finished`` (return or raise), ``Reschedule`` (``self.retry`` with
@@ -47,11 +47,12 @@ from worker.errors import (
     TransientError,
     WaveSpeedError,
 )
-from worker.models import JobError, JobRecord, JobStatus
+from worker.latency import LatencyProfiles
+from worker.models import JobError, JobState, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
-from worker.store import JobSnapshot, JobStore, counter_field
+from worker.store import Effect, JobSnapshot, JobStore, counter_field
 from worker.wavespeed import Prediction, failure_of
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,11 @@ class PredictionAPI(Protocol):
 
 @dataclass(frozen=True)
 class Finished:
-    record: JobRecord
+    state: JobState
 
     @property
     def output(self) -> str | None:
-        return self.record.outputs[0] if self.record.outputs else None
+        return self.state.outputs[0] if self.state.outputs else None
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class JobRunner:
         self.client = client
         self.clock: Clock = clock or store.clock
         self.rng = rng or random.Random()
+        #: Each model's recent latency, read from Redis at most every half minute.
+        self.latency = LatencyProfiles(store, clock=self.clock)
         #: How overdue a poll must be before an older copy concludes its message was lost.
         self.takeover_grace = (settings.visibility_timeout - settings.longest_countdown) / 2
 
@@ -138,15 +141,15 @@ class JobRunner:
 
     def run(self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None) -> Outcome:
         snap = self.store.snapshot(job_id)
-        if snap.record.is_terminal:
-            return Finished(snap.record)
+        if snap.state.is_terminal:
+            return Finished(snap.state)
         now = self.clock()
-        if now >= snap.record.deadline_at:
+        if now >= snap.state.deadline_at:
             return self._time_out(snap)
         if snap.field("awaiting_image") == "1":
             snap = self._take_previous_output(snap, previous_output)
-            if snap.record.is_terminal:
-                return Finished(snap.record)
+            if snap.state.is_terminal:
+                return Finished(snap.state)
         if snap.field("prediction_id"):
             return self._poll(snap, poll_seq, now)
         return self._submit(snap, now)
@@ -160,19 +163,21 @@ class JobRunner:
 
     def _take_previous_output(self, snap: JobSnapshot, image: str | None) -> JobSnapshot:
         """A chain step gets its input image from the step before, at run time."""
-        job_id = snap.record.id
+        job_id = snap.state.id
         if not image:
             self._fail(snap, {}, "missing_input", "chain step ran without the previous output")
         else:
+            request = self.store.request(job_id)
             self.store.transition(
                 job_id,
                 expect={"awaiting_image": "1"},
-                updates={"input": {**snap.record.input, "image": image}, "awaiting_image": "0"},
+                updates={"awaiting_image": "0"},
+                request=request.with_input({**request.input, "image": image}),
             )
         return self.store.snapshot(job_id)
 
     def _submit(self, snap: JobSnapshot, now: float) -> Outcome:
-        record = snap.record
+        state = snap.state
         holder = snap.field("submit_token")
         if holder:
             if now < snap.number("submit_lease_until"):
@@ -187,10 +192,10 @@ class JobRunner:
                     code=SUBMIT_OUTCOME_UNKNOWN,
                 ),
             )
-        time_left = record.deadline_at - now
+        time_left = state.deadline_at - now
         permit = self.limiter.acquire(
-            record.id,
-            images=int(record.input.get("num_images", 1)),
+            state.id,
+            images=state.images,
             slot_ttl=time_left + self.settings.visibility_timeout,
         )
         if not permit.granted:
@@ -200,9 +205,9 @@ class JobRunner:
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
         token = uuid.uuid4().hex
         lease = self.settings.submit_lease
-        claimed = self.store.transition(
-            record.id,
-            expect={"status": record.status.value, "prediction_id": "", "submit_token": ""},
+        claimed, request = self.store.transition_and_read_request(
+            state.id,
+            expect={"status": state.status.value, "prediction_id": "", "submit_token": ""},
             updates={
                 "status": JobStatus.SUBMITTING.value,
                 "submit_token": token,
@@ -212,31 +217,31 @@ class JobRunner:
             },
             increments={"attempts": 1},
         )
-        if not claimed:
+        if not claimed or request is None:
             return Duplicate(f"submit not claimed ({claimed.name.lower()})")
         # The claim changed only bookkeeping this run does not read again: no re-read.
-        return self._send(snap, token)
+        return self._send(snap, token, request.input)
 
-    def _send(self, snap: JobSnapshot, token: str) -> Outcome:
-        record = snap.record
+    def _send(self, snap: JobSnapshot, token: str, body: Mapping[str, Any]) -> Outcome:
+        state = snap.state
         try:
-            prediction = self.client.submit(record.model, record.input)
+            prediction = self.client.submit(state.model, body)
         except SubmitOutcomeUnknownError as exc:
-            self.store.count("submit_outcome_unknown", model=record.model)
+            self.store.count("submit_outcome_unknown", model=state.model)
             return self._ambiguous(snap, token, exc)
         except RateLimitedError as exc:
-            self.limiter.release(record.id)
+            self.limiter.release(state.id)
             return self._remote_rate_limited(snap, token, exc)
         except TransientError as exc:
             # Provably not created (refused, 503): give the token and slot back.
-            self.limiter.release(record.id)
+            self.limiter.release(state.id)
             return self._error_retry(snap, exc, poll_seq=0, token=token)
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
         now = self.clock()
-        delay = self._poll_delay(record, 0, now)
+        delay = self._poll_delay(state, now, submitted_at=now)
         moved = self.store.transition(
-            record.id,
+            state.id,
             expect={"submit_token": token, "prediction_id": ""},
             updates={
                 "status": JobStatus.SUBMITTED.value,
@@ -247,20 +252,20 @@ class JobRunner:
                 "poll_due_at": now + delay,
                 "next_run_at": now + delay,
             },
-            count=[counter_field("submissions", model=record.model)],
+            count=[counter_field("submissions", model=state.model)],
         )
         if not moved:
             # The job ended (or another copy took over) while the POST was in flight: the
             # prediction exists and may be billed, but the job's ending stands.
-            self.store.count("orphaned_predictions", model=record.model)
+            self.store.count("orphaned_predictions", model=state.model)
             log.warning(
                 "job %s: prediction %s was created after the job moved on (%s); not applied",
-                record.id,
+                state.id,
                 prediction.id,
                 moved.name.lower(),
             )
             return Duplicate(f"submit answer not applied ({moved.name.lower()})")
-        log.info("job %s submitted as prediction %s", record.id, prediction.id)
+        log.debug("job %s submitted as prediction %s", state.id, prediction.id)
         return Reschedule(delay, 1, "poll")
 
     def _remote_rate_limited(self, snap: JobSnapshot, token: str, exc: RateLimitedError) -> Outcome:
@@ -270,13 +275,13 @@ class JobRunner:
         Except a job larger than the whole per-minute limit, which the server may never
         take: it spends its budget, so it ends with a clear error instead of pausing the
         fleet until its deadline."""
-        record = snap.record
+        state = snap.state
         tally = _Tally({}, [counter_field("remote_rate_limited")])
         self.limiter.pause(exc.retry_after, "429 from WaveSpeed on submit")
-        if int(record.input.get("num_images", 1)) > self.settings.rate_limit_per_minute:
+        if state.images > self.settings.rate_limit_per_minute:
             return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
         wait = exc.retry_after if exc.retry_after is not None else self.limiter.default_pause
-        wait = min(wait, self.settings.retry_max_delay, record.deadline_at - self.clock())
+        wait = min(wait, self.settings.retry_max_delay, state.deadline_at - self.clock())
         wait = max(0.05, wait) + self.rng.uniform(0, 0.25)
         return self._reschedule_submit(snap, wait, "rate_limit", tally, token=token)
 
@@ -285,20 +290,20 @@ class JobRunner:
         if self.settings.ambiguous_submit_policy == "fail":
             message = f"{exc.message} (not re-sent: WAVEQUEUE_AMBIGUOUS_SUBMIT=fail)"
             return self._fail(snap, {"submit_token": token}, SUBMIT_OUTCOME_UNKNOWN, message)
-        tally = _Tally({}, [counter_field("resubmissions", model=snap.record.model)])
+        tally = _Tally({}, [counter_field("resubmissions", model=snap.state.model)])
         return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
 
     # poll ---------------------------------------------------------------------
 
     def _poll(self, snap: JobSnapshot, my_seq: int, now: float) -> Outcome:
-        record = snap.record
+        state = snap.state
         current_seq = int(snap.number("poll_seq"))
         if my_seq != current_seq:
             overdue = now - snap.number("poll_due_at")
             if my_seq > current_seq or overdue < self.takeover_grace:
                 return Duplicate(f"poll {my_seq} superseded by poll {current_seq}")
             log.warning(
-                "job %s: poll %s is %.0fs overdue, taking over", record.id, current_seq, overdue
+                "job %s: poll %s is %.0fs overdue, taking over", state.id, current_seq, overdue
             )
             my_seq = current_seq
         prediction_id = snap.field("prediction_id")
@@ -307,25 +312,25 @@ class JobRunner:
         except RateLimitedError as exc:
             # Polled too fast for the account: poll later, on no retry budget (the deadline
             # bounds it). A GET limit is not the images limit: submits go on.
-            delay = max(exc.retry_after or 0.0, self._poll_delay(record, record.polls + 1, now))
-            delay = min(delay, max(0.05, record.deadline_at - now))
+            delay = max(exc.retry_after or 0.0, self._poll_delay(state, now))
+            delay = min(delay, max(0.05, state.deadline_at - now))
             return self._schedule(snap, my_seq, delay, "poll")
         except TransientError as exc:
             return self._error_retry(snap, exc, poll_seq=my_seq)
         except PermanentError as exc:
             return self._fail(snap, {"prediction_id": prediction_id}, exc.code, exc.message)
-        polled = _Tally({"polls": 1}, [counter_field("polls", model=record.model)])
+        polled = _Tally({"polls": 1}, [counter_field("polls", model=state.model)])
         return self._on_prediction(snap, my_seq, prediction, now, polled)
 
     def _on_prediction(
         self, snap: JobSnapshot, my_seq: int, prediction: Prediction, now: float, polled: _Tally
     ) -> Outcome:
-        record = snap.record
+        state = snap.state
         if prediction.status.is_running:
             extra = {}
             if prediction.status.value == "processing":
                 extra["status"] = JobStatus.PROCESSING.value
-            delay = self._poll_delay(record, record.polls + 1, now)
+            delay = self._poll_delay(state, now)
             return self._schedule(snap, my_seq, delay, "poll", polled, extra=extra)
         if prediction.status.value == "completed":
             return self._complete(snap, prediction, polled)
@@ -337,7 +342,7 @@ class JobRunner:
         )
 
     def _complete(self, snap: JobSnapshot, prediction: Prediction, polled: _Tally) -> Outcome:
-        record = snap.record
+        state = snap.state
         now = self.clock()
         updates: dict[str, Any] = {
             "status": JobStatus.COMPLETED,
@@ -346,34 +351,44 @@ class JobRunner:
             "inference_ms": prediction.inference_ms,
             "completed_at": now,
         }
+        finished = state.model_copy(update={**updates, "polls": state.polls + 1})
         done = self.store.transition(
-            record.id,
+            state.id,
             expect={"prediction_id": prediction.id},
             updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
             increments=polled.increments,
             count=polled.count,
-            count_if_applied=[counter_field("jobs_completed", model=record.model)],
+            count_if_applied=[counter_field("jobs_completed", model=state.model)],
+            # The completion's bookkeeping, in the same step: counted once, one round trip.
+            effects=self._completion_effects(finished, prediction, now),
         )
         if not done:
             return Duplicate(f"completion not applied ({done.name.lower()})")
-        finished = record.model_copy(update={**updates, "polls": record.polls + 1})
-        self._observe_completion(finished, now)
-        if prediction.inference_ms is not None:
-            self.store.record_latency(record.model, prediction.inference_ms / 1000)
-        log.info("job %s completed with %d output(s)", record.id, len(prediction.outputs))
+        log.info(
+            "job %s completed in %.1fs (%d poll(s), %d output(s))",
+            state.id,
+            now - state.created_at,
+            finished.polls,
+            len(prediction.outputs),
+        )
         return Finished(finished)
 
-    def _observe_completion(self, record: JobRecord, now: float) -> None:
-        observations: dict[str, tuple[float, tuple[float, ...]]] = {
-            "end_to_end_seconds": (now - record.created_at, LATENCY_BUCKETS),
-            "polls_per_job": (record.polls, POLL_COUNT_BUCKETS),
-        }
-        if record.submitted_at is not None:
-            waited = record.submitted_at - record.created_at
-            observations["queued_to_submitted_seconds"] = (waited, LATENCY_BUCKETS)
-            ran = now - record.submitted_at
-            observations["submitted_to_completed_seconds"] = (ran, LATENCY_BUCKETS)
-        self.store.observe_many(observations)
+    def _completion_effects(
+        self, state: JobState, prediction: Prediction, now: float
+    ) -> list[Effect]:
+        observe = self.store.observation
+        effects = [
+            *observe("end_to_end_seconds", now - state.created_at, LATENCY_BUCKETS),
+            *observe("polls_per_job", state.polls, POLL_COUNT_BUCKETS),
+        ]
+        if state.submitted_at is not None:
+            waited = state.submitted_at - state.created_at
+            ran = now - state.submitted_at
+            effects += observe("queued_to_submitted_seconds", waited, LATENCY_BUCKETS)
+            effects += observe("submitted_to_completed_seconds", ran, LATENCY_BUCKETS)
+        if prediction.inference_ms is not None:
+            effects.append(self.store.latency_sample(state.model, prediction.inference_ms / 1000))
+        return effects
 
     def _resubmit_after_remote_failure(
         self, snap: JobSnapshot, prediction: Prediction, failure: TransientError, polled: _Tally
@@ -385,7 +400,7 @@ class JobRunner:
         delay = self._error_delay(snap, failure)
         tally = polled + self._error_tally(snap)
         reset = self.store.transition(
-            snap.record.id,
+            snap.state.id,
             expect=expect,
             updates={
                 "prediction_id": "",
@@ -398,8 +413,8 @@ class JobRunner:
         )
         if not reset:
             return Duplicate(f"resubmit not applied ({reset.name.lower()})")
-        self.limiter.release(snap.record.id)
-        log.warning("job %s: %s; submitting again in %.1fs", snap.record.id, failure.message, delay)
+        self.limiter.release(snap.state.id)
+        log.warning("job %s: %s; submitting again in %.1fs", snap.state.id, failure.message, delay)
         return Reschedule(delay, 0, "error")
 
     def _schedule(
@@ -415,7 +430,7 @@ class JobRunner:
         """Claim the next poll number; of two copies, only one schedules."""
         due = self.clock() + delay
         claimed = self.store.transition(
-            snap.record.id,
+            snap.state.id,
             expect={"poll_seq": str(my_seq), "prediction_id": snap.field("prediction_id")},
             updates={
                 "poll_seq": my_seq + 1,
@@ -437,7 +452,7 @@ class JobRunner:
 
     def _error_tally(self, snap: JobSnapshot) -> _Tally:
         return _Tally(
-            {"error_retries": 1}, [counter_field("error_retries", model=snap.record.model)]
+            {"error_retries": 1}, [counter_field("error_retries", model=snap.state.model)]
         )
 
     def _error_delay(self, snap: JobSnapshot, exc: WaveSpeedError) -> float:
@@ -449,7 +464,7 @@ class JobRunner:
             retry_after=retry_after,
             rng=self.rng,
         )
-        return round(min(delay, max(0.05, snap.record.deadline_at - self.clock())), 3)
+        return round(min(delay, max(0.05, snap.state.deadline_at - self.clock())), 3)
 
     def _error_retry(
         self,
@@ -471,7 +486,7 @@ class JobRunner:
             return self._fail(snap, expect, exc.code, message, tally=tally)
         delay = self._error_delay(snap, exc)
         used = int(snap.number("error_retries"))
-        log.warning("job %s: %s; retry %d in %.1fs", snap.record.id, exc.message, used + 1, delay)
+        log.warning("job %s: %s; retry %d in %.1fs", snap.state.id, exc.message, used + 1, delay)
         tally = tally + self._error_tally(snap)
         if poll_seq:
             return self._schedule(snap, poll_seq, delay, "error", tally)
@@ -494,7 +509,7 @@ class JobRunner:
         if token is not None:
             updates["submit_token"] = ""
         moved = self.store.transition(
-            snap.record.id,
+            snap.state.id,
             expect={"prediction_id": "", "submit_token": token or ""},
             updates=updates,
             increments=tally.increments,
@@ -514,15 +529,15 @@ class JobRunner:
         *,
         tally: _Tally = _NOTHING,
     ) -> Outcome:
-        record = snap.record
+        state = snap.state
         error = JobError(code=code if code is not None else "unknown", message=message)
         if status is JobStatus.TIMED_OUT:
-            ending = counter_field("jobs_timed_out", model=record.model)
+            ending = counter_field("jobs_timed_out", model=state.model)
         else:
-            ending = counter_field("jobs_failed", model=record.model, code=str(error.code))
+            ending = counter_field("jobs_failed", model=state.model, code=str(error.code))
         now = self.clock()
         done = self.store.transition(
-            record.id,
+            state.id,
             expect=expect,
             updates={"status": status.value, "error": error.model_dump(), "completed_at": now},
             increments=tally.increments,
@@ -531,16 +546,16 @@ class JobRunner:
         )
         if not done:
             return Duplicate(f"{status.value} not applied ({done.name.lower()})")
-        log.warning("job %s %s: [%s] %s", record.id, status.value, error.code, message)
-        polls = record.polls + tally.increments.get("polls", 0)
+        log.warning("job %s %s: [%s] %s", state.id, status.value, error.code, message)
+        polls = state.polls + tally.increments.get("polls", 0)
         return Finished(
-            record.model_copy(
+            state.model_copy(
                 update={"status": status, "error": error, "completed_at": now, "polls": polls}
             )
         )
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:
-        allowed = snap.record.deadline_at - snap.record.created_at
+        allowed = snap.state.deadline_at - snap.state.created_at
         message = f"not finished by its deadline ({allowed:.0f}s after it was enqueued)"
         if snap.field("prediction_id"):
             message += f"; prediction {snap.field('prediction_id')} may still complete on WaveSpeed"
@@ -548,14 +563,14 @@ class JobRunner:
         expect = {"deadline_at": snap.field("deadline_at")}
         return self._fail(snap, expect, DEADLINE_EXCEEDED, message, JobStatus.TIMED_OUT)
 
-    def _poll_delay(self, record: JobRecord, poll_number: int, now: float) -> float:
-        # Only the first poll depends on the model's history: read it only then.
-        expected = self.store.expected_latency(record.model) if poll_number == 0 else None
+    def _poll_delay(self, state: JobState, now: float, submitted_at: float | None = None) -> float:
+        submitted = submitted_at if submitted_at is not None else state.submitted_at or now
         return poll_delay(
-            poll_number,
-            expected_latency=expected if expected is not None else self.settings.first_poll_default,
+            now - submitted,
+            profile=self.latency.profile(state.model),
+            first_poll_default=self.settings.first_poll_default,
             min_interval=self.settings.poll_min_interval,
             max_interval=self.settings.poll_max_interval,
             backoff=self.settings.poll_backoff,
-            time_left=record.deadline_at - now,
+            time_left=state.deadline_at - now,
         )

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,16 +65,20 @@ from worker.constants import (
     JOB_KEY,
     LATENCY_KEY,
     LATENCY_SAMPLE_SIZE,
+    LIVE_KEY,
     NEXT_RUN_KEY,
     QUARANTINE_KEY,
+    REQUEST_KEY,
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
-from worker.models import TERMINAL_STATUSES, JobRecord, JobStatus
+from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
 from worker.settings import Settings
 
-#: Record fields stored as JSON (everything else is a plain string; "" means unset).
-_JSON_FIELDS = frozenset({"input", "outputs", "has_nsfw_contents", "error", "metadata"})
+#: State fields stored as JSON (everything else is a plain string; absent means unset).
+_JSON_FIELDS = frozenset({"outputs", "has_nsfw_contents", "error"})
+#: Values a new record does not store: absent reads back as the default.
+_DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
 
 _S = JobStatus
 #: Which status may follow which. A status may also stay as it is (bookkeeping only).
@@ -103,15 +106,17 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 
 
 _TRANSITION_LUA = """
--- KEYS: 1 job, 2 in-flight set, 3 deadlines, 4 next-run, 5 counters
+-- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
+--       7 live counts, 8.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
---       6 terminal TTL, 7 event channel, 8 job id, 9 write id
+--       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
+--       11 side effects if applied: [[op, key index, a, b], ...]
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- The same call again (redis-py retried it after its reply was lost): it was applied.
 if redis.call('HGET', KEYS[1], 'last_write') == ARGV[9] then return 1 end
 -- HTTP calls that happened are counted whatever this write decides.
-for _, field in ipairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[5], field, 1) end
+for _, field in ipairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[6], field, 1) end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if TERMINAL[status] then return -2 end
@@ -134,25 +139,46 @@ local updates = cjson.decode(ARGV[2])
 local new = updates['status']
 if new and new ~= status and not allowed[new] then return -3 end
 local flat = {'last_write', ARGV[9]}
+local empty = {}
 for field, value in pairs(updates) do
-  table.insert(flat, field)
-  table.insert(flat, value)
+  -- An empty value is an unset field: not stored, so the hash stays small.
+  if value == '' then table.insert(empty, field) else
+    table.insert(flat, field)
+    table.insert(flat, value)
+  end
 end
 redis.call('HSET', KEYS[1], unpack(flat))
+if #empty > 0 then redis.call('HDEL', KEYS[1], unpack(empty)) end
 for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
+if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
+if new and new ~= status then
+  local model = redis.call('HGET', KEYS[1], 'model') or ''
+  redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
+  if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) end
+end
 if new and TERMINAL[new] then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('ZREM', KEYS[2], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
   redis.call('ZREM', KEYS[3], ARGV[8])
   redis.call('ZREM', KEYS[4], ARGV[8])
+  redis.call('ZREM', KEYS[5], ARGV[8])
   redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
 else
-  if updates['next_run_at'] then redis.call('ZADD', KEYS[4], updates['next_run_at'], ARGV[8]) end
-  if updates['deadline_at'] then redis.call('ZADD', KEYS[3], updates['deadline_at'], ARGV[8]) end
+  if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
+  if updates['deadline_at'] then redis.call('ZADD', KEYS[4], updates['deadline_at'], ARGV[8]) end
 end
-for _, field in ipairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', KEYS[5], field, 1) end
+for _, field in ipairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', KEYS[6], field, 1) end
+for _, e in ipairs(cjson.decode(ARGV[11])) do
+  local key = KEYS[e[2]]
+  if e[1] == 'hincrby' then redis.call('HINCRBY', key, e[3], e[4])
+  elseif e[1] == 'hincrbyfloat' then redis.call('HINCRBYFLOAT', key, e[3], e[4])
+  elseif e[1] == 'sample' then
+    redis.call('LPUSH', key, e[3])
+    redis.call('LTRIM', key, 0, e[4] - 1)
+  end
+end
 return 1
 """.replace("__MOVES__", _lua_table(MOVES)).replace(
     "__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}"
@@ -179,17 +205,21 @@ class Moved(IntEnum):
 
 
 _CREATE_LUA = """
--- KEYS[1] job, KEYS[2] deadlines, KEYS[3] idempotency key (only when ARGV[4] == '1'),
--- KEYS[4] next-run index; ARGV: id, deadline, idempotency TTL, use-key flag, created_at, fields
+-- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
+--       5 the job's request, 6 live counts
+-- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
+--       7 live-count field, 8.. hash fields
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
 return ARGV[1]
 """
 
@@ -215,38 +245,65 @@ def _encode(value: Any, field: str) -> str:
     return str(value)
 
 
-def encode_record(record: JobRecord) -> dict[str, str]:
-    """A JobRecord as hash fields."""
-    dumped = record.model_dump(mode="json")
-    return {field: _encode(value, field) for field, value in dumped.items()}
+def encode_state(record: JobRecord) -> dict[str, str]:
+    """A new record's hash fields: its state, without unset or default values (every field
+    small, so Redis keeps the hash in its compact encoding). ``images`` comes from the
+    request, so that the limiter never needs the request."""
+    dumped = record.state.model_dump(mode="json")
+    dumped["images"] = int(record.input.get("num_images", 1))
+    fields = {field: _encode(value, field) for field, value in dumped.items()}
+    return {
+        field: text
+        for field, text in fields.items()
+        if text not in ("", "[]", "null") and _DEFAULTS.get(field) != text
+    }
 
 
-def decode_record(raw: Mapping[str, str], job_id: str = "?") -> JobRecord:
-    """Hash fields (bookkeeping ignored) back to a JobRecord; ``UnreadableRecordError``
+def _unreadable(job_id: str, exc: ValueError) -> UnreadableRecordError:
+    # pydantic's ValidationError is a ValueError too; name the fields, never the values.
+    if isinstance(exc, pydantic.ValidationError):
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "record" for e in exc.errors()})
+        return UnreadableRecordError(job_id, "bad or missing field(s): " + ", ".join(fields))
+    return UnreadableRecordError(job_id, "a JSON field does not parse")
+
+
+def decode_state(raw: Mapping[str, str], job_id: str = "?") -> JobState:
+    """Hash fields (bookkeeping ignored) back to a JobState; ``UnreadableRecordError``
     when they do not make one (corrupt JSON, a missing field, an unknown status)."""
     values: dict[str, Any] = {}
     try:
-        for field in JobRecord.model_fields:
+        for field in JobState.model_fields:
             text = raw.get(field, "")
             if text == "":
                 continue
             values[field] = json.loads(text) if field in _JSON_FIELDS else text
-        return JobRecord.model_validate(values)
-    except (ValueError, pydantic.ValidationError) as exc:
-        # pydantic's ValidationError is a ValueError too; name the fields, never the values.
-        if isinstance(exc, pydantic.ValidationError):
-            fields = sorted({".".join(str(p) for p in e["loc"]) or "record" for e in exc.errors()})
-            reason = "bad or missing field(s): " + ", ".join(fields)
-        else:
-            reason = "a JSON field does not parse"
-        raise UnreadableRecordError(raw.get("id") or job_id, reason) from None
+        return JobState.model_validate(values)
+    except ValueError as exc:
+        raise _unreadable(raw.get("id") or job_id, exc) from None
+
+
+def decode_record(raw: Mapping[str, str], request: str | None, job_id: str = "?") -> JobRecord:
+    """A job's hash and request back to the public JobRecord."""
+    state = decode_state(raw, job_id)
+    try:
+        body = json.loads(request) if request else {}
+        return JobRecord.model_validate(
+            {
+                **state.model_dump(),
+                "input": body.get("input", {}),
+                "metadata": body.get("metadata", {}),
+            }
+        )
+    except ValueError as exc:
+        raise _unreadable(state.id, exc) from None
 
 
 @dataclass(frozen=True)
 class JobSnapshot:
-    """A record as read once: the public view plus the worker's bookkeeping."""
+    """A job's hash as read once: its state plus the worker's bookkeeping (not its
+    request: ``JobStore.request`` reads that, for the one run that needs it)."""
 
-    record: JobRecord
+    state: JobState
     raw: dict[str, str]
 
     def field(self, name: str) -> str:
@@ -255,6 +312,48 @@ class JobSnapshot:
     def number(self, name: str) -> float:
         text = self.raw.get(name, "")
         return float(text) if text else 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """A job's request: the body sent to WaveSpeed, and the producer's metadata."""
+
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+
+    def with_input(self, new_input: Mapping[str, Any]) -> Request:
+        return Request(dict(new_input), self.metadata)
+
+    def to_json(self) -> str:
+        return json.dumps({"input": self.input, "metadata": self.metadata}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, job_id: str) -> Request:
+        try:
+            body = json.loads(text)
+            return cls(dict(body["input"]), dict(body.get("metadata") or {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnreadableRecordError(job_id, f"its request does not parse ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A write ``transition()`` makes only when it applies its change: ``hincrby`` (field,
+    amount), ``hincrbyfloat`` (field, amount) or ``sample`` (value, list length) on ``key``."""
+
+    op: str
+    key: str
+    a: Any
+    b: Any
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A record to create, with its idempotency key and extra bookkeeping fields."""
+
+    record: JobRecord
+    idempotency_key: str | None = None
+    extra: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -300,14 +399,29 @@ class JobStore:
     ) -> tuple[str, bool]:
         """Write a new record. Returns ``(job_id, created)``; with an idempotency key
         already used, returns the first job's id and ``created=False``."""
-        fields = {**encode_record(record), **(extra or {})}
-        flat = [item for pair in fields.items() for item in pair]
-        use_key = idempotency_key is not None
+        return self.create_jobs([NewJob(record, idempotency_key, extra)])[0]
+
+    def create_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """Write many new records in one round trip (each atomically, as ``create_job``)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            self._create(*self._create_call(job), client=pipe)
+        return [
+            (str(job_id), str(job_id) == job.record.id)
+            for job, job_id in zip(jobs, pipe.execute(), strict=True)
+        ]
+
+    def _create_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
+        record = job.record
+        fields = {**encode_state(record), **(job.extra or {})}
+        use_key = job.idempotency_key is not None
         keys = [
             JOB_KEY.format(job_id=record.id),
             DEADLINES_KEY,
-            IDEMPOTENCY_KEY.format(key=idempotency_key) if use_key else DEADLINES_KEY,
+            IDEMPOTENCY_KEY.format(key=job.idempotency_key) if use_key else DEADLINES_KEY,
             NEXT_RUN_KEY,
+            REQUEST_KEY.format(job_id=record.id),
+            LIVE_KEY,
         ]
         args = [
             record.id,
@@ -315,10 +429,11 @@ class JobStore:
             self.record_ttl,
             "1" if use_key else "0",
             record.created_at,
-            *flat,
+            Request(record.input, record.metadata).to_json(),
+            f"{record.status.value}|{record.model}",
+            *(item for pair in fields.items() for item in pair),
         ]
-        job_id = str(self._create(keys=keys, args=args))
-        return job_id, job_id == record.id
+        return keys, args
 
     def create_chain(
         self, chain_id: str, step_job_ids: list[str], *, metadata: Mapping[str, Any]
@@ -337,26 +452,49 @@ class JobStore:
     # reading ------------------------------------------------------------------
 
     def snapshot(self, job_id: str) -> JobSnapshot:
-        """The record and its bookkeeping. ``JobNotFoundError`` if there is none,
-        ``UnreadableRecordError`` if this version cannot decode it."""
+        """The job's state and bookkeeping (one HGETALL; not its request).
+        ``JobNotFoundError`` if there is none, ``UnreadableRecordError`` if this version
+        cannot decode it."""
         raw: dict[str, str] = self.client.hgetall(JOB_KEY.format(job_id=job_id))  # type: ignore[assignment]
         if not raw:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
-        return JobSnapshot(record=decode_record(raw, job_id), raw=raw)
+        return JobSnapshot(state=decode_state(raw, job_id), raw=raw)
+
+    def request(self, job_id: str) -> Request:
+        """The job's request (what is sent to WaveSpeed, and the producer's metadata)."""
+        text = self.client.get(REQUEST_KEY.format(job_id=job_id))
+        if text is None:
+            raise JobNotFoundError(f"no request for job {job_id!r} (expired, or never created)")
+        return Request.from_json(str(text), job_id)
 
     def get(self, job_id: str) -> JobRecord:
-        return self.snapshot(job_id).record
+        record = self.get_many([job_id])[0]
+        if record is None:
+            raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
+        return record
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
-        """Records in one round trip; ``None`` where a record is missing."""
+        """Records (state and request) in one round trip; ``None`` where one is missing."""
         pipe = self.client.pipeline(transaction=False)
         ids = list(job_ids)
         for job_id in ids:
             pipe.hgetall(JOB_KEY.format(job_id=job_id))
-        raws = pipe.execute()
+            pipe.get(REQUEST_KEY.format(job_id=job_id))
+        replies = pipe.execute()
         return [
-            decode_record(raw, job_id) if raw else None
-            for job_id, raw in zip(ids, raws, strict=True)
+            decode_record(raw, request, job_id) if raw else None
+            for job_id, raw, request in zip(ids, replies[::2], replies[1::2], strict=True)
+        ]
+
+    def get_states(self, job_ids: Iterable[str]) -> list[JobState | None]:
+        """States only (no requests), in one round trip; for waiting and status checks."""
+        pipe = self.client.pipeline(transaction=False)
+        ids = list(job_ids)
+        for job_id in ids:
+            pipe.hgetall(JOB_KEY.format(job_id=job_id))
+        return [
+            decode_state(raw, job_id) if raw else None
+            for job_id, raw in zip(ids, pipe.execute(), strict=True)
         ]
 
     def get_chain(self, chain_id: str) -> ChainSnapshot:
@@ -382,6 +520,8 @@ class JobStore:
         increments: Mapping[str, int] | None = None,
         count: Sequence[str] = (),
         count_if_applied: Sequence[str] = (),
+        request: Request | None = None,
+        effects: Sequence[Effect] = (),
         write_id: str | None = None,
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
@@ -389,33 +529,103 @@ class JobStore:
 
         ``count`` are global counter fields (``counter_field``) bumped whatever happens
         (an HTTP call that was made); ``count_if_applied`` only when the change is applied,
-        in the same atomic step (so a job's ending is counted exactly once). An update of
+        in the same atomic step (so a job's ending is counted exactly once), like
+        ``effects`` (histogram and latency-sample writes). ``request`` replaces the job's
+        request body (a chain step's input image, filled in at run time). An update of
         ``next_run_at``/``deadline_at`` also updates the sweeper's indexes; a move into a
         terminal status expires, unindexes and announces the record.
         """
-        fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
-        result = self._transition(
-            keys=[
-                JOB_KEY.format(job_id=job_id),
-                IN_FLIGHT_KEY,
-                DEADLINES_KEY,
-                NEXT_RUN_KEY,
-                COUNTERS_KEY,
-            ],
-            args=[
-                json.dumps(dict(expect or {})),
-                json.dumps(fields),
-                json.dumps(dict(increments or {})),
-                json.dumps(list(count)),
-                json.dumps(list(count_if_applied)),
-                self.record_ttl,
-                JOB_EVENTS_CHANNEL,
-                job_id,
-                # Makes the call idempotent: a retry after a lost reply finds it applied.
-                write_id or uuid.uuid4().hex[:16],
-            ],
+        keys, args = self._transition_call(
+            job_id,
+            expect,
+            updates,
+            increments,
+            count=count,
+            count_if_applied=count_if_applied,
+            request=request,
+            effects=effects,
+            write_id=write_id,
         )
-        return Moved(int(result))
+        return Moved(int(self._transition(keys=keys, args=args)))
+
+    def transition_and_read_request(
+        self,
+        job_id: str,
+        *,
+        expect: Mapping[str, str | list[str]],
+        updates: Mapping[str, Any],
+        increments: Mapping[str, int] | None = None,
+    ) -> tuple[Moved, Request | None]:
+        """``transition()`` and the job's request in one round trip (the submit claim,
+        which needs the body it is about to POST). The request is None when not applied."""
+        keys, args = self._transition_call(job_id, expect, updates, increments)
+        pipe = self.client.pipeline(transaction=False)
+        self._transition(keys=keys, args=args, client=pipe)
+        pipe.get(REQUEST_KEY.format(job_id=job_id))
+        result, text = pipe.execute()
+        moved = Moved(int(result))
+        if not moved or text is None:
+            return moved, None
+        return moved, Request.from_json(str(text), job_id)
+
+    def _transition_call(
+        self,
+        job_id: str,
+        expect: Mapping[str, str | list[str]] | None,
+        updates: Mapping[str, Any] | None,
+        increments: Mapping[str, int] | None,
+        *,
+        count: Sequence[str] = (),
+        count_if_applied: Sequence[str] = (),
+        request: Request | None = None,
+        effects: Sequence[Effect] = (),
+        write_id: str | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
+        keys = [
+            JOB_KEY.format(job_id=job_id),
+            REQUEST_KEY.format(job_id=job_id),
+            IN_FLIGHT_KEY,
+            DEADLINES_KEY,
+            NEXT_RUN_KEY,
+            COUNTERS_KEY,
+            LIVE_KEY,
+        ]
+        ops = []
+        for effect in effects:
+            keys.append(effect.key)
+            ops.append([effect.op, len(keys), effect.a, effect.b])
+        args = [
+            json.dumps(dict(expect or {})),
+            json.dumps(fields),
+            json.dumps(dict(increments or {})),
+            json.dumps(list(count)),
+            json.dumps(list(count_if_applied)),
+            self.record_ttl,
+            JOB_EVENTS_CHANNEL,
+            job_id,
+            # Makes the call idempotent: a retry after a lost reply finds it applied.
+            write_id or uuid.uuid4().hex[:16],
+            request.to_json() if request is not None else "",
+            json.dumps(ops),
+        ]
+        return keys, args
+
+    @staticmethod
+    def observation(name: str, value: float, buckets: Iterable[float]) -> list[Effect]:
+        """The writes that add ``value`` to histogram ``name``, for ``transition(effects=)``."""
+        bound = next((b for b in buckets if value <= b), math.inf)
+        key = HISTOGRAM_KEY.format(name=name)
+        return [
+            Effect("hincrby", key, f"le={bound!r}", 1),
+            Effect("hincrbyfloat", key, "sum", value),
+            Effect("hincrby", key, "count", 1),
+        ]
+
+    @staticmethod
+    def latency_sample(model: str, seconds: float) -> Effect:
+        """The write that records a completion's inference time, for ``transition(effects=)``."""
+        return Effect("sample", LATENCY_KEY.format(model=model), repr(seconds), LATENCY_SAMPLE_SIZE)
 
     def count(self, name: str, **labels: str) -> None:
         """Bump the global counter ``name{labels}`` (never a record's field)."""
@@ -500,10 +710,10 @@ class JobStore:
         """A quarantined record this version can read (written by an older or newer
         version): index it again, or just drop it from quarantine if it ended."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(QUARANTINE_KEY, snap.record.id)
-        if not snap.record.is_terminal:
-            pipe.zadd(DEADLINES_KEY, {snap.record.id: snap.record.deadline_at})
-            pipe.zadd(NEXT_RUN_KEY, {snap.record.id: now})
+        pipe.zrem(QUARANTINE_KEY, snap.state.id)
+        if not snap.state.is_terminal:
+            pipe.zadd(DEADLINES_KEY, {snap.state.id: snap.state.deadline_at})
+            pipe.zadd(NEXT_RUN_KEY, {snap.state.id: now})
         pipe.execute()
 
     def drop_quarantined(self, job_id: str) -> None:
@@ -530,20 +740,12 @@ class JobStore:
         pipe.expire(CHAIN_KEY.format(chain_id=chain_id), ttl)
         for job_id in job_ids:
             pipe.expire(JOB_KEY.format(job_id=job_id), ttl)
+            pipe.expire(REQUEST_KEY.format(job_id=job_id), ttl)
         pipe.execute()
 
     # latency ------------------------------------------------------------------
 
-    def record_latency(self, model: str, seconds: float) -> None:
-        key = LATENCY_KEY.format(model=model)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lpush(key, repr(seconds))
-        pipe.ltrim(key, 0, LATENCY_SAMPLE_SIZE - 1)
-        pipe.execute()
-
-    def expected_latency(self, model: str) -> float | None:
-        """Median of the model's recent inference times, or None with no history."""
+    def latency_samples(self, model: str) -> list[float]:
+        """The model's recent inference times (seconds), newest first."""
         samples: list[str] = self.client.lrange(LATENCY_KEY.format(model=model), 0, -1)  # type: ignore[assignment]
-        if not samples:
-            return None
-        return statistics.median(float(s) for s in samples)
+        return [float(sample) for sample in samples]

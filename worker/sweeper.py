@@ -37,7 +37,7 @@ from typing import Any
 
 from worker.constants import QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError, UnreadableRecordError
-from worker.models import JobRecord, JobStatus
+from worker.models import JobState, JobStatus
 from worker.runner import Finished, JobRunner
 from worker.store import JobSnapshot, JobStore, counter_field
 
@@ -117,9 +117,9 @@ class Sweeper:
             snap = self._read(job_id, now, quarantined)
             if snap is None:
                 continue
-            if snap.record.is_terminal:
+            if snap.state.is_terminal:
                 self.store.forget([job_id])  # ended without leaving the index (older version)
-            elif snap.record.deadline_at <= now:
+            elif snap.state.deadline_at <= now:
                 timed_out += isinstance(self.runner.time_out(snap), Finished)
         return timed_out
 
@@ -135,7 +135,7 @@ class Sweeper:
             snap = self._read(job_id, now, quarantined)
             if snap is None:
                 continue
-            if snap.record.is_terminal:
+            if snap.state.is_terminal:
                 self.store.forget([job_id])
                 continue
             first_kwargs = self._resend_kwargs(snap, now, backlogged, grace)
@@ -172,7 +172,7 @@ class Sweeper:
             snap = self.store.snapshot(job_id)
         except (JobNotFoundError, UnreadableRecordError):
             return True  # nothing left to bring back
-        record = snap.record
+        record = snap.state
         if record.is_terminal:
             return True
         if snap.field("awaiting_image") == "1":
@@ -199,7 +199,7 @@ class Sweeper:
         self, snap: JobSnapshot, now: float, backlogged: set[str], grace: float
     ) -> dict[str, Any] | None:
         """What the re-sent message needs, or None when the job should wait longer."""
-        record = snap.record
+        record = snap.state
         if record.status is not JobStatus.QUEUED:
             return {"poll_seq": int(snap.number("poll_seq"))}
         if snap.field("awaiting_image") == "1":
@@ -209,7 +209,7 @@ class Sweeper:
         return {}
 
     def _waiting_step_kwargs(
-        self, record: JobRecord, now: float, grace: float
+        self, record: JobState, now: float, grace: float
     ) -> dict[str, Any] | None:
         """A chain step waiting for the step before: re-send it only once that step
         completed more than a grace period ago (its own message was then lost)."""
@@ -220,12 +220,12 @@ class Sweeper:
             return None
         return {"previous_output": previous.outputs[0]}
 
-    def _previous_step(self, record: JobRecord) -> JobRecord | None:
+    def _previous_step(self, record: JobState) -> JobState | None:
         if not record.chain_id or not record.step or record.step < 2:
             return None
         try:
             chain = self.store.get_chain(record.chain_id)
-            return self.store.get(chain.step_job_ids[record.step - 2])
+            return self.store.snapshot(chain.step_job_ids[record.step - 2]).state
         except (JobNotFoundError, UnreadableRecordError):
             return None
 

@@ -128,7 +128,7 @@ def run_job(
         # Ignore: no state change and, crucially, no chain callback from a duplicate.
         raise Ignore(outcome.reason)
     if isinstance(outcome, Finished):
-        record = outcome.record
+        record = outcome.state
         if record.status.value != "completed":
             error = record.error
             raise JobFailedError(
@@ -157,7 +157,7 @@ def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     """Send a job's message again; a chain step takes the steps after it along."""
-    record = snap.record
+    record = snap.state
     job_ids = [record.id]
     if record.chain_id and record.step:
         # If the chain record expired, finish this step at least.

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tests.chaos.broker import BrokerMessage, read_messages
 from tests.chaos.monitor import FaultEvent
 from tests.chaos.workload import Enqueued, Kind, ProducerCall, tag_of
-from worker.constants import JOB_KEY
+from worker.constants import JOB_KEY, REQUEST_KEY
 from worker.models import JobRecord
 from worker.settings import Settings
 from worker.store import decode_record
@@ -111,17 +111,21 @@ def read_jobs(client: redis.Redis, items: list[Enqueued]) -> dict[str, JobFacts]
     pipe = client.pipeline(transaction=False)
     for _, _, job_id in wanted:
         pipe.hgetall(JOB_KEY.format(job_id=job_id))
+        pipe.get(REQUEST_KEY.format(job_id=job_id))
+    replies = pipe.execute()
     jobs: dict[str, JobFacts] = {}
-    for (item, step, job_id), raw in zip(wanted, pipe.execute(), strict=True):
-        jobs[job_id] = _job_facts(item, step, job_id, raw)
+    for (item, step, job_id), raw, request in zip(wanted, replies[::2], replies[1::2], strict=True):
+        jobs[job_id] = _job_facts(item, step, job_id, raw, request)
     return jobs
 
 
-def _job_facts(item: Enqueued, step: int, job_id: str, raw: dict[str, str]) -> JobFacts:
+def _job_facts(
+    item: Enqueued, step: int, job_id: str, raw: dict[str, str], request: str | None
+) -> JobFacts:
     record, error = None, None
     if raw:
         try:
-            record = decode_record(raw)
+            record = decode_record(raw, request)
         except (ValidationError, ValueError) as exc:
             error = str(exc).splitlines()[0]
     return JobFacts(job_id, item.tag(step), item, step, raw, record, error)
@@ -135,10 +139,12 @@ def find_orphans(client: redis.Redis, calls: list[ProducerCall], known: set[str]
     found: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for key in client.scan_iter(match=JOB_KEY.format(job_id="*"), count=1000):
         job_id = key.split(":", 2)[2]
-        if job_id in known:
+        if job_id in known or job_id.endswith(":request"):
             continue
-        metadata, step = client.hmget(key, ["metadata", "step"])
-        ref = _ref_of(str(metadata) if metadata else None)
+        step = client.hget(key, "step")
+        request = client.get(REQUEST_KEY.format(job_id=job_id))
+        metadata = json.loads(request).get("metadata") if request else None
+        ref = _ref_of(json.dumps(metadata) if metadata else None)
         if ref in failed_refs:
             found[ref].append((int(step or 1), job_id))
     orphans = []

@@ -27,9 +27,16 @@ from tests.chaos.monitor import TERMINAL, FaultEvent, ProgressMonitor
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Enqueued, Enqueuer
 from tests.support.worker_process import WorkerProcess
-from worker.constants import DEADLINES_KEY, JOB_KEY, NEXT_RUN_KEY, QUEUE_NORMAL, RUN_JOB_TASK
+from worker.constants import (
+    DEADLINES_KEY,
+    JOB_KEY,
+    NEXT_RUN_KEY,
+    QUEUE_NORMAL,
+    REQUEST_KEY,
+    RUN_JOB_TASK,
+)
 from worker.models import JobRecord, JobStatus
-from worker.store import JobStore, encode_record
+from worker.store import JobStore, Request, encode_state
 
 #: A task name an older release could have used (Celery's default: module + function).
 LEGACY_TASK_NAME = "worker.tasks.run_job"
@@ -346,9 +353,10 @@ class Poison:
             created_at=now - 120,
             deadline_at=now - 60,
         )
-        fields = {**encode_record(record), "status": "paused"}
+        fields = {**encode_state(record), "status": "paused"}
         pipe = store.client.pipeline(transaction=True)
         pipe.hset(JOB_KEY.format(job_id=job_id), mapping=dict(fields.items()))
+        pipe.set(REQUEST_KEY.format(job_id=job_id), Request(record.input, {}).to_json())
         pipe.zadd(DEADLINES_KEY, {job_id: record.deadline_at})
         pipe.zadd(NEXT_RUN_KEY, {job_id: record.created_at})
         pipe.execute()

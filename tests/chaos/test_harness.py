@@ -90,7 +90,6 @@ def _job(job_id: str, status: str, tag: str = "j0001") -> JobFacts:
         {
             "id": job_id,
             "model": "flux-kontext-max/text-to-image",
-            "input": json.dumps({"prompt": f"[{tag}] x"}),
             "status": status,
             "created_at": "1",
             "deadline_at": "2",
@@ -98,7 +97,8 @@ def _job(job_id: str, status: str, tag: str = "j0001") -> JobFacts:
         if status != "missing"
         else {}
     )
-    return JobFacts(job_id, tag, item, 1, raw, decode_record(raw) if raw else None)
+    request = json.dumps({"input": {"prompt": f"[{tag}] x"}})
+    return JobFacts(job_id, tag, item, 1, raw, decode_record(raw, request) if raw else None)
 
 
 def _prediction(number: int, **fields: Any) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_a_job_larger_than_the_limit_spends_its_budget_on_429s(redis_url: str) -
         update={"rate_limit_per_minute": 2}
     )
     job_id = race.create()
-    race.store.transition(job_id, updates={"input": {"prompt": "four", "num_images": 4}})
+    race.store.transition(job_id, updates={"images": 4})  # as num_images=4 records it
     race.wavespeed.on_submit(RateLimitedError("HTTP 429", code=429, retry_after=1))
 
     outcome = race.runner.run(job_id)
@@ -69,4 +69,4 @@ def test_a_429_on_a_poll_polls_later_on_no_budget(race: Race) -> None:
     assert _error_retries(race.store, job_id) == 0
     assert race.runner.limiter.paused_until() == 0.0  # a GET limit is not the images limit
     done = race.runner.run(job_id, poll_seq=later.poll_seq)
-    assert isinstance(done, Finished) and done.record.status == "completed"
+    assert isinstance(done, Finished) and done.state.status == "completed"

@@ -138,7 +138,7 @@ def test_a_submit_lease_that_runs_out_mid_post_cannot_revive_the_failed_job(race
     race.wavespeed.on_submit(created("p1"), during=lease_runs_out_and_copy_b_runs)
     outcome_a = race.runner.run(job_id)
 
-    assert isinstance(copy_b[0], Finished) and copy_b[0].record.status is JobStatus.FAILED
+    assert isinstance(copy_b[0], Finished) and copy_b[0].state.status is JobStatus.FAILED
     assert isinstance(outcome_a, Duplicate)
     record = race.store.get(job_id)
     assert record.status is JobStatus.FAILED
@@ -170,7 +170,7 @@ def test_resubmit_policy_takeover_keeps_only_the_new_prediction(redis_url: str) 
     assert isinstance(polled, Reschedule)
     done = race.runner.run(job_id, poll_seq=polled.poll_seq)
 
-    assert isinstance(done, Finished) and done.record.prediction_id == "p2"
+    assert isinstance(done, Finished) and done.state.prediction_id == "p2"
     assert race.terminal_events(job_id) == ["completed"]
     assert race.counter("submissions", model=MODEL) == 2
     assert race.counter("orphaned_predictions", model=MODEL) == 1
@@ -214,7 +214,7 @@ def test_an_ambiguous_submit_under_fail_ends_once(race: Race) -> None:
 
     outcome = race.runner.run(job_id)
 
-    assert isinstance(outcome, Finished) and outcome.record.status is JobStatus.FAILED
+    assert isinstance(outcome, Finished) and outcome.state.status is JobStatus.FAILED
     assert race.terminal_events(job_id) == ["failed"]
     assert race.counter("jobs_failed", model=MODEL, code="submit_outcome_unknown") == 1
     # A second copy of the message changes nothing and sends nothing.

@@ -104,12 +104,42 @@ def test_missing_record_never_matches(redis_url: str) -> None:
     assert not redis.Redis.from_url(redis_url).exists(JOB_KEY.format(job_id="nope"))
 
 
-def test_expected_latency_is_the_recent_median(redis_url: str) -> None:
+def test_completion_effects_are_written_only_when_the_move_applies(redis_url: str) -> None:
     store = JobStore.from_url(redis_url, record_ttl=120)
-    assert store.expected_latency("m") is None
-    for seconds in (1.0, 9.0, 3.0):
-        store.record_latency("m", seconds)
-    assert store.expected_latency("m") == 3.0
+    job_id, _ = store.create_job(_record())
+    put_in_status(store, job_id, "submitted")
+    effects = [
+        *store.observation("end_to_end_seconds", 3.0, (1.0, 5.0)),
+        store.latency_sample("m", 2.5),
+    ]
+    for _ in range(2):  # the second copy finds the job completed: no second observation
+        store.transition(job_id, updates={"status": "completed"}, effects=effects)
+    histogram = store.client.hgetall("wq:hist:end_to_end_seconds")
+    assert histogram == {"le=5.0": "1", "sum": "3", "count": "1"}
+    assert store.latency_samples("m") == [2.5]
+
+
+def test_the_request_lives_apart_and_the_hash_stays_compact(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    long_prompt = "a lighthouse on a cliff at dusk, waves crashing, " * 20
+    job_id, _ = store.create_job(_record(input={"prompt": long_prompt}))
+    key = JOB_KEY.format(job_id=job_id)
+    assert store.client.object("encoding", key) == "listpack"
+    assert "input" not in store.client.hkeys(key)
+    assert store.get(job_id).input == {"prompt": long_prompt}
+    assert store.request(job_id).input == {"prompt": long_prompt}
+    put_in_status(store, job_id, "failed")
+    assert 0 < store.client.ttl(f"wq:job:{job_id}:request") <= 120
+
+
+def test_live_counts_follow_every_move(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    first, _ = store.create_job(_record())
+    second, _ = store.create_job(_record())
+    put_in_status(store, first, "processing")
+    put_in_status(store, second, "completed")
+    live = {k: int(v) for k, v in store.client.hgetall("wq:live").items() if int(v)}
+    assert live == {"processing|flux-kontext-max/text-to-image": 1}
 
 
 # the status machine ------------------------------------------------------------

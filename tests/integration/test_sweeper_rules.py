@@ -38,7 +38,7 @@ class Harness:
         self.sweeper = Sweeper(
             self.store,
             runner,
-            lambda snap, kwargs: self.resent.append((snap.record.id, kwargs)),
+            lambda snap, kwargs: self.resent.append((snap.state.id, kwargs)),
             grace=GRACE,
             interval=1,
             clock=lambda: self.now,

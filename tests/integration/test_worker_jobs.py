@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.support.stack import WorkerStack, worker_stack
 from worker.models import JobRecord
-from worker.schedule import poll_delay
+from worker.schedule import POLL_QUANTILES, poll_delay
 
 T2I = "flux-kontext-max/text-to-image"
 EDIT = "flux-kontext-pro"
@@ -206,12 +206,14 @@ def test_slots_are_not_held_while_wavespeed_computes(stack: WorkerStack) -> None
     stats = stack.emulator.stats()
     assert stats["concurrency"]["peak"] > slots, stats["concurrency"]
     assert max(stats["submissions"]["per_input"].values()) == 1
-    # No prediction is polled more often than the schedule allows over its lifetime.
-    worst_case_polls, elapsed = 0, 0.0
+    # No prediction is polled more often than the schedule allows over its lifetime: one
+    # poll per latency target, plus the growing intervals of a job with no history.
+    worst_case_polls, elapsed = len(POLL_QUANTILES), 0.0
     while elapsed < 3.0 + 1.0:  # latency plus the longest interval
         elapsed += poll_delay(
-            worst_case_polls,
-            expected_latency=0.3,
+            elapsed,
+            profile=None,
+            first_poll_default=0.3,
             min_interval=0.2,
             max_interval=1.0,
             backoff=1.5,

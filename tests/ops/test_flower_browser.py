@@ -74,7 +74,8 @@ def wait_for_flower_tasks(
         done = [t for t in tasks if t["state"] == "SUCCESS" and any(j in str(t) for j in job_ids)]
         if len(done) == len(job_ids):
             return tasks
-        assert time.monotonic() < deadline, f"Flower saw {len(done)} of {len(job_ids)} tasks"
+        states = sorted((str(t.get("kwargs")), t["state"]) for t in tasks)
+        assert time.monotonic() < deadline, f"Flower saw {len(done)} of {len(job_ids)}: {states}"
         time.sleep(0.3)
 
 

@@ -41,7 +41,7 @@ def wavequeue(stack: ProducerStack) -> Iterator[Run]:
 def _job_keys(stack: ProducerStack) -> int:
     raw = redis.Redis.from_url(stack.redis_url)
     try:
-        return sum(1 for _ in raw.scan_iter("wq:job:*"))
+        return sum(1 for _ in raw.scan_iter("wq:job:*", _type="hash"))
     finally:
         raw.close()
 

@@ -68,7 +68,7 @@ def test_a_chain_submitted_twice_with_one_key_is_one_chain(redis_url: str) -> No
         assert again == first
         raw = redis.Redis.from_url(redis_url)
         assert sum(1 for _ in raw.scan_iter("wq:chain:*")) == 1
-        assert sum(1 for _ in raw.scan_iter("wq:job:*")) == 2
+        assert sum(1 for _ in raw.scan_iter("wq:job:*", _type="hash")) == 2
         assert raw.llen(QUEUE_NORMAL) == 1  # one Celery chain message
         # A plain job cannot reuse a chain's key to pose as something else.
         assert client.text_to_image("x", idempotency_key="chain-9") == (

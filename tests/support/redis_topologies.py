@@ -279,7 +279,7 @@ class StoredState:
 
     @classmethod
     def read(cls, client: redis.Redis) -> StoredState:
-        job_keys = sorted(client.scan_iter(match="wq:job:*", count=1000))
+        job_keys = sorted(client.scan_iter(match="wq:job:*", count=1000, _type="hash"))
         pipe = client.pipeline(transaction=False)
         for key in job_keys:
             pipe.hmget(key, ["status", "prediction_id"])

@@ -3,41 +3,75 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
-from worker.schedule import MIN_COUNTDOWN, error_backoff, poll_delay
+from worker.schedule import MIN_COUNTDOWN, LatencyProfile, error_backoff, poll_delay
 
-SCHEDULE = {"min_interval": 2.0, "max_interval": 30.0, "backoff": 1.5, "time_left": 900.0}
-
-
-def test_first_poll_at_expected_latency() -> None:
-    assert poll_delay(0, expected_latency=7.0, **SCHEDULE) == 7.0
-
-
-def test_first_poll_never_below_the_minimum() -> None:
-    assert poll_delay(0, expected_latency=0.3, **SCHEDULE) == 2.0
+SCHEDULE = {
+    "first_poll_default": 5.0,
+    "min_interval": 2.0,
+    "max_interval": 30.0,
+    "backoff": 1.5,
+    "time_left": 900.0,
+}
 
 
-def test_intervals_grow_from_the_minimum_to_the_maximum() -> None:
-    delays = [poll_delay(n, expected_latency=5.0, **SCHEDULE) for n in range(1, 12)]
-    assert delays[0] == 2.0
+def _lognormal(median: float, spread: float, n: int, seed: int = 7) -> list[float]:
+    rng = random.Random(seed)
+    return [median * math.exp(spread * rng.gauss(0, 1)) for _ in range(n)]
+
+
+def _polls_for(latency: float, profile: LatencyProfile | None) -> int:
+    """How many polls a job of this latency needs under the schedule."""
+    elapsed, polls = 0.0, 0
+    while True:
+        elapsed += poll_delay(elapsed, profile=profile, **SCHEDULE)
+        polls += 1
+        if elapsed >= latency:
+            return polls
+
+
+def test_without_history_the_first_poll_is_the_default() -> None:
+    assert poll_delay(0.0, profile=None, **SCHEDULE) == 5.0
+
+
+def test_no_interval_below_the_minimum_or_above_the_maximum() -> None:
+    fast = LatencyProfile.of([0.3] * 20)
+    assert poll_delay(0.0, profile=fast, **SCHEDULE) == 2.0
+    assert poll_delay(10_000.0, profile=fast, **SCHEDULE) == 30.0
+
+
+def test_after_the_targets_intervals_grow_with_the_time_waited() -> None:
+    """Not back to 2 s after the first poll: a 120 s job is polled a handful of times."""
+    delays = []
+    elapsed = 5.0
+    for _ in range(6):
+        delay = poll_delay(elapsed, profile=None, **SCHEDULE)
+        delays.append(delay)
+        elapsed += delay
     assert all(b >= a for a, b in itertools.pairwise(delays))
-    assert delays[1] == 3.0
-    assert max(delays) == 30.0
+    assert delays[0] == 2.5  # half of the 5 s waited
+    assert _polls_for(120.0, None) <= 10
+
+
+def test_polls_follow_the_latency_distribution() -> None:
+    """Lognormal latencies: half the jobs need one poll, 95% at most three."""
+    history = _lognormal(20.0, 0.4, 200)
+    profile = LatencyProfile.of(history)
+    assert profile is not None
+    polls = sorted(_polls_for(latency, profile) for latency in _lognormal(20.0, 0.4, 2000, 9))
+    assert polls[len(polls) // 2] == 1
+    assert polls[int(len(polls) * 0.95)] <= 3
 
 
 def test_never_past_the_deadline() -> None:
-    assert poll_delay(5, expected_latency=5.0, **{**SCHEDULE, "time_left": 1.5}) == 1.5
-    assert poll_delay(5, expected_latency=5.0, **{**SCHEDULE, "time_left": -3}) == MIN_COUNTDOWN
+    assert poll_delay(5.0, profile=None, **{**SCHEDULE, "time_left": 1.5}) == 1.5
+    assert poll_delay(5.0, profile=None, **{**SCHEDULE, "time_left": -3}) == MIN_COUNTDOWN
 
 
-def test_total_polls_over_a_long_job_stay_few() -> None:
-    # A 120 s inference expected at 10 s: count polls until 120 s have passed.
-    elapsed, polls = 0.0, 0
-    while elapsed < 120:
-        elapsed += poll_delay(polls, expected_latency=10.0, **SCHEDULE)
-        polls += 1
-    assert polls <= 12
+def test_too_little_history_is_no_profile() -> None:
+    assert LatencyProfile.of([1.0, 2.0]) is None
 
 
 def test_backoff_full_jitter_within_the_ceiling() -> None:

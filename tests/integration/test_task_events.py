@@ -1,0 +1,59 @@
+"""Every run's ending reaches an event monitor (Flower): no task event is lost.
+
+celery's buffered task events lose events appended while the buffer is being
+published, which with the threads pool happens whenever runs end together
+(``worker/task_events.py``). A real worker, a real event receiver: every run that
+started must be seen to end (succeeded, or retried into its next run).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from producer import JobClient
+from tests.support.stack import worker_stack
+from worker.celery_config import make_app
+from worker.settings import Settings
+
+
+def test_every_run_that_starts_is_seen_to_end(tmp_path: Path) -> None:
+    with worker_stack(tmp_path, concurrency=8) as stack:
+        app = make_app(Settings(redis_url=stack.redis.url))
+        runs: dict[str, list[str]] = {}
+        ready = threading.Event()
+
+        def listen() -> None:
+            with app.connection() as connection:
+                receiver = app.events.Receiver(
+                    connection,
+                    handlers={
+                        "*": lambda event: runs.setdefault(event.get("uuid", ""), []).append(
+                            event["type"]
+                        )
+                    },
+                )
+                ready.set()
+                receiver.capture(limit=None, timeout=None, wakeup=True)
+
+        threading.Thread(target=listen, daemon=True).start()
+        assert ready.wait(10)
+        with JobClient(Settings(redis_url=stack.redis.url)) as client:
+            for batch in range(3):
+                ids = [client.text_to_image(f"events {batch}.{i}") for i in range(8)]
+                client.wait_all(ids, timeout=60)
+
+        def unfinished() -> list[str]:
+            return [
+                uuid
+                for uuid, types in list(runs.items())
+                if "task-started" in types and "task-succeeded" not in types
+                and "task-retried" not in types
+            ]  # fmt: skip
+
+        deadline = time.monotonic() + 15
+        while unfinished() or sum("task-succeeded" in t for t in list(runs.values())) < 24:
+            assert time.monotonic() < deadline, f"runs never seen to end: {unfinished()}"
+            time.sleep(0.1)
+        app.close()
