@@ -48,10 +48,17 @@ class RedisClock:
         return anchor[0] + (time.monotonic() - anchor[1])
 
     def _sync(self) -> tuple[float, float]:
-        with self._lock:
+        # One thread reads TIME; the others keep counting from the last reading rather than
+        # queue behind a read that may be retrying through an outage.
+        if not self._lock.acquire(blocking=self._anchor is None):
+            assert self._anchor is not None
+            return self._anchor
+        try:
             before = time.monotonic()
             seconds, micros = self._client.time()
             after = time.monotonic()
             # The answer was read somewhere between before and after: take the middle.
             self._anchor = (seconds + micros / 1e6, (before + after) / 2)
             return self._anchor
+        finally:
+            self._lock.release()

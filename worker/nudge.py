@@ -14,6 +14,7 @@ the job.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -24,15 +25,31 @@ RETRY_INTERVAL = 1.0
 
 
 class Nudger:
-    def __init__(self, bring_back: Callable[[str], bool]) -> None:
+    def __init__(self, bring_back: Callable[[str], object]) -> None:
         self._bring_back = bring_back
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._stop = threading.Event()
+        #: The process whose thread runs ``run`` (a prefork child needs its own).
+        self._thread_pid: int | None = None
+
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Run in a daemon thread of this process (again after a fork)."""
+        with self._lock:
+            if self._thread_pid == os.getpid():
+                return
+            self._thread_pid = os.getpid()
+        if stop is not None:
+            self._stop = stop
+        threading.Thread(
+            target=self.run, args=(self._stop,), name="wavequeue-nudger", daemon=True
+        ).start()
 
     def add(self, job_id: str) -> None:
         with self._lock:
             self._pending.add(job_id)
+        self.start()  # in a prefork child, the first lost job starts its thread
         self._wake.set()
 
     def pending(self) -> set[str]:

@@ -98,7 +98,8 @@ _ACQUIRE_LUA = (
     + """
 -- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 reserved slots zset
 -- ARGV: per_minute, max_in_flight, job_id, images, slot_ttl, window (log, seconds),
---       interval (schedule, seconds per image), burst (seconds), now ('' = TIME)
+--       interval (schedule, seconds per image), burst (seconds), the job's deadline
+--       ('' = none), now ('' = TIME)
 local limit = tonumber(ARGV[1])
 local job = ARGV[3]
 local cost = tonumber(ARGV[4])
@@ -136,6 +137,12 @@ else
   -- A slot on the schedule: now if it is at most `burst` ahead (with these images),
   -- else at its end; a job larger than the burst waits for the schedule to catch up.
   slot = math.max(now, paused_until, tat - math.max(0, burst - cost * interval))
+  -- A slot after the job's deadline would be used by nobody while the schedule moves on
+  -- for everyone: under overload, reserve only what can still be used.
+  local deadline = tonumber(ARGV[9])
+  if deadline and slot > deadline then
+    return {0, fmt(math.max(0, deadline - now)), 'late'}
+  end
   tat = math.max(tat, slot) + cost * interval
   redis.call('HSET', KEYS[1], 'tat', fmt(tat))
   if slot > now then
@@ -206,7 +213,8 @@ class Permit:
     granted: bool
     #: When not granted: seconds until it is worth asking again (this job's slot).
     wait: float
-    #: "granted", or what refused: "rate", "paused" or "in_flight".
+    #: "granted", or what refused: "rate", "paused", "in_flight" or "late" (no slot before
+    #: the job's deadline).
     reason: str = "granted"
 
 
@@ -268,10 +276,18 @@ class AccountLimiter:
         return WINDOW_SECONDS / self.interval
 
     def acquire(
-        self, job_id: str, *, images: int, slot_ttl: float, now: float | None = None
+        self,
+        job_id: str,
+        *,
+        images: int,
+        slot_ttl: float,
+        deadline: float | None = None,
+        now: float | None = None,
     ) -> Permit:
         """Take ``images`` of the rate and an in-flight slot for ``job_id``, or say how long
-        to wait. ``now`` (Redis ``TIME`` when None) is for tests."""
+        to wait. A job whose slot would come after its ``deadline`` (Redis time) gets none
+        (reason "late"): under overload the schedule serves jobs that can still use it.
+        ``now`` (Redis ``TIME`` when None) is for tests."""
         granted, wait, reason = self._acquire(
             keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_RESERVED_KEY],
             args=[
@@ -283,6 +299,7 @@ class AccountLimiter:
                 self.window,
                 self.interval,
                 self.burst,
+                "" if deadline is None else repr(float(deadline)),
                 _now_arg(now),
             ],
         )

@@ -80,7 +80,8 @@ class RestoreHeldMessages(bootsteps.StartStopStep):  # type: ignore[misc]
         self._lost: list[HeldMessages] = []
 
     def start(self, parent: Any) -> None:
-        reconnected = False
+        # Also when an earlier attempt to put back what was held failed (``_lost``).
+        reconnected = bool(self._lost)
         if self._current is not None:  # a restart: the channel we consumed from is gone
             reconnected = True
             self._lost.append(self._current)

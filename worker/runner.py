@@ -33,14 +33,18 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis
+
 from worker.clock import Clock
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import (
+    BrokerUnavailableError,
     PermanentError,
     RateLimitedError,
     SubmitOutcomeUnknownError,
@@ -52,12 +56,26 @@ from worker.models import JobError, JobState, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
-from worker.store import Effect, JobSnapshot, JobStore, counter_field
+from worker.store import Effect, JobSnapshot, JobStore, Moved, counter_field
 from worker.wavespeed import Prediction, failure_of
 
 log = logging.getLogger(__name__)
 
 SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
+#: How long before its submit lease ends a run stops trying to record its prediction.
+LEASE_MARGIN = 5.0
+#: Redis errors a write may outlast: the server away (past the client's own retries).
+STORE_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, BrokerUnavailableError)
+
+
+def _store_unavailable(exc: Exception) -> bool:
+    """Away, or refusing writes because it is out of memory (``maxmemory`` with
+    ``noeviction``): both pass; any other error is a bug that retrying cannot fix."""
+    if isinstance(exc, STORE_UNAVAILABLE):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
+
+
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
@@ -145,6 +163,8 @@ class JobRunner:
             return Finished(snap.state)
         now = self.clock()
         if now >= snap.state.deadline_at:
+            if snap.field("prediction_id") and poll_seq == int(snap.number("poll_seq")):
+                return self._last_look(snap, poll_seq)
             return self._time_out(snap)
         if snap.field("awaiting_image") == "1":
             snap = self._take_previous_output(snap, previous_output)
@@ -153,6 +173,19 @@ class JobRunner:
         if snap.field("prediction_id"):
             return self._poll(snap, poll_seq, now)
         return self._submit(snap, now)
+
+    def _last_look(self, snap: JobSnapshot, poll_seq: int) -> Outcome:
+        """The poll due at the deadline: a prediction that completed in the last interval
+        is billed, so take its result; anything else ends the job ``timed_out``."""
+        prediction_id = snap.field("prediction_id")
+        try:
+            prediction = self.client.result(prediction_id)
+        except WaveSpeedError:
+            return self._time_out(snap)
+        if prediction.status.value == "completed":
+            polled = _Tally({"polls": 1}, [counter_field("polls", model=snap.state.model)])
+            return self._complete(snap, prediction, polled)
+        return self._time_out(snap)
 
     def time_out(self, snap: JobSnapshot) -> Outcome:
         """End a live job past its deadline (the sweeper, for jobs whose message is gone
@@ -197,11 +230,19 @@ class JobRunner:
             state.id,
             images=state.images,
             slot_ttl=time_left + self.settings.visibility_timeout,
+            deadline=state.deadline_at,
         )
         if not permit.granted:
-            wait = min(permit.wait, self.settings.retry_max_delay, time_left)
             tally = _Tally({}, [counter_field("limiter_waits")])
-            wait += self.rng.uniform(0, 0.25)
+            if permit.reason == "in_flight":
+                # Nobody can say when a slot frees: back off per job (1, 2, 4 ... s), so a
+                # long line behind the cap does not re-run every second.
+                waits = int(snap.number("inflight_waits"))
+                wait = min(2.0**waits, self.settings.retry_max_delay) * self.rng.uniform(0.5, 1)
+                tally = _Tally({"inflight_waits": 1}, tally.count)
+            else:
+                wait = permit.wait + self.rng.uniform(0, 0.25)
+            wait = min(wait, self.settings.retry_max_delay, time_left)
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
         token = uuid.uuid4().hex
         lease = self.settings.submit_lease
@@ -224,6 +265,10 @@ class JobRunner:
 
     def _send(self, snap: JobSnapshot, token: str, body: Mapping[str, Any]) -> Outcome:
         state = snap.state
+        # Everything the write after the POST needs is read before it: once a prediction
+        # exists, only that write may touch Redis.
+        delay = self._poll_delay(state, self.clock(), submitted_at=self.clock())
+        lease_ends = time.monotonic() + self.settings.submit_lease - LEASE_MARGIN
         try:
             prediction = self.client.submit(state.model, body)
         except SubmitOutcomeUnknownError as exc:
@@ -239,8 +284,8 @@ class JobRunner:
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
         now = self.clock()
-        delay = self._poll_delay(state, now, submitted_at=now)
-        moved = self.store.transition(
+        moved = self._write_until(
+            lease_ends,
             state.id,
             expect={"submit_token": token, "prediction_id": ""},
             updates={
@@ -285,6 +330,21 @@ class JobRunner:
         wait = max(0.05, wait) + self.rng.uniform(0, 0.25)
         return self._reschedule_submit(snap, wait, "rate_limit", tally, token=token)
 
+    def _write_until(self, give_up_at: float, job_id: str, **change: Any) -> Moved:
+        """``store.transition`` for the write that records a created prediction: if Redis
+        is away (or full), keep trying, the same write (one write id), until shortly before
+        the submit lease ends — giving up earlier would throw the prediction id away and
+        leave a billed prediction nobody polls. After that the lease's expiry decides."""
+        write_id = uuid.uuid4().hex[:16]
+        while True:
+            try:
+                return self.store.transition(job_id, write_id=write_id, **change)
+            except redis.RedisError as exc:
+                if not _store_unavailable(exc) or time.monotonic() >= give_up_at:
+                    raise
+                log.warning("job %s: cannot record its prediction yet (%s); retrying", job_id, exc)
+                time.sleep(1.0)
+
     def _ambiguous(self, snap: JobSnapshot, token: str, exc: WaveSpeedError) -> Outcome:
         """The POST may have created a prediction we know nothing of."""
         if self.settings.ambiguous_submit_policy == "fail":
@@ -313,7 +373,8 @@ class JobRunner:
             # Polled too fast for the account: poll later, on no retry budget (the deadline
             # bounds it). A GET limit is not the images limit: submits go on.
             delay = max(exc.retry_after or 0.0, self._poll_delay(state, now))
-            delay = min(delay, max(0.05, state.deadline_at - now))
+            # Never longer than any countdown the visibility timeout was sized for.
+            delay = min(delay, self.settings.longest_countdown, max(0.05, state.deadline_at - now))
             return self._schedule(snap, my_seq, delay, "poll")
         except TransientError as exc:
             return self._error_retry(snap, exc, poll_seq=my_seq)
@@ -555,6 +616,8 @@ class JobRunner:
         )
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:
+        if self.clock() < snap.state.deadline_at:
+            return Duplicate("not past its deadline by Redis time")
         allowed = snap.state.deadline_at - snap.state.created_at
         message = f"not finished by its deadline ({allowed:.0f}s after it was enqueued)"
         if snap.field("prediction_id"):

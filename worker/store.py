@@ -77,6 +77,15 @@ from worker.settings import Settings
 
 #: State fields stored as JSON (everything else is a plain string; absent means unset).
 _JSON_FIELDS = frozenset({"outputs", "has_nsfw_contents", "error"})
+#: Bookkeeping fields the worker reads as numbers.
+_NUMERIC_BOOKKEEPING = (
+    "poll_seq",
+    "poll_due_at",
+    "next_run_at",
+    "submit_lease_until",
+    "error_retries",
+    "inflight_waits",
+)
 #: Values a new record does not store: absent reads back as the default.
 _DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
 
@@ -311,7 +320,10 @@ class JobSnapshot:
 
     def number(self, name: str) -> float:
         text = self.raw.get(name, "")
-        return float(text) if text else 0.0
+        try:
+            return float(text) if text else 0.0
+        except ValueError:
+            raise UnreadableRecordError(self.state.id, f"{name} is not a number") from None
 
 
 @dataclass(frozen=True)
@@ -458,7 +470,10 @@ class JobStore:
         raw: dict[str, str] = self.client.hgetall(JOB_KEY.format(job_id=job_id))  # type: ignore[assignment]
         if not raw:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
-        return JobSnapshot(state=decode_state(raw, job_id), raw=raw)
+        snap = JobSnapshot(state=decode_state(raw, job_id), raw=raw)
+        for name in _NUMERIC_BOOKKEEPING:
+            snap.number(name)  # a corrupt one is UnreadableRecordError now, not mid-decision
+        return snap
 
     def request(self, job_id: str) -> Request:
         """The job's request (what is sent to WaveSpeed, and the producer's metadata)."""

@@ -28,12 +28,15 @@ quarantine them again; the newer ones keep readmitting them until the deploy end
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from worker.constants import QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError, UnreadableRecordError
@@ -117,10 +120,11 @@ class Sweeper:
             snap = self._read(job_id, now, quarantined)
             if snap is None:
                 continue
-            if snap.state.is_terminal:
-                self.store.forget([job_id])  # ended without leaving the index (older version)
-            elif snap.state.deadline_at <= now:
-                timed_out += isinstance(self.runner.time_out(snap), Finished)
+            with self._isolated(job_id, now, quarantined):
+                if snap.state.is_terminal:
+                    self.store.forget([job_id])  # ended without leaving the index (older version)
+                elif snap.state.deadline_at <= now:
+                    timed_out += isinstance(self.runner.time_out(snap), Finished)
         return timed_out
 
     def _resend_overdue(self, now: float, quarantined: list[str], grace: float) -> int:
@@ -135,16 +139,31 @@ class Sweeper:
             snap = self._read(job_id, now, quarantined)
             if snap is None:
                 continue
-            if snap.state.is_terminal:
-                self.store.forget([job_id])
-                continue
-            first_kwargs = self._resend_kwargs(snap, now, backlogged, grace)
-            if first_kwargs is None:
-                continue
-            log.warning("job %s: its message is overdue; re-sending it", job_id)
-            self.resend(snap, first_kwargs)
-            resent += 1
+            with self._isolated(job_id, now, quarantined):
+                if snap.state.is_terminal:
+                    self.store.forget([job_id])
+                    continue
+                first_kwargs = self._resend_kwargs(snap, now, backlogged, grace)
+                if first_kwargs is None:
+                    continue
+                log.warning("job %s: its message is overdue; re-sending it", job_id)
+                self.resend(snap, first_kwargs)
+                resent += 1
         return resent
+
+    @contextlib.contextmanager
+    def _isolated(self, job_id: str, now: float, quarantined: list[str]) -> Iterator[None]:
+        """One job's trouble stays that job's: an unreadable field or chain quarantines
+        it, and the pass goes on with the next job. Redis errors end the pass."""
+        try:
+            yield
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # a sweep pass must not stop at one bad record
+            log.exception("sweeper: job %s cannot be handled (%r); quarantined", job_id, exc)
+            self.store.quarantine(job_id, now)
+            self.store.count("records_quarantined")
+            quarantined.append(job_id)
 
     def _review_quarantine(self, now: float) -> int:
         """Try a few quarantined records again: a newer version may have written them."""
@@ -266,8 +285,8 @@ class Sweeper:
                 continue
             try:
                 if catch_up_at is not None and time.monotonic() >= catch_up_at:
-                    catch_up_at = None
                     self.catch_up()
+                    catch_up_at = None  # only once it ran: a failed one is tried again
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.interval
                     if self.store.client.set(SWEEPER_LOCK_KEY, "1", nx=True, px=lock_ms):

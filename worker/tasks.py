@@ -75,6 +75,7 @@ def _build_parts() -> _Parts:
         resend,
         grace=runner.takeover_grace,
         interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+        clock=store.clock,  # Redis time, like every deadline it compares
     )
     return _Parts(runner, sweeper, Nudger(sweeper.bring_back))
 
@@ -173,11 +174,10 @@ _sweeper_stop = threading.Event()
 def _start_sweeper(**_: object) -> None:
     parts = _process_parts()
     after_reconnect(parts.sweeper.catch_up_soon)
-    for name, target in (
-        ("wavequeue-sweeper", parts.sweeper.run),
-        ("wavequeue-nudger", parts.nudger.run),
-    ):
-        threading.Thread(target=target, args=(_sweeper_stop,), name=name, daemon=True).start()
+    threading.Thread(
+        target=parts.sweeper.run, args=(_sweeper_stop,), name="wavequeue-sweeper", daemon=True
+    ).start()
+    parts.nudger.start(_sweeper_stop)
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -79,7 +79,7 @@ def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
     """The one place that reads WaveSpeed's ``{code, message, data}`` envelope."""
     data = envelope.get("data")
     if not isinstance(data, Mapping) or not data.get("id"):
-        raise PermanentError("WaveSpeed answered without a prediction in data")
+        raise PermanentError("WaveSpeed answered without a prediction in data", code="malformed")
     raw_status = str(data.get("status", ""))
     try:
         status = RemoteStatus(raw_status)
@@ -92,7 +92,14 @@ def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
     inference = timings.get("inference") if timings else None
     outputs = data.get("outputs") or []
     nsfw = data.get("has_nsfw_contents") or []
+    if not isinstance(outputs, list) or not isinstance(nsfw, list):
+        raise PermanentError(
+            f"WaveSpeed answered a malformed prediction {data['id']} (outputs not a list)",
+            code="malformed",
+        )
     code = data.get("code")
+    if not isinstance(code, int | str | None):
+        code = None
     if code in (None, 0, 200) and status in (RemoteStatus.FAILED, RemoteStatus.TIMEOUT):
         code = 5004 if status is RemoteStatus.TIMEOUT else None
     return Prediction(
@@ -227,6 +234,14 @@ class WaveSpeedClient:
             return self._redacted(parse_prediction(response.json()))
         except requests.exceptions.JSONDecodeError as exc:
             raise map_transport_error(exc, during_submit=True) from None
+        except PermanentError as exc:
+            if exc.code != "malformed":
+                raise
+            # A 200 we cannot read: the prediction may exist, and we have no id to poll.
+            raise SubmitOutcomeUnknownError(
+                f"{exc.message}; the prediction may exist on WaveSpeed and may be billed",
+                code="submit_outcome_unknown",
+            ) from None
 
     def result(self, prediction_id: str) -> Prediction:
         """GET the prediction's current state."""

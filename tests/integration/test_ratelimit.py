@@ -267,3 +267,19 @@ def test_in_flight_cap_is_shared_and_slots_age_out(redis_url: str) -> None:
     # A slot its worker never released ages out.
     assert not limiter.acquire("d", images=1, slot_ttl=60, now=T0 + 59).granted
     assert limiter.acquire("d", images=1, slot_ttl=60, now=T0 + 61).granted
+
+
+def test_under_overload_slots_go_only_to_jobs_that_can_still_use_them(redis_url: str) -> None:
+    """A burst far above the rate: jobs whose slot would come after their deadline get
+    none ("late") and do not push the schedule, so a job arriving later is still served
+    (the schedule used to run past every deadline and then serve nobody)."""
+    limiter = _limiter(redis_url, per_minute=60)
+    burst = [
+        limiter.acquire(f"burst{i}", images=1, slot_ttl=600, deadline=T0 + 60, now=T0)
+        for i in range(300)
+    ]
+    late = [p for p in burst if p.reason == "late"]
+    assert len(late) > 200
+    assert all(p.wait <= 60 for p in late)
+    fresh = limiter.acquire("fresh", images=1, slot_ttl=600, deadline=T0 + 200, now=T0 + 61)
+    assert fresh.granted or fresh.wait < 10, fresh

@@ -9,12 +9,15 @@ then checks the record, the terminal events published and the counters.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from typing import Any
 
 import pytest
 import redis
 
+from ops.localstack.redis_server import RedisServer
 from tests.support.clock import ManualClock
 from tests.support.scripted import ScriptedClient, completed, created, processing
 from worker.constants import COUNTERS_KEY, JOB_EVENTS_CHANNEL, JOB_KEY
@@ -234,3 +237,44 @@ def test_no_state_is_ever_written_to_a_finished_record(redis_url: str) -> None:
     assert race.wavespeed.calls == []
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert client.ttl(JOB_KEY.format(job_id=job_id)) > 0
+
+
+def test_a_prediction_created_while_redis_is_away_is_recorded_when_it_is_back(
+    private_redis: RedisServer,
+) -> None:
+    """Redis goes away during the POST and stays away past the client's own retries: the
+    run keeps trying the same write (until shortly before its lease ends) instead of
+    throwing the prediction id away, which left the job to fail submit_outcome_unknown."""
+    race = Race(private_redis.url)
+    job_id = race.create(deadline=900)
+    restarted = threading.Event()
+
+    def redis_goes_away() -> None:
+        private_redis.stop()
+
+        def back_later() -> None:
+            time.sleep(race.settings.redis_retry_window + 3)  # the outage itself
+            private_redis.start()
+            restarted.set()
+
+        threading.Thread(target=back_later, daemon=True).start()
+
+    race.wavespeed.on_submit(created("p1"), during=redis_goes_away)
+    outcome = race.runner.run(job_id)
+
+    assert restarted.is_set()
+    assert isinstance(outcome, Reschedule) and outcome.poll_seq == 1
+    record = race.store.get(job_id)
+    assert (record.status, record.prediction_id) == (JobStatus.SUBMITTED, "p1")
+
+
+def test_the_poll_due_at_the_deadline_still_takes_a_completed_result(race: Race) -> None:
+    """The last poll lands on the deadline: the prediction is billed, so its result counts."""
+    job_id = race.create(deadline=60)
+    race.wavespeed.on_submit(created("p1"))
+    first = race.runner.run(job_id)
+    assert isinstance(first, Reschedule)
+    race.clock.advance(60)  # the schedule never overshoots the deadline: it lands on it
+    race.wavespeed.on_result(completed("p1"))
+    done = race.runner.run(job_id, poll_seq=first.poll_seq)
+    assert isinstance(done, Finished) and done.state.status is JobStatus.COMPLETED

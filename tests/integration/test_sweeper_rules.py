@@ -199,3 +199,16 @@ def test_a_catch_up_after_an_outage_resends_what_is_still_overdue(harness: Harne
     assert harness.resent == [(lost, {"poll_seq": 2})]
     # One worker per outage: the others' requests find the lock taken.
     assert harness.sweeper.catch_up() == 0
+
+
+def test_one_bad_bookkeeping_field_does_not_stall_the_pass(harness: Harness) -> None:
+    """A record that decodes but has a corrupt field used to raise on every pass, and the
+    jobs after it in the batch were never re-sent."""
+    ids = [harness.jobs.create(T2I, prompt=f"overdue {i}") for i in range(4)]
+    for job_id in ids:
+        put_in_status(harness.store, job_id, "submitted", prediction_id="p", poll_seq=2,
+                      next_run_at=harness.now)  # fmt: skip
+    harness.store.client.hset(f"wq:job:{ids[0]}", "poll_seq", "1.5e")  # corrupt
+    resent = harness.sweep_later(GRACE + 1)
+    assert sorted(job_id for job_id, _ in resent) == sorted(ids[1:])
+    assert harness.store.quarantined(10) == [ids[0]]
