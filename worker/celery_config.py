@@ -11,6 +11,8 @@ from typing import Any
 
 from celery import Celery
 
+# Imported for its signal handler: every process that sends run_job slims its messages.
+import worker.messages  # noqa: F401
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.redis_connection import celery_options
 from worker.settings import Settings

@@ -293,6 +293,7 @@ class JobRunner:
                 "prediction_id": prediction.id,
                 "submitted_at": now,
                 "submit_token": "",
+                "submit_lease_until": "",
                 "poll_seq": 1,
                 "poll_due_at": now + delay,
                 "next_run_at": now + delay,

@@ -258,7 +258,7 @@ def encode_state(record: JobRecord) -> dict[str, str]:
     """A new record's hash fields: its state, without unset or default values (every field
     small, so Redis keeps the hash in its compact encoding). ``images`` comes from the
     request, so that the limiter never needs the request."""
-    dumped = record.state.model_dump(mode="json")
+    dumped = record.state.model_dump(mode="json", exclude={"id"})  # the key holds the id
     dumped["images"] = int(record.input.get("num_images", 1))
     fields = {field: _encode(value, field) for field, value in dumped.items()}
     return {
@@ -276,10 +276,10 @@ def _unreadable(job_id: str, exc: ValueError) -> UnreadableRecordError:
     return UnreadableRecordError(job_id, "a JSON field does not parse")
 
 
-def decode_state(raw: Mapping[str, str], job_id: str = "?") -> JobState:
+def decode_state(raw: Mapping[str, str], job_id: str) -> JobState:
     """Hash fields (bookkeeping ignored) back to a JobState; ``UnreadableRecordError``
     when they do not make one (corrupt JSON, a missing field, an unknown status)."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"id": job_id}
     try:
         for field in JobState.model_fields:
             text = raw.get(field, "")
@@ -291,7 +291,7 @@ def decode_state(raw: Mapping[str, str], job_id: str = "?") -> JobState:
         raise _unreadable(raw.get("id") or job_id, exc) from None
 
 
-def decode_record(raw: Mapping[str, str], request: str | None, job_id: str = "?") -> JobRecord:
+def decode_record(raw: Mapping[str, str], request: str | None, job_id: str) -> JobRecord:
     """A job's hash and request back to the public JobRecord."""
     state = decode_state(raw, job_id)
     try:

@@ -125,7 +125,7 @@ def _job_facts(
     record, error = None, None
     if raw:
         try:
-            record = decode_record(raw, request)
+            record = decode_record(raw, request, job_id)
         except (ValidationError, ValueError) as exc:
             error = str(exc).splitlines()[0]
     return JobFacts(job_id, item.tag(step), item, step, raw, record, error)

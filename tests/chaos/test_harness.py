@@ -98,7 +98,7 @@ def _job(job_id: str, status: str, tag: str = "j0001") -> JobFacts:
         else {}
     )
     request = json.dumps({"input": {"prompt": f"[{tag}] x"}})
-    return JobFacts(job_id, tag, item, 1, raw, decode_record(raw, request) if raw else None)
+    return JobFacts(job_id, tag, item, 1, raw, decode_record(raw, request, job_id) if raw else None)
 
 
 def _prediction(number: int, **fields: Any) -> dict[str, Any]:

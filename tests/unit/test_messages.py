@@ -1,0 +1,39 @@
+"""run_job messages carry what the worker reads, and nothing it would read as a default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.messages import slim
+
+
+def test_empty_and_unused_headers_are_left_out() -> None:
+    headers: dict[str, Any] = {
+        "lang": "py", "task": "wavequeue.run_job", "id": "t1", "shadow": None,
+        "eta": "2026-01-01T00:00:00+00:00", "expires": None, "group": None,
+        "group_index": None, "retries": 2, "timelimit": (None, None), "root_id": "t0",
+        "parent_id": "t0", "argsrepr": "()", "kwargsrepr": "{'job_id': 'j1', ...}",
+        "origin": "gen1@host", "ignore_result": True, "replaced_task_nesting": 0,
+        "stamped_headers": None, "stamps": {},
+    }  # fmt: skip
+    properties = {"correlation_id": "t1", "reply_to": "r", "delivery_mode": 2, "priority": 0}
+    body = ((), {"job_id": "j1", "poll_seq": 3}, {"callbacks": None, "chain": [{"x": 1}]})
+
+    slim(headers, properties, body)
+
+    assert headers == {
+        "lang": "py",
+        "task": "wavequeue.run_job",
+        "id": "t1",
+        "eta": "2026-01-01T00:00:00+00:00",
+        "retries": 2,
+        "kwargsrepr": "job j1 poll 3",
+    }
+    assert properties == {"delivery_mode": 2, "priority": 0}
+    assert body[2] == {"chain": [{"x": 1}]}  # a chain's next steps are kept
+
+
+def test_a_time_limit_that_is_set_is_kept() -> None:
+    headers: dict[str, Any] = {"timelimit": [30, None], "ignore_result": False}
+    slim(headers, {}, None)
+    assert headers == {"timelimit": [30, None], "ignore_result": False}
