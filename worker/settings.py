@@ -50,6 +50,12 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_REDIS_RETRY_WINDOW": "redis_retry_window",
 }
 
+#: The proxy variables requests honours; when none is set, WaveSpeed calls skip
+#: reading the environment on every request.
+PROXY_VARS = tuple(
+    name for base in ("https_proxy", "http_proxy", "all_proxy") for name in (base, base.upper())
+)
+
 
 class Settings(BaseModel):
     """Frozen configuration; build it with ``from_env()`` or explicit keywords."""
@@ -98,6 +104,10 @@ class Settings(BaseModel):
     #: Image URLs may point at loopback and private addresses (in-house image hosts,
     #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
     allow_private_image_urls: bool = False
+    #: Whether requests may read proxy settings from the environment for WaveSpeed
+    #: calls. ``from_env`` sets it when a standard proxy variable is set; otherwise
+    #: the session skips requests' per-call environment and .netrc lookups.
+    proxy_from_env: bool = False
 
     # Redis connections (worker.redis_connection builds every one of them from these).
     #: With a ``sentinel://`` REDIS_URL: the name of the master the sentinels watch.
@@ -187,7 +197,10 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build from environment variables; unset ones keep their defaults."""
         env = os.environ if environ is None else environ
-        values = {field: env[var] for var, field in ENV_VARS.items() if env.get(var, "") != ""}
+        values: dict[str, object] = {
+            field: env[var] for var, field in ENV_VARS.items() if env.get(var, "") != ""
+        }
+        values["proxy_from_env"] = any(env.get(var) for var in PROXY_VARS)
         try:
             return cls(**values)
         except ValidationError as exc:

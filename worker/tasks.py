@@ -67,6 +67,7 @@ def _build_parts() -> _Parts:
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         pool_size=64,
+        proxy_from_env=settings.proxy_from_env,
     )
     runner = JobRunner(settings, store, limiter, client)
     sweeper = Sweeper(
