@@ -40,6 +40,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
     "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
+    "WAVEQUEUE_TASK_EVENTS": "task_events",
     "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
     "REDIS_SENTINEL_PASSWORD": "redis_sentinel_password",
     "REDIS_TLS_CA_FILE": "redis_tls_ca_file",
@@ -104,6 +105,9 @@ class Settings(BaseModel):
     #: Image URLs may point at loopback and private addresses (in-house image hosts,
     #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
     allow_private_image_urls: bool = False
+    #: Celery task events from the start. Off by default: they cost a Redis PUBLISH and
+    #: CPU per run, and Flower turns them on by itself while it watches.
+    task_events: bool = False
     #: Whether requests may read proxy settings from the environment for WaveSpeed
     #: calls. ``from_env`` sets it when a standard proxy variable is set; otherwise
     #: the session skips requests' per-call environment and .netrc lookups.

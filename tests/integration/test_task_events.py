@@ -39,6 +39,10 @@ def test_every_run_that_starts_is_seen_to_end(tmp_path: Path) -> None:
 
         threading.Thread(target=listen, daemon=True).start()
         assert ready.wait(10)
+        # Task events are off by default; a monitor (Flower does it every 5 s) turns
+        # them on remotely, and the worker's reply says it did.
+        replies = app.control.enable_events(reply=True, timeout=10)
+        assert replies and all("ok" in next(iter(r.values())) for r in replies), replies
         with JobClient(Settings(redis_url=stack.redis.url)) as client:
             for batch in range(3):
                 ids = [client.text_to_image(f"events {batch}.{i}") for i in range(8)]
