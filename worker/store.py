@@ -52,6 +52,7 @@ from typing import Any
 
 import pydantic
 import redis
+from redis.commands.core import Script
 
 from worker.clock import Clock, RedisClock
 from worker.constants import (
@@ -122,17 +123,26 @@ _TRANSITION_LUA = """
 --       11 side effects if applied: [[op, key index, a, b], ...]
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
+-- One read of every field this call looks at (the idempotency mark, the status, the
+-- model for the live counts, the expected fields).
+local names = {'last_write', 'status', 'model'}
+local expected = {}
+for field, want in pairs(cjson.decode(ARGV[1])) do
+  table.insert(names, field)
+  table.insert(expected, want)
+end
+local got = redis.call('HMGET', KEYS[1], unpack(names))
 -- The same call again (redis-py retried it after its reply was lost): it was applied.
-if redis.call('HGET', KEYS[1], 'last_write') == ARGV[9] then return 1 end
+if got[1] == ARGV[9] then return 1 end
 -- HTTP calls that happened are counted whatever this write decides.
 for _, field in ipairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[6], field, 1) end
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = got[2]
 if not status then return -1 end
 if TERMINAL[status] then return -2 end
 local allowed = MOVES[status]
 if allowed == nil then return -4 end
-for field, want in pairs(cjson.decode(ARGV[1])) do
-  local have = redis.call('HGET', KEYS[1], field)
+for i, want in ipairs(expected) do
+  local have = got[3 + i]
   if not have then have = '' end
   if type(want) == 'table' then
     local matched = false
@@ -163,7 +173,7 @@ for field, amount in pairs(cjson.decode(ARGV[3])) do
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
 if new and new ~= status then
-  local model = redis.call('HGET', KEYS[1], 'model') or ''
+  local model = got[3] or ''
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
   if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) end
 end
@@ -415,13 +425,37 @@ class JobStore:
 
     def create_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
         """Write many new records in one round trip (each atomically, as ``create_job``)."""
-        pipe = self.client.pipeline(transaction=False)
-        for job in jobs:
-            self._create(*self._create_call(job), client=pipe)
+        calls = [(self._create, *self._create_call(job)) for job in jobs]
         return [
             (str(job_id), str(job_id) == job.record.id)
-            for job, job_id in zip(jobs, pipe.execute(), strict=True)
+            for job, job_id in zip(jobs, self._scripted_pipeline(calls), strict=True)
         ]
+
+    def _scripted_pipeline(
+        self,
+        calls: Sequence[tuple[Script, list[str], list[Any]]],
+        get_after: str | None = None,
+    ) -> list[Any]:
+        """Scripts (then a GET of ``get_after``) in one pipeline, each script called by its SHA.
+
+        redis-py asks ``SCRIPT EXISTS`` before every pipeline that holds a ``Script``
+        (one more round trip per call); by SHA it is one. A Redis without the script
+        (a restart, a failover) answers NOSCRIPT for every call of the pipeline, so
+        none ran: the scripts are loaded and the pipeline sent once more."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if get_after is not None:
+                pipe.get(get_after)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in {id(c[0]): c[0] for c in calls}.values():
+                    self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def _create_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
         record = job.record
@@ -574,10 +608,9 @@ class JobStore:
         """``transition()`` and the job's request in one round trip (the submit claim,
         which needs the body it is about to POST). The request is None when not applied."""
         keys, args = self._transition_call(job_id, expect, updates, increments)
-        pipe = self.client.pipeline(transaction=False)
-        self._transition(keys=keys, args=args, client=pipe)
-        pipe.get(REQUEST_KEY.format(job_id=job_id))
-        result, text = pipe.execute()
+        result, text = self._scripted_pipeline(
+            [(self._transition, keys, args)], get_after=REQUEST_KEY.format(job_id=job_id)
+        )
         moved = Moved(int(result))
         if not moved or text is None:
             return moved, None

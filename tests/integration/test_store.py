@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from tests.support.records import put_in_status
-from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENTS_CHANNEL, JOB_KEY
+from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENTS_CHANNEL, JOB_KEY, LIVE_KEY
 from worker.errors import UnreadableRecordError
 from worker.models import JobRecord, JobStatus
-from worker.store import MOVES, JobStore, Moved, counter_field
+from worker.store import MOVES, JobStore, Moved, NewJob, counter_field
 
 
 def _record(**overrides: object) -> JobRecord:
@@ -237,3 +237,25 @@ def test_a_retried_call_is_applied_once(redis_url: str) -> None:
     assert store.get(job_id).polls == 1
     assert store.counters()[("polls", (("model", "m"),))] == 1
     assert store.transition(job_id, **{**call, "write_id": "w-2"}) is Moved.MISMATCH  # type: ignore[arg-type]
+
+
+def test_pipelined_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
+    """Pipelines call the scripts by SHA; a Redis that lost them (restart, failover)
+    gets them again, and each call still runs exactly once."""
+    store = JobStore.from_url(redis_url, record_ttl=120)
+    store.client.script_flush()
+    (job_id, created), (other_id, _) = store.create_jobs(
+        [NewJob(_record()), NewJob(_record(input={"prompt": "a dog"}))]
+    )
+    assert created
+    assert store.client.hget(LIVE_KEY, f"queued|{store.get(job_id).model}") == "2"
+
+    store.client.script_flush()
+    moved, request = store.transition_and_read_request(
+        job_id,
+        expect={"status": "queued", "submit_token": ""},
+        updates={"status": "submitting", "submit_token": "t1"},
+    )
+    assert moved is Moved.APPLIED
+    assert request is not None and request.input == store.get(job_id).input
+    assert store.snapshot(other_id).state.status == JobStatus.QUEUED
