@@ -15,6 +15,7 @@ from celery import signals
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.reconnect import RestoreHeldMessages
+from worker.run_logs import PER_RUN_LOGGERS
 from worker.settings import Settings
 from worker.task_events import UnbufferedTaskEvents
 
@@ -25,7 +26,14 @@ app = make_app(settings)
 app.steps["consumer"].add(RestoreHeldMessages)
 app.steps["consumer"].add(UnbufferedTaskEvents)
 
-__all__ = ["app", "celery_config", "make_app", "settings", "transport_options"]
+__all__ = [
+    "PER_RUN_LOGGERS",  # imported for its signal handler: one log line per job
+    "app",
+    "celery_config",
+    "make_app",
+    "settings",
+    "transport_options",
+]
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]

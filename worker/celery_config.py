@@ -11,7 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-# Imported for its signal handler: every process that sends run_job slims its messages.
+# Imported for their effects: every process that sends run_job slims its messages
+# (a signal handler), and kombu reuses one redis-py client per channel.
+import worker.kombu_clients
 import worker.messages  # noqa: F401
 from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
 from worker.redis_connection import celery_options

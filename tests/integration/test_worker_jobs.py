@@ -58,6 +58,14 @@ def test_text_to_image_and_edit_complete(stack: WorkerStack) -> None:
     assert before.width > before.height  # 16:9
     assert stack.input_submissions() and max(stack.input_submissions().values()) == 1
 
+    # One line per job at INFO: the runner's, not Celery's received/retry/succeeded per run.
+    deadline = time.monotonic() + 20
+    while f"job {edit.id} completed in" not in stack.worker_logs():
+        assert time.monotonic() < deadline, "the job's line was not logged"
+        time.sleep(0.05)
+    assert f"job {t2i.id} completed in" in stack.worker_logs()
+    assert "Task wavequeue.run_job[" not in stack.worker_logs()
+
 
 def test_nsfw_flag_is_recorded(stack: WorkerStack) -> None:
     stack.emulator.configure(faults={"nsfw": {"probability": 1}})
@@ -120,11 +128,13 @@ def test_permanent_failures_keep_the_remote_code(
     assert record.error is not None and record.error.code == code
     assert record.error.message
     assert record.attempts == 1  # a final failure is never resubmitted
-    # An expected ending: logged as such, without a traceback.
+    # An expected ending: the job's one line, without a traceback (Celery's per-run
+    # lines are off at INFO, worker.run_logs).
     deadline = time.monotonic() + 20
-    while f"raised expected: JobFailedError('{record.id}'" not in stack.worker_logs():
-        assert time.monotonic() < deadline, "the failed run was not logged as expected"
+    while f"job {record.id} failed: [{code}]" not in stack.worker_logs():
+        assert time.monotonic() < deadline, "the failed job was not logged"
         time.sleep(0.05)
+    assert "Traceback" not in stack.worker_logs()
     assert f"raised unexpected: WavequeueError('job {record.id}" not in stack.worker_logs()
 
 
