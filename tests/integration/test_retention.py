@@ -115,4 +115,3 @@ def test_a_worker_adds_completed_and_failed_jobs_to_the_day(stack: WorkerStack) 
     assert row["inference_seconds"] == pytest.approx(records[0].inference_ms / 1000)
     finished = JOB_KEY.format(job_id=good)
     assert 0 < store.client.ttl(finished) <= stack.jobs.settings.record_ttl
-
