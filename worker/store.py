@@ -761,15 +761,28 @@ class JobStore:
             # XX: never re-index a job that ended meanwhile.
             self.client.zadd(NEXT_RUN_KEY, mapping, xx=True)
 
-    def overdue(self, before: float, limit: int) -> list[str]:
-        """Jobs whose next message was due before ``before``."""
-        ids: list[str] = self.client.zrangebyscore(NEXT_RUN_KEY, "-inf", before, 0, limit)  # type: ignore[assignment]
-        return ids
+    def overdue(
+        self, before: float, limit: int, start: str = "-inf", skip: int = 0
+    ) -> list[tuple[str, float]]:
+        """Jobs whose next message was due before ``before``, the longest overdue first, with
+        when it was due; from ``start`` on (a ZRANGEBYSCORE bound, ``"12.5"``), past the
+        first ``skip`` of those, so a pass can page through them by score."""
+        return self._due(NEXT_RUN_KEY, start, before, skip, limit)
 
-    def past_deadline(self, now: float, limit: int) -> list[str]:
-        """Live jobs whose deadline has passed."""
-        ids: list[str] = self.client.zrangebyscore(DEADLINES_KEY, "-inf", now, 0, limit)  # type: ignore[assignment]
-        return ids
+    def past_deadline(
+        self, now: float, limit: int, start: str = "-inf", skip: int = 0
+    ) -> list[tuple[str, float]]:
+        """Live jobs whose deadline has passed, the earliest first, with their deadline;
+        paged like ``overdue``."""
+        return self._due(DEADLINES_KEY, start, now, skip, limit)
+
+    def _due(
+        self, index: str, start: str, end: float, skip: int, limit: int
+    ) -> list[tuple[str, float]]:
+        entries: list[tuple[str, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            index, start, end, skip, limit, withscores=True
+        )
+        return entries
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """Drop index entries of jobs whose record is gone or terminal: a record that
