@@ -16,7 +16,7 @@ script that, atomically,
    publishes it on ``JOB_EVENTS_CHANNEL``, and the counters that must count each
    job once (completed, failed, timed out) are bumped in the same step, as is the
    day's aggregate (``DAILY_KEY``: jobs by status and model, images delivered,
-   inference seconds), which is kept long after the record expires.
+   inference milliseconds), which is kept long after the record expires.
 
 The status machine (``MOVES``) is defined here, once, and baked into the Lua::
 
@@ -186,7 +186,7 @@ if new and new ~= status then
       redis.call('EXPIRE', KEYS[8], ARGV[12])
     end
     local ms = tonumber(updates['inference_ms'])
-    if ms then redis.call('HINCRBYFLOAT', KEYS[8], 'inference_seconds|' .. model, ms / 1000) end
+    if ms then redis.call('HINCRBY', KEYS[8], 'inference_ms|' .. model, math.floor(ms + 0.5)) end
     local outputs = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
     if outputs > 0 then redis.call('HINCRBY', KEYS[8], 'outputs|' .. model, outputs) end
   end
@@ -400,10 +400,11 @@ class NewJob:
 @dataclass(frozen=True)
 class DayTotals:
     """One UTC day's finished jobs (``DAILY_KEY``): ``by_model[model][measure]``, where a
-    measure is a terminal status (jobs), ``outputs`` (images) or ``inference_seconds``."""
+    measure is a terminal status (jobs), ``outputs`` (images) or ``inference_ms`` (summed
+    WaveSpeed inference time, whole milliseconds)."""
 
     day: str
-    by_model: dict[str, dict[str, float]]
+    by_model: dict[str, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -594,10 +595,10 @@ class JobStore:
             pipe.hgetall(DAILY_KEY.format(day=day))
         totals = []
         for day, raw in zip(days, pipe.execute(), strict=True):
-            by_model: dict[str, dict[str, float]] = {}
+            by_model: dict[str, dict[str, int]] = {}
             for field, value in raw.items():
                 measure, _, model = str(field).partition("|")
-                by_model.setdefault(model, {})[measure] = float(value)
+                by_model.setdefault(model, {})[measure] = int(value)
             totals.append(DayTotals(day, by_model))
         return totals
 
