@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "exporter": "ops.exporter.cli:exporter_command",
     "generate": "producer.commands.submit:generate_command",
     "retry": "producer.commands.chains:retry_command",
+    "stats": "ops.stats:stats_command",
     "status": "producer.commands.inspect:status_command",
     "up": "ops.localstack.stack:up_command",
     "wait": "producer.commands.inspect:wait_command",

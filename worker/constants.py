@@ -16,6 +16,13 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
+#: One day's finished jobs (UTC date ``YYYY-MM-DD``), kept by the terminal transition long
+#: after the records expire. Fields ``<measure>|<model>``: a terminal status (completed,
+#: failed, timed_out) counts jobs, ``outputs`` counts images delivered, ``inference_ms``
+#: sums WaveSpeed's inference time (whole milliseconds, so the sum stays exact).
+DAILY_KEY: Final = KEY_PREFIX + "daily:{day}"
+#: How long a day's aggregate is kept: a year and a bit, so a year ago is still there.
+DAILY_TTL: Final = 400 * 24 * 3600
 CHAIN_KEY: Final = KEY_PREFIX + "chain:{chain_id}"
 IDEMPOTENCY_KEY: Final = KEY_PREFIX + "idem:{key}"
 #: Recent inference latencies per model (a capped list), used to time the first poll.

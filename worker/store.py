@@ -14,7 +14,9 @@ script that, atomically,
 4. applies the updates and increments; a move into a terminal status also sets
    the record's TTL, frees its in-flight slot, drops it from the indexes and
    publishes it on ``JOB_EVENTS_CHANNEL``, and the counters that must count each
-   job once (completed, failed, timed out) are bumped in the same step.
+   job once (completed, failed, timed out) are bumped in the same step, as is the
+   day's aggregate (``DAILY_KEY``: jobs by status and model, images delivered,
+   inference milliseconds), which is kept long after the record expires.
 
 The status machine (``MOVES``) is defined here, once, and baked into the Lua::
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +61,8 @@ from worker.clock import Clock, RedisClock
 from worker.constants import (
     CHAIN_KEY,
     COUNTERS_KEY,
+    DAILY_KEY,
+    DAILY_TTL,
     DEADLINES_KEY,
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
@@ -117,10 +122,10 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
---       7 live counts, 8.. keys of the side effects
+--       7 live counts, 8 today's aggregate, 9.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
---       11 side effects if applied: [[op, key index, a, b], ...]
+--       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
@@ -175,7 +180,16 @@ if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
 if new and new ~= status then
   local model = got[3] or ''
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
-  if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) end
+  if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) else
+    -- The day's aggregate outlives the record; its TTL is set when a field is new.
+    if redis.call('HINCRBY', KEYS[8], new .. '|' .. model, 1) == 1 then
+      redis.call('EXPIRE', KEYS[8], ARGV[12])
+    end
+    local ms = tonumber(updates['inference_ms'])
+    if ms then redis.call('HINCRBY', KEYS[8], 'inference_ms|' .. model, math.floor(ms + 0.5)) end
+    local outputs = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
+    if outputs > 0 then redis.call('HINCRBY', KEYS[8], 'outputs|' .. model, outputs) end
+  end
 end
 if new and TERMINAL[new] then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -241,6 +255,11 @@ redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
 return ARGV[1]
 """
+
+
+def utc_day(seconds: float) -> str:
+    """The UTC date (``YYYY-MM-DD``) of an epoch time: the name of that day's aggregate."""
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
 
 
 def counter_field(name: str, **labels: str) -> str:
@@ -376,6 +395,16 @@ class NewJob:
     record: JobRecord
     idempotency_key: str | None = None
     extra: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    """One UTC day's finished jobs (``DAILY_KEY``): ``by_model[model][measure]``, where a
+    measure is a terminal status (jobs), ``outputs`` (images) or ``inference_ms`` (summed
+    WaveSpeed inference time, whole milliseconds)."""
+
+    day: str
+    by_model: dict[str, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -558,6 +587,21 @@ class JobStore:
             replaced_job_ids=json.loads(raw.get("replaced") or "[]"),
         )
 
+    def daily_totals(self, days: Sequence[str]) -> list[DayTotals]:
+        """The aggregates of ``days`` (UTC dates, ``utc_day``), in one round trip; a day
+        with nothing finished (or older than ``DAILY_TTL``) has an empty ``by_model``."""
+        pipe = self.client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(DAILY_KEY.format(day=day))
+        totals = []
+        for day, raw in zip(days, pipe.execute(), strict=True):
+            by_model: dict[str, dict[str, int]] = {}
+            for field, value in raw.items():
+                measure, _, model = str(field).partition("|")
+                by_model.setdefault(model, {})[measure] = int(value)
+            totals.append(DayTotals(day, by_model))
+        return totals
+
     # changing -----------------------------------------------------------------
 
     def transition(
@@ -638,6 +682,7 @@ class JobStore:
             NEXT_RUN_KEY,
             COUNTERS_KEY,
             LIVE_KEY,
+            DAILY_KEY.format(day=utc_day(self.clock())),
         ]
         ops = []
         for effect in effects:
@@ -656,6 +701,7 @@ class JobStore:
             write_id or uuid.uuid4().hex[:16],
             request.to_json() if request is not None else "",
             json.dumps(ops),
+            DAILY_TTL,
         ]
         return keys, args
 
@@ -716,15 +762,28 @@ class JobStore:
             # XX: never re-index a job that ended meanwhile.
             self.client.zadd(NEXT_RUN_KEY, mapping, xx=True)
 
-    def overdue(self, before: float, limit: int) -> list[str]:
-        """Jobs whose next message was due before ``before``."""
-        ids: list[str] = self.client.zrangebyscore(NEXT_RUN_KEY, "-inf", before, 0, limit)  # type: ignore[assignment]
-        return ids
+    def overdue(
+        self, before: float, limit: int, start: str = "-inf", skip: int = 0
+    ) -> list[tuple[str, float]]:
+        """Jobs whose next message was due before ``before``, the longest overdue first, with
+        when it was due; from ``start`` on (a ZRANGEBYSCORE bound, ``"12.5"``), past the
+        first ``skip`` of those, so a pass can page through them by score."""
+        return self._due(NEXT_RUN_KEY, start, before, skip, limit)
 
-    def past_deadline(self, now: float, limit: int) -> list[str]:
-        """Live jobs whose deadline has passed."""
-        ids: list[str] = self.client.zrangebyscore(DEADLINES_KEY, "-inf", now, 0, limit)  # type: ignore[assignment]
-        return ids
+    def past_deadline(
+        self, now: float, limit: int, start: str = "-inf", skip: int = 0
+    ) -> list[tuple[str, float]]:
+        """Live jobs whose deadline has passed, the earliest first, with their deadline;
+        paged like ``overdue``."""
+        return self._due(DEADLINES_KEY, start, now, skip, limit)
+
+    def _due(
+        self, index: str, start: str, end: float, skip: int, limit: int
+    ) -> list[tuple[str, float]]:
+        entries: list[tuple[str, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            index, start, end, skip, limit, withscores=True
+        )
+        return entries
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """Drop index entries of jobs whose record is gone or terminal: a record that

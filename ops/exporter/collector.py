@@ -90,11 +90,11 @@ class WavequeueCollector(Collector):
             live.add_metric([status, model], count)
         yield live
         overdue = _gauge("jobs_past_deadline")
-        overdue.add_metric([], len(snap.overdue_deadlines))
+        overdue.add_metric([], snap.past_deadline)
         yield overdue
         worst = _gauge("jobs_past_deadline_max_seconds")
-        earliest = min(snap.overdue_deadlines, default=snap.taken_at)
-        worst.add_metric([], snap.taken_at - earliest)
+        earliest = snap.earliest_deadline
+        worst.add_metric([], max(0.0, snap.taken_at - earliest) if earliest is not None else 0.0)
         yield worst
         inflight = _gauge("inflight_predictions")
         inflight.add_metric([], snap.inflight)

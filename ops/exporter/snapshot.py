@@ -1,13 +1,17 @@
-"""One read of everything the exporter reports, in two pipelined round trips.
+"""One read of everything the exporter reports, in one pipelined round trip.
 
 Kept apart from the Prometheus types so the reading can be tested (and reasoned
 about) on its own: what Redis holds, not how it is exposed.
+
+A scrape costs the same number of Redis commands however many jobs are in flight:
+live jobs are the counts the store's scripts keep in ``LIVE_KEY`` (one HGETALL, one
+field per status and model), and the deadline figures are a ZCOUNT and the first
+entry of ``DEADLINES_KEY``. No job record is read.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +24,7 @@ from worker.constants import (
     DEADLINES_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
-    JOB_KEY,
+    LIVE_KEY,
     QUEUES,
 )
 from worker.store import parse_counter_field
@@ -28,8 +32,6 @@ from worker.store import parse_counter_field
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
 UNACKED_KEY = Channel.unacked_key
 UNACKED_INDEX_KEY = Channel.unacked_index_key
-#: Live job records read per pipeline, so a huge backlog never builds one giant reply.
-_JOB_BATCH = 1000
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -82,39 +84,46 @@ class Snapshot:
     unacked: int
     #: Delivery time (epoch seconds) of the oldest unacked message, if any.
     oldest_unacked_at: float | None
-    #: (status, model) -> live jobs.
-    live_jobs: Counter[tuple[str, str]]
-    #: Deadlines (epoch seconds) of live jobs already past them.
-    overdue_deadlines: list[float]
+    #: (status, model) -> live jobs, as the store counts them (0 once all have moved on).
+    live_jobs: dict[tuple[str, str], int]
+    #: Live jobs whose deadline has passed.
+    past_deadline: int
+    #: The earliest deadline of a live job (epoch seconds), if any job is live.
+    earliest_deadline: float | None
     inflight: int
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
 
 def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUES) -> Snapshot:
-    """Everything in one pipeline, then the live job records in batches."""
+    """Everything in one pipeline: O(1) commands in the number of live jobs."""
     lists = [(queue, step) for queue in queues for step in PRIORITY_STEPS]
     pipe = client.pipeline(transaction=False)
     for queue, step in lists:
         pipe.llen(priority_list(queue, step))
     pipe.hlen(UNACKED_KEY)
     pipe.zrange(UNACKED_INDEX_KEY, 0, 0, withscores=True)
-    pipe.zrange(DEADLINES_KEY, 0, -1, withscores=True)
+    pipe.zcount(DEADLINES_KEY, "-inf", f"({now!r}")
+    pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
+    pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
     replies = pipe.execute()
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    unacked, oldest, deadlines, inflight, counters, *hists = replies[len(lists) :]
+    unacked, oldest, past_deadline, earliest, inflight, live, counters, *hists = replies[
+        len(lists) :
+    ]
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
         unacked=int(unacked),
         oldest_unacked_at=float(oldest[0][1]) if oldest else None,
-        live_jobs=_live_jobs(client, [_text(job_id) for job_id, _ in deadlines]),
-        overdue_deadlines=[float(score) for _, score in deadlines if float(score) < now],
+        live_jobs=_live_jobs(live),
+        past_deadline=int(past_deadline),
+        earliest_deadline=float(earliest[0][1]) if earliest else None,
         inflight=int(inflight),
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},
         histograms={
@@ -124,15 +133,12 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     )
 
 
-def _live_jobs(client: redis.Redis, job_ids: list[str]) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for start in range(0, len(job_ids), _JOB_BATCH):
-        pipe = client.pipeline(transaction=False)
-        for job_id in job_ids[start : start + _JOB_BATCH]:
-            pipe.hmget(JOB_KEY.format(job_id=job_id), ["status", "model"])
-        for status, model in pipe.execute():
-            # A deadline entry without its record: someone deleted the hash by hand.
-            counts[(_text(status) or "missing", _text(model) or "unknown")] += 1
+def _live_jobs(raw: dict[bytes | str, bytes | str]) -> dict[tuple[str, str], int]:
+    """``LIVE_KEY``'s ``<status>|<model>`` fields as (status, model) -> count."""
+    counts: dict[tuple[str, str], int] = {}
+    for name, value in raw.items():
+        status, _, model = _text(name).partition("|")
+        counts[(status, model or "unknown")] = int(value)
     return counts
 
 

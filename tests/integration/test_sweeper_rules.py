@@ -4,17 +4,21 @@ would re-send is recorded, and the clock is the test's)."""
 from __future__ import annotations
 
 import time
+import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from tests.support.jobs import Enqueuer
 from tests.support.records import put_in_status
-from worker.constants import QUEUE_NORMAL
+from worker.constants import DEADLINES_KEY, QUEUE_NORMAL
+from worker.models import JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.runner import JobRunner
 from worker.settings import Settings
-from worker.sweeper import Sweeper
+from worker.store import NewJob
+from worker.sweeper import PAGE, PASS_BUDGET, Sweeper, SweepReport
 from worker.wavespeed import WaveSpeedClient
 
 T2I = "flux-kontext-max/text-to-image"
@@ -23,7 +27,7 @@ GRACE = 10.0
 
 
 class Harness:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, budget: int = PASS_BUDGET) -> None:
         settings = Settings.from_env({"REDIS_URL": redis_url})
         self.jobs = Enqueuer(settings)
         self.store = self.jobs.store
@@ -42,6 +46,7 @@ class Harness:
             grace=GRACE,
             interval=1,
             clock=lambda: self.now,
+            budget=budget,
         )
 
     def sweep_later(self, seconds: float) -> list[tuple[str, dict[str, Any]]]:
@@ -49,6 +54,22 @@ class Harness:
         self.resent.clear()
         self.sweeper.sweep_once()
         return list(self.resent)
+
+    def create_many(self, count: int, deadline: float, created_ago: float = 0.0) -> list[str]:
+        """``count`` queued jobs in one round trip (a batch enqueue), each due a millisecond
+        after the one before (so "oldest first" can be checked)."""
+        records = [
+            JobRecord(
+                id=uuid.uuid4().hex,
+                model=T2I,
+                input={"prompt": f"lantern {i}"},
+                status=JobStatus.QUEUED,
+                created_at=self.now - created_ago + i / 1000,
+                deadline_at=self.now + deadline + i / 1000,
+            )
+            for i in range(count)
+        ]
+        return [job_id for job_id, _ in self.store.create_jobs([NewJob(r) for r in records])]
 
 
 @pytest.fixture
@@ -212,3 +233,66 @@ def test_one_bad_bookkeeping_field_does_not_stall_the_pass(harness: Harness) -> 
     resent = harness.sweep_later(GRACE + 1)
     assert sorted(job_id for job_id, _ in resent) == sorted(ids[1:])
     assert harness.store.quarantined(10) == [ids[0]]
+
+
+def test_one_pass_handles_every_overdue_job_up_to_its_budget(harness: Harness) -> None:
+    """More than a page of each (the sweeper used to look at a fixed 500 per pass)."""
+    late = harness.create_many(1200, deadline=5)
+    lost = harness.create_many(1200, deadline=900, created_ago=100)  # first messages lost
+
+    resent = harness.sweep_later(GRACE + 1)
+
+    assert PAGE < 1200
+    assert sorted(job_id for job_id, _ in resent) == sorted(lost)
+    records = harness.store.get_states(late)
+    assert all(r is not None and r.status is JobStatus.TIMED_OUT for r in records)
+    assert harness.store.past_deadline(harness.now + 1, 10) == []
+
+
+def test_a_backlog_is_worked_off_over_consecutive_passes_oldest_first(redis_url: str) -> None:
+    """A backlog bigger than a pass's budget: each pass takes the oldest ``budget`` of each
+    index (time-outs never starve re-sends, nor the reverse), and consecutive passes end
+    every late job and re-send every lost message exactly once."""
+    harness = Harness(redis_url, budget=300)
+    late = harness.create_many(1000, deadline=5)
+    lost = harness.create_many(800, deadline=900, created_ago=200)
+    for i, job_id in enumerate(lost):
+        put_in_status(
+            harness.store, job_id, "submitted", prediction_id=f"p{i}", poll_seq=1,
+            next_run_at=harness.now - 100 + i / 100,
+        )  # fmt: skip
+
+    harness.now += 6
+    reports: list[SweepReport] = []
+    sent: list[str] = []
+    while not reports or reports[-1] != SweepReport():
+        harness.resent.clear()
+        reports.append(harness.sweeper.sweep_once())
+        sent += [job_id for job_id, _ in harness.resent]
+        if len(reports) == 1:
+            assert [job_id for job_id, _ in harness.resent] == lost[:300]  # the oldest first
+        harness.now += 1
+        assert len(reports) <= 5, reports
+
+    assert [(r.timed_out, r.resent) for r in reports] == [
+        (300, 300), (300, 300), (300, 200), (100, 0), (0, 0),
+    ]  # fmt: skip
+    assert Counter(sent) == dict.fromkeys(lost, 1)
+    records = harness.store.get_states(late)
+    assert all(r is not None and r.status is JobStatus.TIMED_OUT for r in records)
+    assert harness.store.past_deadline(harness.now, 10) == []
+
+
+def test_entries_a_pass_cannot_handle_never_hide_the_ones_behind(harness: Harness) -> None:
+    """600 deadline entries (more than a page, all one score) that the pass leaves in place
+    (their record says the deadline has not passed: an index written by another version)
+    ahead of a real late job: the pass steps past them and ends the late job."""
+    stale = harness.create_many(600, deadline=900)
+    harness.store.client.zadd(DEADLINES_KEY, dict.fromkeys(stale, harness.now - 50))
+    late = harness.jobs.create(T2I, deadline=5, prompt="behind 600 stale entries")
+
+    harness.sweep_later(6)
+
+    assert harness.store.get(late).status == "timed_out"
+    states = harness.store.get_states(stale)
+    assert all(r is not None and r.status is JobStatus.QUEUED for r in states)

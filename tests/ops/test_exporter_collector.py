@@ -1,8 +1,11 @@
-"""The collector's conversions, in process, on the session's real redis-server."""
+"""The collector's conversions and its cost, in process, on the session's real redis-server."""
 
 from __future__ import annotations
 
 import math
+import time
+import uuid
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,8 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from ops.exporter.catalogue import exported_names
 from ops.exporter.collector import WavequeueCollector
 from ops.exporter.snapshot import Histogram
+from tests.support.records import put_in_status
 from worker.constants import COUNTERS_KEY, HISTOGRAM_KEY
-from worker.store import JobStore, counter_field
+from worker.models import JobRecord, JobStatus
+from worker.store import JobStore, NewJob, counter_field
 
 
 def scrape(redis_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -89,3 +94,66 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_error_retries_total",
         "wavequeue_orphaned_predictions_total",
     }
+
+
+def _live_jobs(store: JobStore, count: int, *, deadline_in: float) -> list[str]:
+    """``count`` queued jobs written in one round trip, as a batch enqueue does."""
+    now = time.time()
+    records = [
+        JobRecord(
+            id=uuid.uuid4().hex,
+            model="flux-kontext-max/text-to-image",
+            input={"prompt": f"lantern {i}"},
+            status=JobStatus.QUEUED,
+            created_at=now,
+            deadline_at=now + deadline_in,
+        )
+        for i in range(count)
+    ]
+    return [job_id for job_id, _ in store.create_jobs([NewJob(r) for r in records])]
+
+
+def _commands_of_one_scrape(redis_url: str) -> tuple[dict[str, int], dict[str, list[Any]]]:
+    """Redis's own count of the commands one scrape ran (INFO commandstats), by command."""
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    admin.config_resetstat()
+    found = scrape(redis_url)
+    stats = admin.info("commandstats")
+    admin.close()
+    calls = {
+        name.removeprefix("cmdstat_"): int(stat["calls"])
+        for name, stat in stats.items()
+        if not name.startswith(("cmdstat_config", "cmdstat_info"))
+    }
+    return calls, found
+
+
+def test_a_scrape_costs_the_same_commands_however_many_jobs_are_live(redis_url: str) -> None:
+    store = JobStore.from_url(redis_url, record_ttl=60)
+    few = _live_jobs(store, 3, deadline_in=600)
+    put_in_status(store, few[0], "processing")
+    calls_with_few, found = _commands_of_one_scrape(redis_url)
+    assert sum(value for _, value in found["wavequeue_jobs_live"]) == 3
+
+    many = _live_jobs(store, 3000, deadline_in=600)
+    late = _live_jobs(store, 2, deadline_in=-30)  # already past their deadline
+    for job_id in many[:50]:
+        put_in_status(store, job_id, "submitted")
+    calls_with_many, found = _commands_of_one_scrape(redis_url)
+
+    assert calls_with_many == calls_with_few
+    assert sum(calls_with_many.values()) < 40
+    live = {(labels["status"], n) for labels, n in found["wavequeue_jobs_live"] if n}
+    assert live == {("queued", 3 + 3000 + 2 - 1 - 50), ("processing", 1), ("submitted", 50)}
+    assert found["wavequeue_jobs_past_deadline"] == [({}, 2.0)]
+    assert found["wavequeue_jobs_past_deadline_max_seconds"][0][1] >= 30
+    # Jobs that end leave the figures: a status with no job left is exported as 0.
+    put_in_status(store, few[0], "completed")
+    for job_id in late:
+        put_in_status(store, job_id, "timed_out")
+    _, found = _commands_of_one_scrape(redis_url)
+    assert ({"status": "processing", "model": "flux-kontext-max/text-to-image"}, 0.0) in found[
+        "wavequeue_jobs_live"
+    ]
+    assert found["wavequeue_jobs_past_deadline"] == [({}, 0.0)]
+    assert found["wavequeue_jobs_past_deadline_max_seconds"] == [({}, 0.0)]
