@@ -73,6 +73,8 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--maxmemory-policy", "noeviction",
+            # Finished records hold output URLs over the default 64 bytes (README).
+            "--hash-max-listpack-value", "256",
             "--protected-mode", "no",
             "--logfile", str(data_dir / "redis.log"),
         ]  # fmt: skip
