@@ -68,6 +68,8 @@ from worker.constants import IN_FLIGHT_KEY, KEY_PREFIX, RATE_BUCKET_KEY
 RATE_LOG_KEY = KEY_PREFIX + "ratelimit:log"
 #: Reserved slots of jobs told to come back (job id, scored by slot time - shift).
 RATE_RESERVED_KEY = KEY_PREFIX + "ratelimit:reserved"
+#: Jobs refused for the in-flight cap, parked until a slot frees (scored by when parked).
+PARKED_KEY = KEY_PREFIX + "ratelimit:parked"
 
 WINDOW_SECONDS = 60.0
 #: How late after its grant a POST may reach WaveSpeed and still count inside our window.
@@ -96,7 +98,8 @@ local function fmt(x) return string.format('%.6f', x) end
 _ACQUIRE_LUA = (
     _NOW_LUA
     + """
--- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 reserved slots zset
+-- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 reserved slots zset,
+--       5 parked jobs zset (waiting for an in-flight slot, scored by when they parked)
 -- ARGV: per_minute, max_in_flight, job_id, images, slot_ttl, window (log, seconds),
 --       interval (schedule, seconds per image), burst (seconds), the job's deadline
 --       ('' = none), now ('' = TIME)
@@ -133,7 +136,10 @@ if slot then
   slot = slot + shift
   if slot > now then return {0, fmt(slot - now), 'rate'} end  -- early: keep the slot
 else
-  if full then return {0, '1', 'in_flight'} end  -- takes nothing from the schedule
+  if full then  -- takes nothing from the schedule; parks until a slot frees
+    redis.call('ZADD', KEYS[5], 'NX', fmt(now), job)
+    return {0, '1', 'in_flight'}
+  end
   -- A slot on the schedule: now if it is at most `burst` ahead (with these images),
   -- else at its end; a job larger than the burst waits for the schedule to catch up.
   slot = math.max(now, paused_until, tat - math.max(0, burst - cost * interval))
@@ -178,6 +184,7 @@ if logged > room_needed then
 end
 if full then
   keep()
+  redis.call('ZADD', KEYS[5], 'NX', fmt(now), job)
   return {0, '1', 'in_flight'}
 end
 seq = seq + 1
@@ -186,6 +193,7 @@ redis.call('ZADD', KEYS[3], fmt(now + window * math.max(1, cost / limit)), seq .
 redis.call('HSET', KEYS[1], 'logged', logged + cost, 'seq', seq)
 redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[5])), job)
 redis.call('ZREM', KEYS[4], job)
+redis.call('ZREM', KEYS[5], job)
 return {1, '0', 'granted'}
 """
 )
@@ -289,7 +297,7 @@ class AccountLimiter:
         (reason "late"): under overload the schedule serves jobs that can still use it.
         ``now`` (Redis ``TIME`` when None) is for tests."""
         granted, wait, reason = self._acquire(
-            keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_RESERVED_KEY],
+            keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_RESERVED_KEY, PARKED_KEY],
             args=[
                 self.per_minute,
                 self.max_in_flight,
@@ -311,6 +319,25 @@ class AccountLimiter:
 
     def in_flight(self) -> int:
         return int(self._client.zcard(IN_FLIGHT_KEY))
+
+    def unpark(self, count: int) -> list[str]:
+        """Take the ``count`` jobs parked longest (refused for the in-flight cap), to send
+        them again now that slots are free."""
+        if count < 1:
+            return []
+        popped: list[tuple[Any, float]] = self._client.zpopmin(PARKED_KEY, count)  # type: ignore[assignment]
+        return [_text(member) for member, _ in popped]
+
+    def parked(self) -> int:
+        return int(self._client.zcard(PARKED_KEY))
+
+    def free_slots(self) -> int:
+        """In-flight slots free now (slots past their expiry count as free)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(IN_FLIGHT_KEY)
+        pipe.zcount(IN_FLIGHT_KEY, "-inf", "(" + repr(float(self._client.time()[0])))
+        held, expired = pipe.execute()
+        return max(0, self.max_in_flight - int(held) + int(expired))
 
     def pause(self, seconds: float | None, reason: str, *, now: float | None = None) -> float:
         """Stop every worker's submits for ``seconds`` (``default_pause`` when None, at most

@@ -45,10 +45,12 @@ from worker.clock import Clock
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import (
     BrokerUnavailableError,
+    JobNotFoundError,
     PermanentError,
     RateLimitedError,
     SubmitOutcomeUnknownError,
     TransientError,
+    UnreadableRecordError,
     WaveSpeedError,
 )
 from worker.latency import LatencyProfiles
@@ -90,6 +92,9 @@ class PredictionAPI(Protocol):
 @dataclass(frozen=True)
 class Finished:
     state: JobState
+    #: This run made the job terminal (not a copy that found it so): an in-flight slot
+    #: may have freed, so a parked job is woken.
+    ended_here: bool = False
 
     @property
     def output(self) -> str | None:
@@ -109,7 +114,18 @@ class Duplicate:
     reason: str
 
 
-Outcome = Finished | Reschedule | Duplicate
+@dataclass(frozen=True)
+class Parked:
+    """Refused for the in-flight cap: the job waits in the limiter's parked set, with no
+    message, until a run that frees a slot (or the sweeper, seeing free slots) sends it
+    again. A line of thousands behind the cap costs nothing while it waits."""
+
+
+Outcome = Finished | Reschedule | Duplicate | Parked
+
+#: A parked job is sent again by the sweeper's usual re-send after this long at most, if
+#: no wake reached it (its parked entry lost with a failover, say).
+PARK_HORIZON = 600.0
 
 
 @dataclass(frozen=True)
@@ -233,15 +249,11 @@ class JobRunner:
             deadline=state.deadline_at,
         )
         if not permit.granted:
-            tally = _Tally({}, [counter_field("limiter_waits")])
             if permit.reason == "in_flight":
-                # Nobody can say when a slot frees: back off per job (1, 2, 4 ... s), so a
-                # long line behind the cap does not re-run every second.
-                waits = int(snap.number("inflight_waits"))
-                wait = min(2.0**waits, self.settings.retry_max_delay) * self.rng.uniform(0.5, 1)
-                tally = _Tally({"inflight_waits": 1}, tally.count)
-            else:
-                wait = permit.wait + self.rng.uniform(0, 0.25)
+                return self._park(snap, now)
+            tally = _Tally({}, [counter_field("limiter_waits")])
+            # The limiter says when this job's slot on the schedule comes.
+            wait = permit.wait + self.rng.uniform(0, 0.25)
             wait = min(wait, self.settings.retry_max_delay, time_left)
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
         token = uuid.uuid4().hex
@@ -433,7 +445,7 @@ class JobRunner:
             finished.polls,
             len(prediction.outputs),
         )
-        return Finished(finished)
+        return Finished(finished, ended_here=True)
 
     def _completion_effects(
         self, state: JobState, prediction: Prediction, now: float
@@ -554,6 +566,35 @@ class JobRunner:
             return self._schedule(snap, poll_seq, delay, "error", tally)
         return self._reschedule_submit(snap, delay, "error", tally, token=token)
 
+    def _park(self, snap: JobSnapshot, now: float) -> Outcome:
+        """The limiter parked the job (atomically with refusing it): no message until a
+        slot frees. Its next run is due at the horizon, for the sweeper's re-send if no
+        wake ever comes."""
+        moved = self.store.transition(
+            snap.state.id,
+            expect={"prediction_id": "", "submit_token": ""},
+            updates={"next_run_at": min(snap.state.deadline_at, now + PARK_HORIZON)},
+            increments={"inflight_waits": 1},
+            count=[counter_field("limiter_waits"), counter_field("parked")],
+        )
+        if not moved:
+            return Duplicate(f"park not recorded ({moved.name.lower()})")
+        return Parked()
+
+    def unparked(self, count: int) -> list[JobSnapshot]:
+        """Up to ``count`` parked jobs that still wait to submit, taken from the parked set
+        (longest parked first), for the caller to send again. Ended or already submitted
+        ones are dropped."""
+        ready = []
+        for job_id in self.limiter.unpark(count):
+            try:
+                snap = self.store.snapshot(job_id)
+            except (JobNotFoundError, UnreadableRecordError):
+                continue
+            if snap.state.status is JobStatus.QUEUED and not snap.field("submit_token"):
+                ready.append(snap)
+        return ready
+
     def _reschedule_submit(
         self,
         snap: JobSnapshot,
@@ -613,7 +654,8 @@ class JobRunner:
         return Finished(
             state.model_copy(
                 update={"status": status, "error": error, "completed_at": now, "polls": polls}
-            )
+            ),
+            ended_here=True,
         )
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:

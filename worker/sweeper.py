@@ -77,6 +77,8 @@ class SweepReport:
     resent: int = 0
     quarantined: int = 0
     readmitted: int = 0
+    #: Parked jobs (behind the in-flight cap) sent again because slots were free.
+    woken: int = 0
 
 
 class Sweeper:
@@ -106,15 +108,29 @@ class Sweeper:
         timed_out = self._expire_past_deadline(now, quarantined)
         resent = self._resend_overdue(now, quarantined, self.grace)
         readmitted = self._review_quarantine(now)
+        woken = self._wake_parked()
         # Operators (and tests) see that passes happen and what they did.
         self.store.count_many(
             {
                 counter_field("sweeper_passes"): 1,
                 counter_field("sweeper_timed_out"): timed_out,
                 counter_field("sweeper_resent"): resent,
+                counter_field("sweeper_woken"): woken,
             }
         )
-        return SweepReport(timed_out, resent, len(quarantined), readmitted)
+        return SweepReport(timed_out, resent, len(quarantined), readmitted, woken)
+
+    def _wake_parked(self) -> int:
+        """Jobs parked behind the in-flight cap while slots are free: a wake was lost (its
+        run died after freeing the slot) or a slot expired. Sent again, up to the free
+        slots and the pass budget."""
+        limiter = self.runner.limiter
+        if not limiter.parked():
+            return 0
+        ready = self.runner.unparked(min(limiter.free_slots(), self.budget))
+        for snap in ready:
+            self.resend(snap, {})
+        return len(ready)
 
     def _read(self, job_id: str, now: float, quarantined: list[str]) -> JobSnapshot | None:
         """The record, or None after dealing with one that cannot be used: an index entry

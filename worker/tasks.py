@@ -27,7 +27,7 @@ from worker.errors import (
 from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
 from worker.reconnect import after_reconnect
-from worker.runner import Duplicate, Finished, JobRunner
+from worker.runner import Duplicate, Finished, JobRunner, Parked
 from worker.store import JobSnapshot, JobStore
 from worker.sweeper import Sweeper
 from worker.wavespeed import WaveSpeedClient
@@ -130,6 +130,8 @@ def run_job(
         # Ignore: no state change and, crucially, no chain callback from a duplicate.
         raise Ignore(outcome.reason)
     if isinstance(outcome, Finished):
+        if outcome.ended_here:
+            wake_parked(1)
         record = outcome.state
         if record.status.value != "completed":
             error = record.error
@@ -140,6 +142,11 @@ def run_job(
                 error.message if error else "",
             )
         return outcome.output
+    if isinstance(outcome, Parked):
+        # No next message: a run that frees a slot (or the sweeper) sends it again.
+        self.request.chain = None
+        self.request.callbacks = None
+        return None
     try:
         # Publishes the next run (this run's chain and callbacks go with it) and returns:
         # raising Retry would have Celery copy the whole stack's code positions into an
@@ -163,6 +170,19 @@ def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
     log.warning("job %s: its next message was lost with the broker (%s)", job_id, exc)
     nudger().add(job_id)
     raise Ignore(f"job {job_id}: sent again once the broker is back") from None
+
+
+def wake_parked(count: int) -> int:
+    """Send again up to ``count`` jobs parked behind the in-flight cap (a slot freed).
+    A wake that fails is not an error of this run: the sweeper wakes them too."""
+    try:
+        ready = job_runner().unparked(count)
+        for snap in ready:
+            resend(snap, {})
+        return len(ready)
+    except BROKER_LOST as exc:
+        log.warning("could not wake parked jobs (%s); the sweeper will", exc)
+        return 0
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:

@@ -296,3 +296,28 @@ def test_entries_a_pass_cannot_handle_never_hide_the_ones_behind(harness: Harnes
     assert harness.store.get(late).status == "timed_out"
     states = harness.store.get_states(stale)
     assert all(r is not None and r.status is JobStatus.QUEUED for r in states)
+
+
+def test_parked_jobs_are_woken_when_slots_are_free(harness: Harness) -> None:
+    """A job refused for the in-flight cap parks with no message; if the wake from the run
+    that freed a slot is lost (it died), the sweeper sends parked jobs again, oldest
+    first, up to the free slots."""
+    limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
+    fillers = [f"filler-{i}" for i in range(10)]
+    for filler in fillers:
+        assert limiter.acquire(filler, images=1, slot_ttl=600).granted
+    job_ids = harness.create_many(3, deadline=600)
+    for job_id in job_ids:
+        permit = limiter.acquire(job_id, images=1, slot_ttl=600)
+        assert (permit.granted, permit.reason) == (False, "in_flight")
+    assert limiter.parked() == 3
+
+    assert harness.sweep_later(1) == []  # no slot free: they stay parked
+    assert limiter.parked() == 3
+    limiter.release(fillers[0])
+    limiter.release(fillers[1])
+    assert harness.sweep_later(1) == [(job_ids[0], {}), (job_ids[1], {})]
+    assert limiter.parked() == 1
+    # A woken job that gets its slot leaves the parked set.
+    assert limiter.acquire(job_ids[0], images=1, slot_ttl=600).granted
+    assert limiter.unpark(5) == [job_ids[2]]
