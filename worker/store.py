@@ -89,7 +89,7 @@ _NUMERIC_BOOKKEEPING = (
 #: Values a new record does not store: absent reads back as the default.
 _DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
 #: JobRecord fields that are not the job's state (``encode_state``).
-_NOT_STATE = frozenset({"id", "input", "metadata"})
+_NOT_STATE: set[str] = {"id", "input", "metadata"}
 
 _S = JobStatus
 #: Which status may follow which. A status may also stay as it is (bookkeeping only).
