@@ -57,6 +57,8 @@ STEP_DEADLINE_FIELD = "step_deadline"
 AWAITING_IMAGE_FIELD = "awaiting_image"
 #: Default extra time ``wait`` allows past the last deadline of what it waits for.
 DEFAULT_WAIT_GRACE = 60.0
+#: Each priority's queue, looked up once (``Priority.queue`` is an enum property: slow).
+QUEUE_OF = {priority: priority.queue for priority in Priority}
 #: ``submit_many`` writes this many jobs per round trip.
 SUBMIT_MANY_CHUNK = 1000
 
@@ -373,7 +375,7 @@ class JobClient:
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
         )
-        message = self._messages().build(record.id, options.queue)
+        message = self._messages().build(record.id, QUEUE_OF[options.priority])
         job = NewJob(record, options.idempotency_key, message=message.outgoing)
         return _Built(job, message.sent_event)
 

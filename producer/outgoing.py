@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class RunJobMessages:
         self._declared: dict[str, Any] = {}
 
     def build(self, job_id: str, queue: str) -> RunJobMessage:
-        task_id = str(uuid.uuid4())
+        task_id, delivery_tag = _two_uuid4s()
         kwargs = {"job_id": job_id}
         headers, properties, body, sent_event = self.app.amqp.as_task_v2(
             task_id,
@@ -99,7 +100,7 @@ class RunJobMessages:
         properties["delivery_info"] = {"exchange": ANONYMOUS_EXCHANGE, "routing_key": queue}
         properties["priority"] = 0
         properties["body_encoding"] = BODY_ENCODING
-        properties["delivery_tag"] = str(uuid.uuid4())
+        properties["delivery_tag"] = delivery_tag
         envelope = {
             "body": base64.b64encode(raw).decode("ascii"),
             "content-encoding": content_encoding,
@@ -134,3 +135,13 @@ class RunJobMessages:
         with self.app.producer_or_acquire() as producer, producer.batch():
             for fields in events:
                 dispatcher.publish("task-sent", fields, producer, retry=True, retry_policy=policy)
+
+
+def _two_uuid4s() -> tuple[str, str]:
+    """A task id and a delivery tag, random UUIDs as Celery and kombu make them, from one
+    read of the system's randomness instead of two (a measurable share of a batch)."""
+    raw = os.urandom(32)
+    return (
+        str(uuid.UUID(bytes=raw[:16], version=4)),
+        str(uuid.UUID(bytes=raw[16:], version=4)),
+    )

@@ -11,11 +11,12 @@ directory and prints one table:
 - **text_to_image**: the same through the public call, checks included.
 - **submit_many**: ``JobClient.submit_many`` in batches of ``--batch``.
 - **wait_all CPU**: the CPU time ``wait_all`` spends waiting on ``--wait-jobs`` jobs that
-  end one by one (each end written the way the worker writes it, announced on pub/sub),
-  measured on the waiting thread only.
+  end one by one, evenly over ``--wait-spread`` seconds (each end written the way the
+  worker writes it, announced on pub/sub), measured on the waiting thread only.
 
 Nothing runs the jobs (no worker): the queue only fills. Each figure is the median of
-``--rounds`` rounds. Numbers vary with the machine's load: compare figures of one run.
+``--rounds`` rounds, with this process's CPU time per job beside the rate (the rate moves
+with the machine's load much more than the CPU time does): compare figures of one run.
 The script also runs on code that has no ``submit_many`` (the row then says so), so
 the same command measures a branch before and after a change.
 """
@@ -55,14 +56,18 @@ def private_redis() -> Iterator[RedisServer]:
             server.stop()
 
 
-def rate(count: int, action: Callable[[], None]) -> float:
-    """Jobs per second of ``action`` (which enqueues ``count`` jobs)."""
-    started = time.perf_counter()
+Figure = tuple[float, float]  # (jobs per second, CPU microseconds per job)
+
+
+def rate(count: int, action: Callable[[], None]) -> Figure:
+    """Jobs per second of ``action`` (which enqueues ``count`` jobs), and this process's CPU
+    time per job (less disturbed than the rate by other work on the machine)."""
+    started, cpu = time.perf_counter(), time.process_time()
     action()
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1e6
 
 
-def raw_send_task(url: str, count: int) -> float:
+def raw_send_task(url: str, count: int) -> Figure:
     app = make_app(Settings(redis_url=url))
     app.conf.result_backend = None
     app.conf.task_send_sent_event = False
@@ -84,7 +89,7 @@ def raw_send_task(url: str, count: int) -> float:
         app.close()
 
 
-def submit_one_by_one(client: JobClient, count: int) -> float:
+def submit_one_by_one(client: JobClient, count: int) -> Figure:
     prepared = [client.prepare({"kind": "text-to-image", "prompt": f"p{i}"}) for i in range(count)]
     client.submit(prepared[0])  # builds the Celery app and its connection
 
@@ -95,7 +100,7 @@ def submit_one_by_one(client: JobClient, count: int) -> float:
     return rate(count, run)
 
 
-def text_to_image(client: JobClient, count: int) -> float:
+def text_to_image(client: JobClient, count: int) -> Figure:
     client.text_to_image("warm-up")
 
     def run() -> None:
@@ -105,7 +110,7 @@ def text_to_image(client: JobClient, count: int) -> float:
     return rate(count, run)
 
 
-def submit_many(client: JobClient, count: int, batch: int) -> float | None:
+def submit_many(client: JobClient, count: int, batch: int) -> Figure | None:
     many = getattr(client, "submit_many", None)
     if many is None:
         return None
@@ -119,9 +124,9 @@ def submit_many(client: JobClient, count: int, batch: int) -> float | None:
     return rate(count, run)
 
 
-def wait_all_cpu(url: str, count: int) -> tuple[float, float]:
+def wait_all_cpu(url: str, count: int, spread: float) -> tuple[float, float]:
     """(CPU seconds of the waiting thread, wall seconds) for ``count`` jobs that end one
-    after another while ``wait_all`` waits for them."""
+    after another, evenly over ``spread`` seconds, while ``wait_all`` waits for them."""
     store = JobStore.from_url(url, record_ttl=3600)
     now = store.clock()
     ids = [uuid.uuid4().hex for _ in range(count)]
@@ -156,7 +161,10 @@ def wait_all_cpu(url: str, count: int) -> tuple[float, float]:
     waiter.start()
     subscribed.wait()
     time.sleep(0.5)  # the waiter has subscribed and read once
-    for job_id in ids:
+    started = time.monotonic()
+    for number, job_id in enumerate(ids):
+        # Endings spread evenly over ``spread`` seconds, as a worker's would be.
+        time.sleep(max(0.0, started + spread * number / count - time.monotonic()))
         for status in ("submitting", "submitted", "completed"):
             store.transition(job_id, updates={"status": status})
     waiter.join()
@@ -170,20 +178,25 @@ def flush(url: str) -> None:
     client.close()
 
 
-def median(values: list[float | None]) -> float | None:
+def median(values: list[Figure | None]) -> Figure | None:
     present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
+    if not present:
+        return None
+    return statistics.median(v[0] for v in present), statistics.median(v[1] for v in present)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per enqueue round")
-    parser.add_argument("--batch", type=int, default=500, help="submit_many batch size")
+    parser.add_argument("--batch", type=int, default=1000, help="submit_many batch size")
     parser.add_argument("--wait-jobs", type=int, default=1000)
+    parser.add_argument(
+        "--wait-spread", type=float, default=10.0, help="seconds over which those jobs end"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    rows: dict[str, list[float | None]] = {
+    rows: dict[str, list[Figure | None]] = {
         "raw send_task": [],
         "submit": [],
         "text_to_image": [],
@@ -197,22 +210,23 @@ def main() -> None:
                 rows["submit"].append(submit_one_by_one(client, args.jobs))
                 rows["text_to_image"].append(text_to_image(client, args.jobs))
                 rows["submit_many"].append(submit_many(client, args.jobs, args.batch))
-            waits.append(wait_all_cpu(server.url, args.wait_jobs))
+            waits.append(wait_all_cpu(server.url, args.wait_jobs, args.wait_spread))
             flush(server.url)
 
     floor = median(rows["raw send_task"])
-    print(f"{'figure':<34} {'jobs/s':>10} {'x raw send_task':>16}")
+    print(f"{'figure':<34} {'jobs/s':>8} {'x floor':>8} {'CPU/job':>9}")
     for name, values in rows.items():
         value = median(values)
+        label = f"{name} (batches of {args.batch:,})" if name == "submit_many" else name
         if value is None:
-            print(f"{name:<34} {'n/a':>10} {'':>16}")
+            print(f"{label:<34} {'n/a':>8}")
             continue
-        ratio = f"{value / floor:.2f}" if floor else ""
-        label = f"{name} (batches of {args.batch})" if name == "submit_many" else name
-        print(f"{label:<34} {value:>10,.0f} {ratio:>16}")
+        ratio = f"{value[0] / floor[0]:.2f}" if floor else ""
+        print(f"{label:<34} {value[0]:>8,.0f} {ratio:>8} {value[1]:>7,.0f}us")
     cpu = statistics.median(w[0] for w in waits)
     wall = statistics.median(w[1] for w in waits)
-    print(f"{f'wait_all, {args.wait_jobs:,} jobs':<34} {cpu:>9.2f}s CPU, {wall:.2f}s wall")
+    label = f"wait_all, {args.wait_jobs:,} jobs over {args.wait_spread:g}s"
+    print(f"{label:<34} {cpu:>7.2f}s CPU ({wall:.2f}s wall)")
     print(f"({args.jobs:,} jobs per round, median of {args.rounds} rounds, AOF on)")
 
 
