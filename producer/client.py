@@ -4,8 +4,9 @@ Enqueueing writes the job record (status ``queued``) and pushes its first
 ``wavequeue.run_job`` message in one atomic script (``producer.outgoing`` builds the
 message as Celery's ``send_task`` would), so a worker never receives a message for a
 record that does not exist, and no record waits for a message that was never sent.
-The message carries the job id only; the request itself lives in the record. The producer never imports ``worker.tasks`` and
-never needs the WaveSpeed API key: it drops the key from its settings.
+The message carries the job id only; the request itself lives in the record. The
+producer never imports ``worker.tasks`` and never needs the WaveSpeed API key: it
+drops the key from its settings.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Countdown messages sit in worker memory until due; bound them.
         "worker_eta_task_limit": settings.eta_task_limit,
         "worker_prefetch_multiplier": 2,
-        # Flower sees tasks only through events.
+        # Flower sees tasks only through events. (A producer's app turns the task-sent
+        # event off unless WAVEQUEUE_PRODUCER_SENT_EVENTS asks: producer/client.py.)
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # On a warm stop, finish runs in progress briefly, then hand held countdown
