@@ -132,3 +132,24 @@ def test_wait_all_listens_to_its_own_jobs_on_one_connection_and_keeps_the_order(
     first = seen[0][1]
     assert all(first[JOB_EVENT_CHANNEL.format(job_id=job_id)] == 1 for job_id in job_ids)
     assert first[JOB_EVENT_CHANNEL.format(job_id=bystander)] == 0
+
+
+def test_waiting_on_many_jobs_reads_each_record_about_once(client: JobClient) -> None:
+    """Each ending names its job: the waiter reads that record, not every pending one
+    (which would be N²/2 reads for N jobs ending one by one)."""
+    job_ids = [_queued_job(client) for _ in range(100)]
+    client.store.client.config_resetstat()
+
+    def finish_one_by_one() -> None:
+        for job_id in job_ids:
+            _complete(client, job_id)
+            time.sleep(0.005)
+
+    thread = _later(0.2, finish_one_by_one)
+    records = client.wait_all(job_ids, timeout=60)
+    thread.join()
+
+    assert all(record.status is JobStatus.COMPLETED for record in records)
+    stats = client.store.client.info("commandstats")
+    record_reads = stats.get("cmdstat_hgetall", {}).get("calls", 0)
+    assert record_reads <= 3 * len(job_ids), record_reads
