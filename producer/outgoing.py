@@ -112,11 +112,11 @@ class RunJobMessages:
             sent_event.update(
                 {"queue": queue, "exchange": ANONYMOUS_EXCHANGE, "routing_key": queue}
             )
-        # kombu's Redis transport keeps a priority-0 message on the list named after its
-        # queue (wavequeue sets no ``global_keyprefix`` transport option, which would prefix it).
         # kombu's json.dumps with plain values (strings, numbers, None, lists, dicts: all an
         # envelope holds) writes the same text as the standard library's, which is faster.
         payload = json.dumps(envelope)
+        # kombu's Redis transport keeps a priority-0 message on the list named after its
+        # queue (wavequeue sets no ``global_keyprefix`` transport option, which would prefix it).
         return RunJobMessage(Outgoing(queue, payload), sent_event)
 
     def _queue(self, name: str) -> Any:
