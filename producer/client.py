@@ -1,16 +1,19 @@
 """``JobClient``: what a backend uses to enqueue jobs and chains, read and wait for them.
 
-Enqueueing writes the job record first (status ``queued``) and only then sends
-``wavequeue.run_job`` by task name, so a worker never receives a message for a
-record that does not exist. The message carries the job id only; the request
-itself lives in the record. The producer never imports ``worker.tasks`` and
-never needs the WaveSpeed API key: it drops the key from its settings.
+Enqueueing writes the job record (status ``queued``) and pushes its first
+``wavequeue.run_job`` message in one atomic script (``producer.outgoing`` builds the
+message as Celery's ``send_task`` would), so a worker never receives a message for a
+record that does not exist, and no record waits for a message that was never sent.
+The message carries the job id only; the request itself lives in the record. The
+producer never imports ``worker.tasks`` and never needs the WaveSpeed API key: it
+drops the key from its settings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import uuid
@@ -25,26 +28,29 @@ from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
 from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
 from producer.images import DEFAULT_MAX_INLINE_BYTES
+from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
-from worker.constants import RUN_JOB_TASK
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
     DEFAULT_TEXT_TO_IMAGE_MODEL,
     EndpointKind,
     JobRecord,
+    JobState,
     JobStatus,
     Priority,
     validate_request,
 )
 from worker.redis_connection import unavailable
 from worker.settings import Settings
-from worker.store import JobStore
+from worker.store import JobStore, NewJob
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from producer.outgoing import RunJobMessages
 
 #: Bookkeeping field on chain step records: the step's own deadline in seconds,
 #: so that ``retry_chain`` gives a retried step the same time budget.
@@ -53,8 +59,12 @@ STEP_DEADLINE_FIELD = "step_deadline"
 AWAITING_IMAGE_FIELD = "awaiting_image"
 #: Default extra time ``wait`` allows past the last deadline of what it waits for.
 DEFAULT_WAIT_GRACE = 60.0
+#: Each priority's queue, looked up once (``Priority.queue`` is an enum property: slow).
+QUEUE_OF = {priority: priority.queue for priority in Priority}
+#: ``submit_many`` writes this many jobs per round trip.
+SUBMIT_MANY_CHUNK = 1000
 
-Progress = Callable[[list[JobRecord]], None]
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,6 +84,13 @@ def _redis_errors_mapped(method: Callable[P, R]) -> Callable[P, R]:
             raise unavailable(client.settings, exc) from exc
 
     return wrapper
+
+
+class _Built(NamedTuple):
+    """A job ready to create, and its ``task-sent`` event (when the producer sends them)."""
+
+    job: NewJob
+    sent_event: dict[str, Any] | None
 
 
 class JobOptionsInput(NamedTuple):
@@ -128,6 +145,7 @@ class JobClient:
         self.wait_grace = wait_grace
         self._app: Celery | None = None
         self._app_lock = threading.Lock()
+        self._run_job_messages: RunJobMessages | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JobClient:
@@ -270,12 +288,84 @@ class JobClient:
         ``prepare_from_mapping``) without enqueueing it; ``submit`` it later."""
         return prepare_from_mapping(request, self.limits(image_base))
 
+    def prepare_many(
+        self, requests: Sequence[Mapping[str, Any]], *, image_base: Path | None = None
+    ) -> list[PreparedJob]:
+        """``prepare`` for each request, every one checked before any is returned: one
+        ``ValidationError`` names every problem as ``itemN.field`` (N counts from 0)."""
+        problems: dict[str, str] = {}
+        prepared: list[PreparedJob] = []
+        limits = self.limits(image_base)
+        for index, request in enumerate(requests):
+            try:
+                prepared.append(prepare_from_mapping(request, limits))
+            except ValidationError as exc:
+                problems.update(
+                    {f"item{index}.{field}": why for field, why in exc.problems.items()}
+                )
+        if problems:
+            raise ValidationError(problems)
+        return prepared
+
     @_redis_errors_mapped
     def submit(self, prepared: PreparedJob) -> str:
         """Enqueue a checked request; returns the job id. With an idempotency key
-        already used, returns the first job's id and sends nothing."""
-        options = prepared.options
+        already used, returns the first job's id and sends nothing.
+
+        One round trip: the record and its first message are written by one script."""
+        built = self._new_job(prepared, self.store.clock())
+        job_id, created = self.store.create(built.job)
+        if created and built.sent_event is not None:
+            self._sent_events([built.sent_event])
+        return job_id
+
+    def submit_many(self, prepared: Sequence[PreparedJob]) -> list[str]:
+        """Enqueue many checked requests (``prepare`` / ``prepare_many``); returns their job
+        ids in the order given (an idempotency key already used gives the first job's id,
+        and sends nothing again).
+
+        Every item is checked to be a ``PreparedJob`` before anything is written. Records
+        and messages go out in pipelines of ``SUBMIT_MANY_CHUNK`` jobs, each job atomically
+        (its record and its message, or neither). If Redis is lost for good mid-way,
+        ``BrokerUnavailableError`` says how many were enqueued: those came first in order.
+        """
+        jobs = list(prepared)
+        wrong = {
+            f"item{index}": f"must be a PreparedJob (from prepare), not {type(job).__name__}"
+            for index, job in enumerate(jobs)
+            if not isinstance(job, PreparedJob)
+        }
+        if wrong:
+            raise ValidationError(wrong)
+        job_ids: list[str] = []
+        for start in range(0, len(jobs), SUBMIT_MANY_CHUNK):
+            chunk = jobs[start : start + SUBMIT_MANY_CHUNK]
+            try:
+                job_ids.extend(self._submit_chunk(chunk))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                advice = (
+                    f"the first {len(job_ids)} of {len(jobs)} jobs were enqueued, the rest "
+                    "were not (jobs with an idempotency key can be submitted again safely)"
+                )
+                raise unavailable(self.settings, exc, advice=advice) from exc
+        return job_ids
+
+    def _submit_chunk(self, prepared: Sequence[PreparedJob]) -> list[str]:
         now = self.store.clock()
+        built = [self._new_job(job, now) for job in prepared]
+        results = self.store.create_jobs([b.job for b in built])
+        events = [
+            b.sent_event
+            for b, (_, created) in zip(built, results, strict=True)
+            if created and b.sent_event is not None
+        ]
+        if events:
+            self._sent_events(events)
+        return [job_id for job_id, _ in results]
+
+    def _new_job(self, prepared: PreparedJob, now: float) -> _Built:
+        """The record of a checked request, with its first message."""
+        options = prepared.options
         record = JobRecord(
             id=uuid.uuid4().hex,
             model=prepared.model,
@@ -287,13 +377,19 @@ class JobClient:
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
         )
-        job_id, created = self.store.create_job(record, idempotency_key=options.idempotency_key)
-        if created:
-            with self._publishing(job_id):
-                self._celery().send_task(
-                    RUN_JOB_TASK, kwargs={"job_id": job_id}, queue=options.queue
-                )
-        return job_id
+        message = self._messages().build(record.id, QUEUE_OF[options.priority])
+        job = NewJob(record, options.idempotency_key, message=message.outgoing)
+        return _Built(job, message.sent_event)
+
+    def _sent_events(self, events: list[dict[str, Any]]) -> None:
+        """Publish ``task-sent`` events (``WAVEQUEUE_PRODUCER_SENT_EVENTS``). The jobs are
+        enqueued already: a failure here is a monitor's loss, never the caller's error."""
+        from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+        try:
+            self._messages().publish_sent_events(events)
+        except (OperationalError, redis.RedisError) as exc:
+            log.warning("task-sent events for %d job(s) not published: %s", len(events), exc)
 
     # reading and waiting ------------------------------------------------------
 
@@ -328,36 +424,36 @@ class JobClient:
         *,
         on_progress: Progress | None = None,
     ) -> list[JobRecord]:
-        """Every job's terminal record, in the order given; one subscription for all.
+        """Every job's terminal record, in the order given; one pub/sub connection for all.
 
-        ``on_progress`` is called with the records finished so far, each time the
-        waiter looks (after every event for one of these jobs, and every few seconds).
+        Each job's end is announced on its own channel; the waiter reads the records of
+        the jobs announced, and re-reads whatever is pending every ``reread_interval``.
+        ``on_progress`` is called with the records finished so far: on the first look,
+        when more have finished (at most 4 times a second), and at the end.
         """
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return []
         if timeout is None:
-            timeout = self._until_deadlines(self.get_many(ids))
-        finished: dict[str, JobRecord] = {}
-
-        def look() -> Check[list[JobRecord]]:
-            pending = [job_id for job_id in ids if job_id not in finished]
-            for record in self.get_many(pending):
-                if record.is_terminal:
-                    finished[record.id] = record
-            if on_progress is not None:
-                on_progress(list(finished.values()))
-            if len(finished) == len(ids):
-                return Check([finished[job_id] for job_id in job_ids], set())
-            return Check(None, {job_id for job_id in ids if job_id not in finished})
-
-        return wait_for(
+            timeout = self._until_deadlines(self._states(ids))
+        waiter = JobsWaiter(self.store, ids, on_progress)
+        records = wait_for(
             self.store.client,
-            look,
+            waiter.look,
+            watch=ids,
             timeout=timeout,
             reread_interval=self.reread_interval,
             describe=lambda pending: f"{len(pending)} of {len(ids)} job(s) not finished",
         )
+        by_id = {record.id: record for record in records}
+        return [by_id[job_id] for job_id in job_ids]
+
+    def _states(self, job_ids: list[str]) -> list[JobState]:
+        states = self.store.get_states(job_ids)
+        for job_id, state in zip(job_ids, states, strict=True):
+            if state is None:
+                raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
+        return [state for state in states if state is not None]
 
     # chains -------------------------------------------------------------------
 
@@ -433,11 +529,12 @@ class JobClient:
 
         ``timeout`` None waits until the last step's deadline plus ``wait_grace``.
         """
+        status = self.chain_status(chain_id)
         if timeout is None:
-            status = self.chain_status(chain_id)
-            timeout = self._until_deadlines(self.get_many(s.job_id for s in status.steps))
+            timeout = self._until_deadlines(self._states([s.job_id for s in status.steps]))
 
-        def look() -> Check[ChainStatus]:
+        def look(_: set[str] | None) -> Check[ChainStatus]:
+            # A chain has a few steps: every look reads the whole chain.
             status = self.chain_status(chain_id)
             if status.is_terminal:
                 return Check(status, set())
@@ -446,6 +543,7 @@ class JobClient:
         return wait_for(
             self.store.client,
             look,
+            watch=[step.job_id for step in status.steps],
             timeout=timeout,
             reread_interval=self.reread_interval,
             describe=lambda _: f"chain {chain_id} not finished",
@@ -531,6 +629,15 @@ class JobClient:
 
     # internals ----------------------------------------------------------------
 
+    def _messages(self) -> RunJobMessages:
+        """The message builder, on the Celery app (built on first use)."""
+        messages = self._run_job_messages
+        if messages is None:
+            from producer.outgoing import RunJobMessages  # noqa: PLC0415 - Celery loads only when sending
+
+            messages = self._run_job_messages = RunJobMessages(self._celery())
+        return messages
+
     def _celery(self) -> Celery:
         """The Celery app, built on first send (reading status never needs it).
 
@@ -548,6 +655,8 @@ class JobClient:
                 # and that subscription retries on Celery's own, longer schedule while
                 # Redis is away (then asks for the app to be restarted).
                 app.conf.result_backend = None
+                # Celery's task-sent event: a PUBLISH per job, only when asked for.
+                app.conf.task_send_sent_event = self.settings.producer_sent_events
                 self._app = app
             return self._app
 
@@ -642,7 +751,7 @@ class JobClient:
             metadata=old.metadata,
         )
 
-    def _until_deadlines(self, records: list[JobRecord]) -> float:
+    def _until_deadlines(self, records: Sequence[JobState]) -> float:
         """Seconds until the last of these records' deadlines, plus the grace period."""
         last = max(record.deadline_at for record in records)
         return max(last - self.store.clock(), 0.0) + self.wait_grace

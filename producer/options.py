@@ -90,6 +90,8 @@ def _deadline(problems: dict[str, str], value: object) -> float | None:
 
 
 def _metadata(problems: dict[str, str], value: object) -> dict[str, Any] | None:
+    if isinstance(value, Mapping) and not value:
+        return {}  # the usual case, and nothing to check
     if not isinstance(value, Mapping):
         problems["metadata"] = f"must be a JSON object (dict), not {type(value).__name__}"
         return None

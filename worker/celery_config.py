@@ -78,7 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 2,
         # Flower sees tasks only through events, and turns them on by itself (a
         # remote enable_events every 5 s) while it runs. Off otherwise: about eight
-        # PUBLISHes and a millisecond of worker CPU per job that nobody reads.
+        # PUBLISHes and a millisecond of worker CPU per job that nobody reads. (A producer's
+        # app sends task-sent events only with WAVEQUEUE_PRODUCER_SENT_EVENTS.)
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         # On a warm stop, finish runs in progress briefly, then hand held countdown

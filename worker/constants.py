@@ -39,8 +39,11 @@ HISTOGRAM_KEY: Final = KEY_PREFIX + "hist:{name}"
 LATENCY_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 #: Bucket upper bounds for polls per completed job.
 POLL_COUNT_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0)
-#: Pub/sub channel on which every terminal job announces itself.
-JOB_EVENTS_CHANNEL: Final = KEY_PREFIX + "events:job"
+#: Pub/sub channel on which a job announces that it ended (``{"job_id", "status"}``), one
+#: per job so that a waiter hears only the jobs it waits for; a monitor that wants every
+#: job's end subscribes to ``JOB_EVENTS_PATTERN``.
+JOB_EVENT_CHANNEL: Final = KEY_PREFIX + "events:job:{job_id}"
+JOB_EVENTS_PATTERN: Final = KEY_PREFIX + "events:job:*"
 #: Sorted set of live job ids scored by deadline (for the "stuck past deadline" figure).
 DEADLINES_KEY: Final = KEY_PREFIX + "deadlines"
 #: Sorted set of jobs scored by when their next message is due; the sweeper re-sends

@@ -41,6 +41,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
     "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
     "WAVEQUEUE_TASK_EVENTS": "task_events",
+    "WAVEQUEUE_PRODUCER_SENT_EVENTS": "producer_sent_events",
     "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
     "REDIS_SENTINEL_PASSWORD": "redis_sentinel_password",
     "REDIS_TLS_CA_FILE": "redis_tls_ca_file",
@@ -114,6 +115,10 @@ class Settings(BaseModel):
     #: calls. ``from_env`` sets it when a standard proxy variable is set; otherwise
     #: the session skips requests' per-call environment and .netrc lookups.
     proxy_from_env: bool = False
+    #: The producer publishes Celery's ``task-sent`` event for every job it enqueues (a
+    #: monitor then sees jobs from the moment they are queued); off, one Redis PUBLISH per
+    #: job less. Workers send their own task events either way.
+    producer_sent_events: bool = False
 
     # Redis connections (worker.redis_connection builds every one of them from these).
     #: With a ``sentinel://`` REDIS_URL: the name of the master the sentinels watch.

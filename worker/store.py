@@ -13,7 +13,7 @@ script that, atomically,
 3. refuses a status change the machine below does not allow;
 4. applies the updates and increments; a move into a terminal status also sets
    the record's TTL, frees its in-flight slot, drops it from the indexes and
-   publishes it on ``JOB_EVENTS_CHANNEL``, and the counters that must count each
+   publishes it on the job's ``JOB_EVENT_CHANNEL``, and the counters that must count each
    job once (completed, failed, timed out) are bumped in the same step, as is the
    day's aggregate (``DAILY_KEY``: jobs by status and model, images delivered,
    inference milliseconds), which is kept long after the record expires.
@@ -67,7 +67,7 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
-    JOB_EVENTS_CHANNEL,
+    JOB_EVENT_CHANNEL,
     JOB_KEY,
     LATENCY_KEY,
     LATENCY_SAMPLE_SIZE,
@@ -94,6 +94,8 @@ _NUMERIC_BOOKKEEPING = (
 )
 #: Values a new record does not store: absent reads back as the default.
 _DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
+#: JobRecord fields that are not the job's state (``encode_state``).
+_NOT_STATE: set[str] = {"id", "input", "metadata"}
 
 _S = JobStatus
 #: Which status may follow which. A status may also stay as it is (bookkeeping only).
@@ -239,20 +241,24 @@ class Moved(IntEnum):
 
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
---       5 the job's request, 6 live counts
+--       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not '')
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
---       7 live-count field, 8.. hash fields
+--       7 live-count field, 8 message ('' = none), 9.. hash fields
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+-- The same call again (redis-py retried it after its reply was lost): it was applied.
+if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+-- The first message goes out with the record, never without it.
+if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[8]) end
 return ARGV[1]
 """
 
@@ -287,14 +293,17 @@ def encode_state(record: JobRecord) -> dict[str, str]:
     """A new record's hash fields: its state, without unset or default values (every field
     small, so Redis keeps the hash in its compact encoding). ``images`` comes from the
     request, so that the limiter never needs the request."""
-    dumped = record.state.model_dump(mode="json", exclude={"id"})  # the key holds the id
+    # The key holds the id; input and metadata are the request, stored apart.
+    dumped = record.model_dump(mode="json", exclude=_NOT_STATE)
     dumped["images"] = int(record.input.get("num_images", 1))
-    fields = {field: _encode(value, field) for field, value in dumped.items()}
     return {
         field: text
-        for field, text in fields.items()
-        if text not in ("", "[]", "null") and _DEFAULTS.get(field) != text
-    }
+        for field, value in dumped.items()
+        # Unset values are not stored (a new record has many: skip encoding them).
+        if value is not None and value != []
+        and (text := _encode(value, field)) not in ("", "[]", "null")
+        and _DEFAULTS.get(field) != text
+    }  # fmt: skip
 
 
 def _unreadable(job_id: str, exc: ValueError) -> UnreadableRecordError:
@@ -389,12 +398,23 @@ class Effect:
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A message to push on a list (a Celery queue) in the same atomic step that creates a
+    record, only if it creates it: the store does not read it, it only places it."""
+
+    list_key: str
+    payload: str
+
+
+@dataclass(frozen=True)
 class NewJob:
-    """A record to create, with its idempotency key and extra bookkeeping fields."""
+    """A record to create, with its idempotency key, extra bookkeeping fields, and the
+    message that starts it (None: the caller sends one itself)."""
 
     record: JobRecord
     idempotency_key: str | None = None
     extra: Mapping[str, str] | None = None
+    message: Outgoing | None = None
 
 
 @dataclass(frozen=True)
@@ -450,7 +470,13 @@ class JobStore:
     ) -> tuple[str, bool]:
         """Write a new record. Returns ``(job_id, created)``; with an idempotency key
         already used, returns the first job's id and ``created=False``."""
-        return self.create_jobs([NewJob(record, idempotency_key, extra)])[0]
+        return self.create(NewJob(record, idempotency_key, extra))
+
+    def create(self, job: NewJob) -> tuple[str, bool]:
+        """``create_job`` for a ``NewJob`` (and its message, if any): one round trip."""
+        keys, args = self._create_call(job)
+        job_id = str(self._create(keys=keys, args=args))
+        return job_id, job_id == job.record.id
 
     def create_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
         """Write many new records in one round trip (each atomically, as ``create_job``)."""
@@ -497,6 +523,7 @@ class JobStore:
             NEXT_RUN_KEY,
             REQUEST_KEY.format(job_id=record.id),
             LIVE_KEY,
+            job.message.list_key if job.message is not None else DEADLINES_KEY,
         ]
         args = [
             record.id,
@@ -506,6 +533,7 @@ class JobStore:
             record.created_at,
             Request(record.input, record.metadata).to_json(),
             f"{record.status.value}|{record.model}",
+            job.message.payload if job.message is not None else "",
             *(item for pair in fields.items() for item in pair),
         ]
         return keys, args
@@ -695,7 +723,7 @@ class JobStore:
             json.dumps(list(count)),
             json.dumps(list(count_if_applied)),
             self.record_ttl,
-            JOB_EVENTS_CHANNEL,
+            JOB_EVENT_CHANNEL.format(job_id=job_id),
             job_id,
             # Makes the call idempotent: a retry after a lost reply finds it applied.
             write_id or uuid.uuid4().hex[:16],

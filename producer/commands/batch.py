@@ -263,7 +263,11 @@ def batch_command(
                 click.echo(f"error: {problem}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         started = time.monotonic()
-        lines_and_ids = [(line, client.submit(job)) for line, job in prepared]
+        # One pipeline per thousand jobs: records and their messages together.
+        job_ids_in_order = client.submit_many([job for _, job in prepared])
+        lines_and_ids = [
+            (line, job_id) for (line, _), job_id in zip(prepared, job_ids_in_order, strict=True)
+        ]
         job_ids = [job_id for _, job_id in lines_and_ids]
         if not wait:
             if as_json:

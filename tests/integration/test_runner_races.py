@@ -20,7 +20,7 @@ import redis
 from ops.localstack.redis_server import RedisServer
 from tests.support.clock import ManualClock
 from tests.support.scripted import ScriptedClient, completed, created, processing
-from worker.constants import COUNTERS_KEY, JOB_EVENTS_CHANNEL, JOB_KEY
+from worker.constants import COUNTERS_KEY, JOB_EVENT_CHANNEL, JOB_EVENTS_PATTERN, JOB_KEY
 from worker.errors import SubmitOutcomeUnknownError
 from worker.models import JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
@@ -45,7 +45,8 @@ class Race:
             self.store, self.runner, lambda *_: None, grace=30, interval=1, clock=self.clock
         )
         self._events = self.store.client.pubsub()  # type: ignore[no-untyped-call]
-        self._events.subscribe(JOB_EVENTS_CHANNEL)
+        # Every job's own channel, as a monitor listens to all of them.
+        self._events.psubscribe(JOB_EVENTS_PATTERN)
         self._events.get_message(timeout=5)  # the subscribe confirmation
 
     def create(self, deadline: float = 60) -> str:
@@ -68,12 +69,12 @@ class Race:
     def terminal_events(self, job_id: str) -> list[str]:
         """Every terminal status announced for ``job_id`` so far: a marker published after
         the actions arrives after all of their events (one server, one order)."""
-        self.store.client.publish(JOB_EVENTS_CHANNEL, END_OF_EVENTS)
+        self.store.client.publish(JOB_EVENT_CHANNEL.format(job_id=job_id), END_OF_EVENTS)
         statuses: list[str] = []
         while True:
             message = self._events.get_message(timeout=10)
             assert message is not None, "the end-of-events marker never arrived"
-            if message["type"] != "message":
+            if message["type"] != "pmessage":
                 continue
             if message["data"] == END_OF_EVENTS:
                 return statuses

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.support.records import put_in_status
-from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENTS_CHANNEL, JOB_KEY, LIVE_KEY
+from worker.constants import DEADLINES_KEY, IN_FLIGHT_KEY, JOB_EVENT_CHANNEL, JOB_KEY, LIVE_KEY
 from worker.errors import UnreadableRecordError
 from worker.models import JobRecord, JobStatus
 from worker.store import MOVES, JobStore, Moved, NewJob, counter_field
@@ -78,7 +78,7 @@ def test_terminal_transition_expires_unindexes_and_announces(redis_url: str) -> 
     job_id, _ = store.create_job(_record())
     store.client.zadd(IN_FLIGHT_KEY, {job_id: time.time() + 100})
     pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(JOB_EVENTS_CHANNEL)
+    pubsub.subscribe(JOB_EVENT_CHANNEL.format(job_id=job_id))
     pubsub.get_message(timeout=1)  # the subscribe confirmation
 
     put_in_status(store, job_id, "submitted")
@@ -174,7 +174,7 @@ def test_a_terminal_record_takes_no_write_no_increment_and_no_event(redis_url: s
     job_id, _ = store.create_job(_record())
     put_in_status(store, job_id, "timed_out")
     pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(JOB_EVENTS_CHANNEL)
+    pubsub.subscribe(JOB_EVENT_CHANNEL.format(job_id=job_id))
     pubsub.get_message(timeout=1)
     before = store.client.hgetall(JOB_KEY.format(job_id=job_id))
 
@@ -191,7 +191,7 @@ def test_a_terminal_record_takes_no_write_no_increment_and_no_event(redis_url: s
     counters = store.counters()
     assert counters[("polls", (("model", "m"),))] == 1  # the GET happened: counted
     assert ("jobs_completed", (("model", "m"),)) not in counters
-    store.client.publish(JOB_EVENTS_CHANNEL, "marker")
+    store.client.publish(JOB_EVENT_CHANNEL.format(job_id=job_id), "marker")
     messages = [pubsub.get_message(timeout=5) for _ in range(1)]
     assert messages[0] is not None and messages[0]["data"] == "marker"
 

@@ -16,7 +16,7 @@ import pytest
 
 from producer import JobClient, JobNotFoundError, JobStatus, WaitTimeoutError, WavequeueError
 from tests.support.records import put_in_status
-from worker.constants import JOB_EVENTS_CHANNEL, JOB_KEY
+from worker.constants import JOB_EVENT_CHANNEL, JOB_KEY
 from worker.models import JobRecord
 
 #: With re-reads this rare, only the pub/sub event can end a wait within a few seconds.
@@ -105,16 +105,22 @@ def test_wait_for_an_unknown_job_says_so(client: JobClient) -> None:
         client.wait("no-such-job", timeout=1)
 
 
-def test_wait_all_uses_one_subscription_and_keeps_the_order(client: JobClient) -> None:
+def test_wait_all_listens_to_its_own_jobs_on_one_connection_and_keeps_the_order(
+    client: JobClient,
+) -> None:
     job_ids = [_queued_job(client) for _ in range(20)]
-    subscribers: list[int] = []
+    bystander = _queued_job(client)  # nobody waits for it: its end reaches nobody
+    channels = [JOB_EVENT_CHANNEL.format(job_id=job_id) for job_id in [*job_ids, bystander]]
+    seen: list[tuple[int, dict[str, int]]] = []
 
     def finish_all_while_counting_subscribers() -> None:
         for job_id in reversed(job_ids):
-            [(_, count)] = client.store.client.pubsub_numsub(JOB_EVENTS_CHANNEL)
-            subscribers.append(int(count))
+            connections = client.store.client.client_list(_type="pubsub")
+            counts = dict(client.store.client.pubsub_numsub(*channels))
+            seen.append((len(connections), {str(k): int(v) for k, v in counts.items()}))
             _complete(client, job_id)
             time.sleep(0.01)
+        _complete(client, bystander)
 
     thread = _later(0.2, finish_all_while_counting_subscribers)
     records = client.wait_all(job_ids, timeout=30)
@@ -122,4 +128,28 @@ def test_wait_all_uses_one_subscription_and_keeps_the_order(client: JobClient) -
 
     assert [record.id for record in records] == job_ids
     assert all(record.status is JobStatus.COMPLETED for record in records)
-    assert max(subscribers) == 1
+    assert all(connections == 1 for connections, _ in seen)
+    first = seen[0][1]
+    assert all(first[JOB_EVENT_CHANNEL.format(job_id=job_id)] == 1 for job_id in job_ids)
+    assert first[JOB_EVENT_CHANNEL.format(job_id=bystander)] == 0
+
+
+def test_waiting_on_many_jobs_reads_each_record_about_once(client: JobClient) -> None:
+    """Each ending names its job: the waiter reads that record, not every pending one
+    (which would be N²/2 reads for N jobs ending one by one)."""
+    job_ids = [_queued_job(client) for _ in range(100)]
+    client.store.client.config_resetstat()
+
+    def finish_one_by_one() -> None:
+        for job_id in job_ids:
+            _complete(client, job_id)
+            time.sleep(0.005)
+
+    thread = _later(0.2, finish_one_by_one)
+    records = client.wait_all(job_ids, timeout=60)
+    thread.join()
+
+    assert all(record.status is JobStatus.COMPLETED for record in records)
+    stats = client.store.client.info("commandstats")
+    record_reads = stats.get("cmdstat_hgetall", {}).get("calls", 0)
+    assert record_reads <= 3 * len(job_ids), record_reads
