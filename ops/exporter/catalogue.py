@@ -24,6 +24,7 @@ GAUGES: Final[dict[str, str]] = {
     "them out at their next poll)",
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
+    "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }
@@ -52,6 +53,9 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_timed_out": "Live jobs past their deadline that the sweeper ended",
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
+    "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
+    "from the run that freed a slot was lost, or a slot expired)",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -65,6 +69,8 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_timed_out",
         "sweeper_resent",
         "sweeper_catch_ups",
+        "parked",
+        "sweeper_woken",
     }
 )
 

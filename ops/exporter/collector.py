@@ -99,6 +99,9 @@ class WavequeueCollector(Collector):
         inflight = _gauge("inflight_predictions")
         inflight.add_metric([], snap.inflight)
         yield inflight
+        parked = _gauge("jobs_parked")
+        parked.add_metric([], snap.parked)
+        yield parked
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}

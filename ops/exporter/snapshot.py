@@ -27,6 +27,7 @@ from worker.constants import (
     LIVE_KEY,
     QUEUES,
 )
+from worker.ratelimit import PARKED_KEY
 from worker.store import parse_counter_field
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
@@ -91,6 +92,8 @@ class Snapshot:
     #: The earliest deadline of a live job (epoch seconds), if any job is live.
     earliest_deadline: float | None
     inflight: int
+    #: Jobs parked behind the in-flight cap, waiting for a slot.
+    parked: int
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
@@ -106,6 +109,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     pipe.zcount(DEADLINES_KEY, "-inf", f"({now!r}")
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
+    pipe.zcard(PARKED_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
     for name in HISTOGRAMS:
@@ -113,7 +117,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     replies = pipe.execute()
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    unacked, oldest, past_deadline, earliest, inflight, live, counters, *hists = replies[
+    unacked, oldest, past_deadline, earliest, inflight, parked, live, counters, *hists = replies[
         len(lists) :
     ]
     return Snapshot(
@@ -125,6 +129,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
         past_deadline=int(past_deadline),
         earliest_deadline=float(earliest[0][1]) if earliest else None,
         inflight=int(inflight),
+        parked=int(parked),
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},
         histograms={
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
