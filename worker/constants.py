@@ -30,6 +30,11 @@ LATENCY_KEY: Final = KEY_PREFIX + "latency:{model}"
 #: Shared WaveSpeed token bucket (images per minute) and in-flight set.
 RATE_BUCKET_KEY: Final = KEY_PREFIX + "ratelimit:bucket"
 IN_FLIGHT_KEY: Final = KEY_PREFIX + "ratelimit:inflight"
+#: Jobs refused for the in-flight cap, parked until a slot frees (scored by when parked).
+PARKED_KEY: Final = KEY_PREFIX + "ratelimit:parked"
+#: Parked jobs a wake has taken and sent again (scored by when): a grant or an ending
+#: removes them; the sweeper parks again those whose wake never arrived.
+WAKING_KEY: Final = KEY_PREFIX + "ratelimit:waking"
 #: Counters the exporter reads (submissions, polls, 429s, failures by code). Each field
 #: is ``name`` or ``name|label=value|label=value`` (see ``store.counter_field``).
 COUNTERS_KEY: Final = KEY_PREFIX + "counters"

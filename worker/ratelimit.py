@@ -62,14 +62,12 @@ from typing import Any
 
 import redis
 
-from worker.constants import IN_FLIGHT_KEY, KEY_PREFIX, RATE_BUCKET_KEY
+from worker.constants import IN_FLIGHT_KEY, KEY_PREFIX, PARKED_KEY, RATE_BUCKET_KEY, WAKING_KEY
 
 #: Grants in the window (members ``<seq>:<images>``, scored by when they leave it).
 RATE_LOG_KEY = KEY_PREFIX + "ratelimit:log"
 #: Reserved slots of jobs told to come back (job id, scored by slot time - shift).
 RATE_RESERVED_KEY = KEY_PREFIX + "ratelimit:reserved"
-#: Jobs refused for the in-flight cap, parked until a slot frees (scored by when parked).
-PARKED_KEY = KEY_PREFIX + "ratelimit:parked"
 
 WINDOW_SECONDS = 60.0
 #: How late after its grant a POST may reach WaveSpeed and still count inside our window.
@@ -93,13 +91,16 @@ else
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 local function fmt(x) return string.format('%.6f', x) end
+-- Parked again after a wake: ahead of every job parked in the usual way.
+local FRONT = 1e10
 """
 
 _ACQUIRE_LUA = (
     _NOW_LUA
     + """
 -- KEYS: 1 state hash, 2 in-flight zset, 3 grant log zset, 4 reserved slots zset,
---       5 parked jobs zset (waiting for an in-flight slot, scored by when they parked)
+--       5 parked jobs zset (waiting for an in-flight slot, scored by when they parked),
+--       6 waking jobs zset (taken from the parked set and sent again, scored by when)
 -- ARGV: per_minute, max_in_flight, job_id, images, slot_ttl, window (log, seconds),
 --       interval (schedule, seconds per image), burst (seconds), the job's deadline
 --       ('' = none), now ('' = TIME)
@@ -110,6 +111,17 @@ local window = tonumber(ARGV[6])
 local interval = tonumber(ARGV[7])
 local burst = tonumber(ARGV[8])
 local function cost_of(member) return tonumber(string.match(member, ':(%d+)$')) end
+-- Refused for the cap: park. A woken job refused again (a newcomer took the slot) goes
+-- back to the front of the line, not to its end.
+local function park()
+  local woken = redis.call('ZSCORE', KEYS[6], job)
+  if woken then
+    redis.call('ZREM', KEYS[6], job)
+    redis.call('ZADD', KEYS[5], fmt(tonumber(woken) - FRONT), job)
+  else
+    redis.call('ZADD', KEYS[5], 'NX', fmt(now), job)
+  end
+end
 
 local s = redis.call('HMGET', KEYS[1], 'tat', 'shift', 'paused_until', 'logged', 'seq')
 local tat = tonumber(s[1]) or now
@@ -137,7 +149,7 @@ if slot then
   if slot > now then return {0, fmt(slot - now), 'rate'} end  -- early: keep the slot
 else
   if full then  -- takes nothing from the schedule; parks until a slot frees
-    redis.call('ZADD', KEYS[5], 'NX', fmt(now), job)
+    park()
     return {0, '1', 'in_flight'}
   end
   -- A slot on the schedule: now if it is at most `burst` ahead (with these images),
@@ -184,7 +196,7 @@ if logged > room_needed then
 end
 if full then
   keep()
-  redis.call('ZADD', KEYS[5], 'NX', fmt(now), job)
+  park()
   return {0, '1', 'in_flight'}
 end
 seq = seq + 1
@@ -194,7 +206,35 @@ redis.call('HSET', KEYS[1], 'logged', logged + cost, 'seq', seq)
 redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[5])), job)
 redis.call('ZREM', KEYS[4], job)
 redis.call('ZREM', KEYS[5], job)
+redis.call('ZREM', KEYS[6], job)
 return {1, '0', 'granted'}
+"""
+)
+
+_UNPARK_LUA = (
+    _NOW_LUA
+    + """
+-- KEYS: 1 parked, 2 waking. ARGV: count, now ('' = TIME)
+local taken = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local ids = {}
+for i = 1, #taken, 2 do
+  redis.call('ZADD', KEYS[2], fmt(now), taken[i])
+  table.insert(ids, taken[i])
+end
+return ids
+"""
+)
+
+_REQUEUE_LUA = (
+    _NOW_LUA
+    + """
+-- KEYS: 1 parked, 2 waking. ARGV: older than (seconds), now ('' = TIME)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]), 'WITHSCORES')
+for i = 1, #stale, 2 do
+  redis.call('ZREM', KEYS[2], stale[i])
+  redis.call('ZADD', KEYS[1], fmt(tonumber(stale[i + 1]) - FRONT), stale[i])
+end
+return #stale / 2
 """
 )
 
@@ -276,6 +316,8 @@ class AccountLimiter:
         self.default_pause = default_pause
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._pause = client.register_script(_PAUSE_LUA)
+        self._unpark = client.register_script(_UNPARK_LUA)
+        self._requeue = client.register_script(_REQUEUE_LUA)
         self._client = client
 
     @property
@@ -297,7 +339,14 @@ class AccountLimiter:
         (reason "late"): under overload the schedule serves jobs that can still use it.
         ``now`` (Redis ``TIME`` when None) is for tests."""
         granted, wait, reason = self._acquire(
-            keys=[RATE_BUCKET_KEY, IN_FLIGHT_KEY, RATE_LOG_KEY, RATE_RESERVED_KEY, PARKED_KEY],
+            keys=[
+                RATE_BUCKET_KEY,
+                IN_FLIGHT_KEY,
+                RATE_LOG_KEY,
+                RATE_RESERVED_KEY,
+                PARKED_KEY,
+                WAKING_KEY,
+            ],
             args=[
                 self.per_minute,
                 self.max_in_flight,
@@ -320,13 +369,23 @@ class AccountLimiter:
     def in_flight(self) -> int:
         return int(self._client.zcard(IN_FLIGHT_KEY))
 
-    def unpark(self, count: int) -> list[str]:
-        """Take the ``count`` jobs parked longest (refused for the in-flight cap), to send
-        them again now that slots are free."""
+    def unpark(self, count: int, *, now: float | None = None) -> list[str]:
+        """Take the ``count`` jobs parked longest (refused for the in-flight cap) to send
+        them again now that slots are free. They move to the waking set in the same step,
+        so a wake that never arrives (its sender died) is not lost: ``requeue_stale_wakes``."""
         if count < 1:
             return []
-        popped: list[tuple[Any, float]] = self._client.zpopmin(PARKED_KEY, count)  # type: ignore[assignment]
-        return [_text(member) for member, _ in popped]
+        taken = self._unpark(keys=[PARKED_KEY, WAKING_KEY], args=[count, _now_arg(now)])
+        return [_text(member) for member in taken]
+
+    def woke(self, job_id: str) -> None:
+        """A taken job needs no slot after all (it ended, or is already submitting)."""
+        self._client.zrem(WAKING_KEY, job_id)
+
+    def requeue_stale_wakes(self, older_than: float, *, now: float | None = None) -> int:
+        """Park again, at the front, the jobs taken more than ``older_than`` seconds ago
+        whose run never came (no grant, no ending): their wake was lost."""
+        return int(self._requeue(keys=[PARKED_KEY, WAKING_KEY], args=[older_than, _now_arg(now)]))
 
     def parked(self) -> int:
         return int(self._client.zcard(PARKED_KEY))

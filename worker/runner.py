@@ -126,6 +126,8 @@ Outcome = Finished | Reschedule | Duplicate | Parked
 #: A parked job is sent again by the sweeper's usual re-send after this long at most, if
 #: no wake reached it (its parked entry lost with a failover, say).
 PARK_HORIZON = 600.0
+#: How many times a wake takes more parked jobs in place of ones that no longer wait.
+_UNPARK_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -582,18 +584,31 @@ class JobRunner:
         return Parked()
 
     def unparked(self, count: int) -> list[JobSnapshot]:
-        """Up to ``count`` parked jobs that still wait to submit, taken from the parked set
-        (longest parked first), for the caller to send again. Ended or already submitted
-        ones are dropped."""
-        ready = []
-        for job_id in self.limiter.unpark(count):
-            try:
-                snap = self.store.snapshot(job_id)
-            except (JobNotFoundError, UnreadableRecordError):
-                continue
-            if snap.state.status is JobStatus.QUEUED and not snap.field("submit_token"):
-                ready.append(snap)
+        """Up to ``count`` parked jobs that still wait for a slot, taken from the parked
+        set (longest parked first), for the caller to send again. A job waits for a slot
+        when it is live with no prediction and no submit in progress, whatever its status
+        (a 503 on submit leaves it ``submitting``, a remote failure before a new attempt
+        ``processing``). Others are dropped, and more are taken in their place."""
+        ready: list[JobSnapshot] = []
+        for _ in range(_UNPARK_ROUNDS):
+            taken = self.limiter.unpark(count - len(ready))
+            for job_id in taken:
+                snap = self._waiting_for_a_slot(job_id)
+                if snap is None:
+                    self.limiter.woke(job_id)
+                else:
+                    ready.append(snap)
+            if len(ready) >= count or len(taken) == 0:
+                break
         return ready
+
+    def _waiting_for_a_slot(self, job_id: str) -> JobSnapshot | None:
+        try:
+            snap = self.store.snapshot(job_id)
+        except (JobNotFoundError, UnreadableRecordError):
+            return None
+        waiting = not snap.state.is_terminal and not snap.field("prediction_id")
+        return snap if waiting and not snap.field("submit_token") else None
 
     def _reschedule_submit(
         self,

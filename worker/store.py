@@ -73,8 +73,10 @@ from worker.constants import (
     LATENCY_SAMPLE_SIZE,
     LIVE_KEY,
     NEXT_RUN_KEY,
+    PARKED_KEY,
     QUARANTINE_KEY,
     REQUEST_KEY,
+    WAKING_KEY,
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
 from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
@@ -124,7 +126,8 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
---       7 live counts, 8 today's aggregate, 9.. keys of the side effects
+--       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs,
+--       11.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL
@@ -199,6 +202,9 @@ if new and TERMINAL[new] then
   redis.call('ZREM', KEYS[3], ARGV[8])
   redis.call('ZREM', KEYS[4], ARGV[8])
   redis.call('ZREM', KEYS[5], ARGV[8])
+  -- An ended job waits for no in-flight slot: a wake must not be spent on it.
+  redis.call('ZREM', KEYS[9], ARGV[8])
+  redis.call('ZREM', KEYS[10], ARGV[8])
   redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
 else
   if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
@@ -711,6 +717,8 @@ class JobStore:
             COUNTERS_KEY,
             LIVE_KEY,
             DAILY_KEY.format(day=utc_day(self.clock())),
+            PARKED_KEY,
+            WAKING_KEY,
         ]
         ops = []
         for effect in effects:

@@ -62,6 +62,9 @@ PAGE = 500
 #: a backlog shrinks pass after pass; yet a full pass stays well within its 30 s lock
 #: (5,000 time-outs and 5,000 re-sends took 6.5 s on a busy 2-core machine, publishing aside).
 PASS_BUDGET = 5000
+#: A job a wake took (``AccountLimiter.unpark``) is expected to run within this long;
+#: after it, the wake is taken for lost and the job parked again, at the front.
+WAKE_GRACE = 60.0
 #: After a broker outage, how long to let the messages put back at reconnect run before
 #: what is still overdue is taken for lost (and the catch-up pass's grace).
 CATCH_UP_SETTLE = 10.0
@@ -108,7 +111,7 @@ class Sweeper:
         timed_out = self._expire_past_deadline(now, quarantined)
         resent = self._resend_overdue(now, quarantined, self.grace)
         readmitted = self._review_quarantine(now)
-        woken = self._wake_parked()
+        woken = self._wake_parked(now)
         # Operators (and tests) see that passes happen and what they did.
         self.store.count_many(
             {
@@ -120,17 +123,23 @@ class Sweeper:
         )
         return SweepReport(timed_out, resent, len(quarantined), readmitted, woken)
 
-    def _wake_parked(self) -> int:
+    def _wake_parked(self, now: float) -> int:
         """Jobs parked behind the in-flight cap while slots are free: a wake was lost (its
-        run died after freeing the slot) or a slot expired. Sent again, up to the free
-        slots and the pass budget."""
+        run died after freeing the slot) or a slot expired. Jobs a wake took whose run
+        never came are parked again first. Sent again up to the free slots and the pass
+        budget; one that cannot be sent stays waking, for a later pass."""
         limiter = self.runner.limiter
+        limiter.requeue_stale_wakes(WAKE_GRACE)
         if not limiter.parked():
             return 0
-        ready = self.runner.unparked(min(limiter.free_slots(), self.budget))
-        for snap in ready:
-            self.resend(snap, {})
-        return len(ready)
+        woken = 0
+        for snap in self.runner.unparked(min(limiter.free_slots(), self.budget)):
+            try:
+                self.resend(snap, {})
+                woken += 1
+            except Exception:
+                log.exception("sweeper: could not wake parked job %s", snap.state.id)
+        return woken
 
     def _read(self, job_id: str, now: float, quarantined: list[str]) -> JobSnapshot | None:
         """The record, or None after dealing with one that cannot be used: an index entry

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject
+from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -151,10 +152,14 @@ def run_job(
         # Publishes the next run (this run's chain and callbacks go with it) and returns:
         # raising Retry would have Celery copy the whole stack's code positions into an
         # ExceptionInfo and log a line, about a quarter of a run's CPU, for every poll.
+        # Each run gets its own task id: every run now ends "succeeded" for Celery, and a
+        # monitor (Flower) keeps the first final state it sees per id, so one id for all
+        # runs would show a job that fails later as a success.
         self.retry(
             countdown=outcome.countdown,
             kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
             throw=False,
+            task_id=uuid(),
         )
     except Reject as exc:
         # celery could not publish the next message (the broker is away) and would drop
@@ -174,15 +179,16 @@ def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
 
 def wake_parked(count: int) -> int:
     """Send again up to ``count`` jobs parked behind the in-flight cap (a slot freed).
-    A wake that fails is not an error of this run: the sweeper wakes them too."""
+    Never fails the run that calls it: a job taken but not sent stays in the limiter's
+    waking set, and the sweeper parks it again (``requeue_stale_wakes``)."""
+    sent = 0
     try:
-        ready = job_runner().unparked(count)
-        for snap in ready:
+        for snap in job_runner().unparked(count):
             resend(snap, {})
-        return len(ready)
-    except BROKER_LOST as exc:
+            sent += 1
+    except Exception as exc:  # noqa: BLE001 - a wake is best effort; the sweeper repairs it
         log.warning("could not wake parked jobs (%s); the sweeper will", exc)
-        return 0
+    return sent
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:

@@ -25,9 +25,9 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
+    PARKED_KEY,
     QUEUES,
 )
-from worker.ratelimit import PARKED_KEY
 from worker.store import parse_counter_field
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.

@@ -18,7 +18,7 @@ from worker.ratelimit import AccountLimiter
 from worker.runner import JobRunner
 from worker.settings import Settings
 from worker.store import NewJob
-from worker.sweeper import PAGE, PASS_BUDGET, Sweeper, SweepReport
+from worker.sweeper import PAGE, PASS_BUDGET, WAKE_GRACE, Sweeper, SweepReport
 from worker.wavespeed import WaveSpeedClient
 
 T2I = "flux-kontext-max/text-to-image"
@@ -321,3 +321,50 @@ def test_parked_jobs_are_woken_when_slots_are_free(harness: Harness) -> None:
     # A woken job that gets its slot leaves the parked set.
     assert limiter.acquire(job_ids[0], images=1, slot_ttl=600).granted
     assert limiter.unpark(5) == [job_ids[2]]
+
+
+def _park(limiter: AccountLimiter, job_ids: list[str]) -> list[str]:
+    """Fill the cap with fillers, then have each job refused (and so parked)."""
+    for i in range(limiter.max_in_flight - limiter.in_flight()):
+        assert limiter.acquire(f"filler-{i}", images=1, slot_ttl=600).granted
+    for job_id in job_ids:
+        assert limiter.acquire(job_id, images=1, slot_ttl=600).reason == "in_flight"
+    return [f"filler-{i}" for i in range(limiter.max_in_flight)]
+
+
+def test_a_job_parked_after_a_failed_submit_is_woken(harness: Harness) -> None:
+    """A 503 on submit leaves the job ``submitting`` (token given back): it still waits
+    for a slot, so a wake must send it, not drop it."""
+    limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
+    (job_id,) = harness.create_many(1, deadline=600)
+    put_in_status(harness.store, job_id, "submitting")
+    fillers = _park(limiter, [job_id])
+    limiter.release(fillers[0])
+    assert harness.sweep_later(1) == [(job_id, {})]
+
+
+def test_a_wake_that_never_arrived_is_parked_again_and_sent(harness: Harness) -> None:
+    """The run that took a parked job died before sending it: the job waits in the waking
+    set; past the wake grace the sweeper parks it again, at the front, and sends it."""
+    limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
+    first, second = harness.create_many(2, deadline=600)
+    fillers = _park(limiter, [first, second])
+    assert limiter.unpark(1) == [first]  # ... and the waker dies here
+    assert limiter.parked() == 1
+    limiter.release(fillers[0])
+    # Not yet past the grace: the free slot goes to the next parked job.
+    assert harness.sweep_later(1) == [(second, {})]
+    redis_now = float(harness.store.client.time()[0])
+    # Neither run came (the harness only records sends): both are parked again, the one
+    # taken first at the front.
+    assert limiter.requeue_stale_wakes(WAKE_GRACE, now=redis_now + WAKE_GRACE + 1) == 2
+    assert limiter.unpark(2, now=redis_now) == [first, second]
+
+
+def test_an_ended_job_leaves_the_parked_line(harness: Harness) -> None:
+    limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
+    ended, waiting = harness.create_many(2, deadline=600)
+    _park(limiter, [ended, waiting])
+    assert harness.store.transition(ended, updates={"status": "failed"})
+    assert limiter.parked() == 1
+    assert limiter.unpark(5) == [waiting]

@@ -66,13 +66,20 @@ def wait_for_events(base: str, worker: WorkerProcess, timeout: float = 30) -> No
 def wait_for_flower_tasks(
     base: str, job_ids: list[str], timeout: float = 30
 ) -> list[dict[str, Any]]:
-    """Flower's view of the jobs' tasks once it has seen every one succeed."""
+    """Flower's view of the jobs' tasks once it has seen every job's last run succeed
+    (each run is a task of its own; the last one returns the output URL)."""
     deadline = time.monotonic() + timeout
     while True:
         response = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10)
         response.raise_for_status()
         tasks = list(response.json().values())
-        done = [t for t in tasks if t["state"] == "SUCCESS" and any(j in str(t) for j in job_ids)]
+        done = {
+            job_id
+            for t in tasks
+            if t["state"] == "SUCCESS" and t.get("result") not in (None, "None")
+            for job_id in job_ids
+            if job_id in str(t.get("kwargs"))
+        }
         if len(done) == len(job_ids):
             return tasks
         states = sorted((str(t.get("kwargs")), t["state"]) for t in tasks)
