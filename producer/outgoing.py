@@ -110,7 +110,13 @@ class RunJobMessages:
         }
         if sent_event is not None:
             sent_event.update(
-                {"queue": queue, "exchange": ANONYMOUS_EXCHANGE, "routing_key": queue}
+                {
+                    "queue": queue,
+                    "exchange": ANONYMOUS_EXCHANGE,
+                    "routing_key": queue,
+                    # What the worker's events show too (worker.messages slims it).
+                    "kwargs": headers.get("kwargsrepr", sent_event.get("kwargs")),
+                }
             )
         # kombu's json.dumps with plain values (strings, numbers, None, lists, dicts: all an
         # envelope holds) writes the same text as the standard library's, which is faster.
