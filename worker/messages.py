@@ -28,7 +28,6 @@ _DEFAULT_HEADERS: dict[str, Any] = {
     "stamped_headers": None,
     "stamps": {},
     "replaced_task_nesting": 0,
-    "ignore_result": True,  # run_job's own setting (task_ignore_result)
     "argsrepr": "()",
 }
 #: Headers and properties with no use here: results are never waited for, and the
@@ -47,6 +46,10 @@ def slim(headers: dict[str, Any], properties: dict[str, Any], body: Any) -> None
             del headers[name]
     for name in _UNUSED_HEADERS:
         headers.pop(name, None)
+    # run_job's results are never read (the job record is the result): without the header
+    # the worker uses the task's own ignore_result (True). A message sent with send_task's
+    # default (False) would have the worker store a celery-task-meta key for its run.
+    headers.pop("ignore_result", None)
     for name in _UNUSED_PROPERTIES:
         properties.pop(name, None)
     if isinstance(body, tuple | list) and len(body) == 3 and isinstance(body[1], dict):

@@ -46,6 +46,8 @@ def test_three_step_chain_feeds_each_output_into_the_next_step(
     # Every step record knows its chain and its place in it.
     records = stack_client.get_many(step.job_id for step in status.steps)
     assert [(r.chain_id, r.step) for r in records] == [(chain_id, 1), (chain_id, 2), (chain_id, 3)]
+    # The job records are the results: no Celery result is stored for any run.
+    assert list(stack_client.store.client.scan_iter(match="celery-task-meta-*")) == []
 
 
 def test_failed_step_stops_the_chain_and_retry_resumes_without_redoing_step_one(

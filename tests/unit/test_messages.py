@@ -34,6 +34,14 @@ def test_empty_and_unused_headers_are_left_out() -> None:
 
 
 def test_a_time_limit_that_is_set_is_kept() -> None:
-    headers: dict[str, Any] = {"timelimit": [30, None], "ignore_result": False}
+    headers: dict[str, Any] = {"timelimit": [30, None]}
     slim(headers, {}, None)
-    assert headers == {"timelimit": [30, None], "ignore_result": False}
+    assert headers == {"timelimit": [30, None]}
+
+
+def test_results_are_never_asked_for() -> None:
+    """send_task writes ignore_result False; the worker would then store a result per
+    run. Without the header it uses run_job's own (True)."""
+    headers: dict[str, Any] = {"ignore_result": False}
+    slim(headers, {}, None)
+    assert headers == {}
