@@ -122,6 +122,10 @@ class Emulator:
         reply = self.session.post(f"{self.base_url}/_emulator/config", json=changes, timeout=30)
         reply.raise_for_status()
 
+    def reset(self) -> None:
+        """Forget every prediction (and the config: set it again)."""
+        self.session.post(f"{self.base_url}/_emulator/reset", timeout=60).raise_for_status()
+
     def stats(self) -> dict[str, Any]:
         reply = self.session.get(f"{self.base_url}/_emulator/stats", timeout=60)
         reply.raise_for_status()

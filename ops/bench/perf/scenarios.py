@@ -129,9 +129,7 @@ def zero_latency(stack: Stack, plan: Plan, results: BenchResults) -> None:
 # 3 ---------------------------------------------------------------------------------
 
 
-def warm_up(stack: Stack, plan: Plan) -> tuple[list[str], dict[str, list[float]]]:
-    """Start every model's warm-up; wait for the main and edit models' (the long model's
-    finishes while the floors run). Returns the long warm-up's jobs and the samples."""
+def set_latencies(stack: Stack, plan: Plan) -> None:
     stack.emulator.configure(
         model_latency={
             MAIN_MODEL: plan.main_latency,
@@ -139,6 +137,12 @@ def warm_up(stack: Stack, plan: Plan) -> tuple[list[str], dict[str, list[float]]
             SIDE_MODEL: plan.long_latency,
         }
     )
+
+
+def warm_up(stack: Stack, plan: Plan) -> tuple[list[str], dict[str, list[float]]]:
+    """Start every model's warm-up; wait for the main and edit models' (the long model's
+    finishes while the floors run). Returns the long warm-up's jobs and the samples."""
+    set_latencies(stack, plan)
     stack.fleet(1)
     stack.say(f"warm-up: {plan.warmup_jobs} jobs per model")
     client = stack.client
@@ -269,6 +273,10 @@ def in_flight(stack: Stack, plan: Plan, results: BenchResults) -> None:
     fleet = stack.fleet(plan.scaling[0], extra)
     stack.say(f"in flight: {jobs} jobs at {plan.long_latency}")
     prepared = text_jobs(stack.client, SIDE_MODEL, jobs, "inflight")
+    # Nothing else is in flight: the emulator forgets what earlier scenarios left, so
+    # the stats read every second below stay small.
+    stack.emulator.reset()
+    set_latencies(stack, plan)
     base = stack.emulator.stats()["predictions"]
     memory_before, dataset_before = stack.probe.used_memory()
     start = stack.begin(fleet)
