@@ -122,6 +122,11 @@ class Emulator:
         reply = self.session.post(f"{self.base_url}/_emulator/config", json=changes, timeout=30)
         reply.raise_for_status()
 
+    def reseed(self) -> None:
+        """Start the latency draws over: the next predictions get the same latencies as
+        those after the previous reseed (runs compared with each other see the same)."""
+        self.configure(seed=self.seed)
+
     def reset(self) -> None:
         """Forget every prediction (and the config: set it again)."""
         self.session.post(f"{self.base_url}/_emulator/reset", timeout=60).raise_for_status()

@@ -183,6 +183,7 @@ def floors(
         [{"model": MAIN_MODEL, "body": {"prompt": f"bench async {i}"}}]
         for i in range(plan.main_jobs)
     ]
+    stack.emulator.reseed()
     outcome = stack.run_async_floor(main_jobs, samples)
     results.async_floor = async_run(stack, outcome, plan.main_jobs)
     chains = [
@@ -190,6 +191,7 @@ def floors(
         + [{"model": EDIT_MODEL, "body": {"prompt": edit}} for edit in CHAIN_EDITS]
         for i in range(plan.chains)
     ]
+    stack.emulator.reseed()
     chain_outcome = stack.run_async_floor(chains, samples)
     chain_floor_makespan = last_detection(chain_outcome) - chain_outcome["started"]
     results.chains = ChainRun(plan.chains, 0, float("nan"), chain_floor_makespan)
@@ -198,6 +200,7 @@ def floors(
         return
     slots = DEFAULT_CONCURRENCY * plan.scaling[0]
     stack.say(f"blocking SDK: {plan.sdk_jobs} jobs, Client.run() in {slots} slots")
+    stack.emulator.reseed()
     sdk = stack.run_sdk(MAIN_MODEL, plan.sdk_jobs, slots)
     results.sdk = SdkRun(
         jobs=plan.sdk_jobs,
@@ -229,6 +232,7 @@ def main_scenario(stack: Stack, plan: Plan, workers: int, results: BenchResults)
     fleet = stack.fleet(workers, fresh=True)
     stack.say(f"main: {plan.main_jobs} jobs at {plan.main_latency}, {workers} worker process(es)")
     prepared = text_jobs(stack.client, MAIN_MODEL, plan.main_jobs, f"main{workers}")
+    stack.emulator.reseed()
     run = stack.run_jobs(f"main, {workers} worker(s)", prepared, MAIN_MODEL, fleet)
     results.scaling[workers] = run
     if workers == plan.scaling[0]:
@@ -239,6 +243,7 @@ def chains(stack: Stack, plan: Plan, results: BenchResults) -> None:
     fleet = stack.fleet(plan.scaling[0])
     stack.say(f"chains: {plan.chains} chains of 3 steps")
     client = stack.client
+    stack.emulator.reseed()
     started = time.time()
     chain_ids = [
         client.chain(TextToImage(f"bench chain {i}", model=MAIN_MODEL), list(CHAIN_EDITS))
