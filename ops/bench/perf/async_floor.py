@@ -6,7 +6,8 @@ three for a chain); a step is submitted, then polled on the worker's own schedul
 (``worker.schedule.poll_delay`` with a latency profile fitted to the same warm-up
 samples the workers learned from); an edit step takes the previous step's first
 output as its ``image``. This is what the work costs with no queue, no broker and no
-record: the floor that wavequeue's makespan and CPU are compared with.
+record: the floor that wavequeue's makespan and CPU are compared with. Every job is
+under way at once; HTTP requests go at most ``HTTP_CONNECTIONS`` at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from worker.schedule import LatencyProfile, poll_delay
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timeout"})
+#: Requests at once (the rest wait in the client): a worker process's HTTP pool is as
+#: big, and a thousand simultaneous connects overflow the emulator's listen backlog.
+HTTP_CONNECTIONS = 64
 
 
 class AsyncFloor:
@@ -36,7 +40,7 @@ class AsyncFloor:
         self.profiles = {
             model: LatencyProfile.of(samples) for model, samples in plan["profiles"].items()
         }
-        self.max_clients = max(10, len(plan["jobs"]))
+        self.max_clients = HTTP_CONNECTIONS
         self.client: AsyncHTTPClient | None = None
 
     async def _envelope(self, request: HTTPRequest) -> dict[str, Any]:
