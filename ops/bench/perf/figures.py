@@ -4,8 +4,9 @@
 - detection lag: when the record says the job completed minus when the emulator
   completed the prediction (both wall clocks of this machine), also as a share of
   that prediction's latency;
-- submit span: first to last prediction created. Longer than the latency means
-  polls fell due while submits were still waiting: the worker was saturated.
+- submit span: first to last prediction created. Longer than the schedule's first
+  poll interval means polls fell due while submits were still waiting: the workers
+  were saturated.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ class JobFigures:
     lag_p50_share: float
     latency_p50: float
     submit_span: float
-
-    @property
-    def saturated(self) -> bool:
-        return self.submit_span > self.latency_p50
 
 
 @dataclass(frozen=True)

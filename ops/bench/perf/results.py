@@ -112,3 +112,6 @@ class BenchResults:
     chains: ChainRun | None = None
     inflight: InFlight | None = None
     scaling: dict[int, WorkerRun] = field(default_factory=dict)
+    #: Per model: seconds from a submit to its first poll, on the workers' schedule
+    #: for the latency history the warm-up gave them.
+    first_poll_after: dict[str, float] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from ops.bench.perf.sdk_baseline import sdk_available
 from producer import JobClient, PreparedJob, TextToImage
 from worker.cli import DEFAULT_CONCURRENCY
 from worker.constants import QUEUES
+from worker.schedule import LatencyProfile, poll_delay
 from worker.settings import Settings
 
 CHAIN_EDITS = ("make it blue", "add falling snow")
@@ -155,15 +157,34 @@ def warm_up(stack: Stack, plan: Plan) -> tuple[list[str], dict[str, list[float]]
     short_ids = stack.submit_all(text_jobs(client, MAIN_MODEL, plan.warmup_jobs, "warm"))
     short_ids += stack.submit_all(edits)
     wait_ended(stack, short_ids, timeout=300)
-    samples: dict[str, list[float]] = {}
-    for model in (MAIN_MODEL, EDIT_MODEL):
-        predictions = stack.emulator.predictions(model)
-        samples[model] = [
-            predictions[state.prediction_id]["latency_seconds"]
-            for state in client.store.get_states(short_ids)
-            if state is not None and state.prediction_id in predictions
-        ]
+    samples = {
+        model: latency_samples(stack, short_ids, model) for model in (MAIN_MODEL, EDIT_MODEL)
+    }
     return long_ids, samples
+
+
+def latency_samples(stack: Stack, job_ids: Sequence[str], model: str) -> list[float]:
+    """The latencies the emulator drew for these jobs' predictions of ``model``."""
+    predictions = stack.emulator.predictions(model)
+    return [
+        float(predictions[state.prediction_id]["latency_seconds"])
+        for state in stack.client.store.get_states(job_ids)
+        if state is not None and state.prediction_id in predictions
+    ]
+
+
+def first_poll_after(stack: Stack, samples: Sequence[float]) -> float:
+    """When the workers first poll a job of a model with this history."""
+    settings = stack.worker_settings()
+    return poll_delay(
+        0.0,
+        profile=LatencyProfile.of(samples),
+        first_poll_default=settings.first_poll_default,
+        min_interval=settings.poll_min_interval,
+        max_interval=settings.poll_max_interval,
+        backoff=settings.poll_backoff,
+        time_left=math.inf,
+    )
 
 
 def wait_ended(stack: Stack, job_ids: Sequence[str], timeout: float) -> None:
@@ -321,6 +342,8 @@ def run_all(stack: Stack, plan: Plan) -> BenchResults:
     long_warmup, samples = warm_up(stack, plan)
     floors(stack, plan, samples, results)
     wait_ended(stack, long_warmup, timeout=900)
+    samples[SIDE_MODEL] = latency_samples(stack, long_warmup, SIDE_MODEL)
+    results.first_poll_after = {model: first_poll_after(stack, s) for model, s in samples.items()}
     stack.say(
         "latency history: "
         + ", ".join(f"{model} p50 {statistics.median(s):.2f}s" for model, s in samples.items())
