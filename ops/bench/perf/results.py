@@ -73,10 +73,8 @@ class Rate:
 @dataclass(frozen=True)
 class EnqueueRates:
     single: Rate
-    #: None when ``JobClient.submit_many`` does not exist (``missing`` says why).
-    batched: Rate | None
+    batched: Rate
     raw_send_task: Rate
-    missing: str = ""
 
 
 @dataclass(frozen=True)

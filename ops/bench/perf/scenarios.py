@@ -77,7 +77,6 @@ def timed_rate(stack: Stack, label: str, jobs: int, enqueue: Callable[[], object
 def enqueue_rates(stack: Stack, plan: Plan) -> EnqueueRates:
     stack.say(f"enqueue rates: {plan.enqueue_jobs} jobs each, one process")
     probe = stack.enqueue_probe
-    missing = ""
     with JobClient(stack.enqueue_settings) as client:
         prepared = text_jobs(client, MAIN_MODEL, plan.enqueue_jobs, "enqueue")
         client.submit(prepared[0])  # builds the Celery app and opens the connections
@@ -85,15 +84,9 @@ def enqueue_rates(stack: Stack, plan: Plan) -> EnqueueRates:
         single = timed_rate(
             stack, "enqueue, submit", len(prepared), lambda: [client.submit(p) for p in prepared]
         )
-        batched: Rate | None = None
-        try:
-            submit_many = client.submit_many  # type: ignore[attr-defined]
-        except AttributeError:
-            missing = "n/a (submit_many missing)"
-        else:
-            batched = timed_rate(
-                stack, "enqueue, submit_many", len(prepared), lambda: submit_many(prepared)
-            )
+        batched = timed_rate(
+            stack, "enqueue, submit_many", len(prepared), lambda: client.submit_many(prepared)
+        )
     app = make_floor_app(stack.enqueue_settings)
     try:
         kwargs = floor_job_kwargs(2, 1.0)
@@ -107,7 +100,7 @@ def enqueue_rates(stack: Stack, plan: Plan) -> EnqueueRates:
         raw = timed_rate(stack, "enqueue, raw send_task", plan.enqueue_jobs, send_all)
     finally:
         app.close()
-    return EnqueueRates(single, batched, raw, missing)
+    return EnqueueRates(single, batched, raw)
 
 
 # 2 ---------------------------------------------------------------------------------
