@@ -1,4 +1,5 @@
-"""How many result polls per second one emulator process serves (``make bench``).
+"""How many result polls per second one emulator process serves
+(``python -m ops.bench.emulator_polls``).
 
 Starts ``python -m emulator`` on a free port, creates a few predictions and waits
 for them to complete, then runs ``wrk`` for ~10 s against their result URLs
@@ -70,7 +71,7 @@ def ensure_wrk() -> str:
     sys.exit(
         "wrk is not installed and could not be installed here (needs root and apt-get).\n"
         "Install it (Debian/Ubuntu: sudo apt-get install -y wrk; macOS: brew install wrk) "
-        "and run `make bench` again."
+        "and run `python -m ops.bench.emulator_polls` again."
     )
 
 
