@@ -4,8 +4,8 @@
 concurrency as ``wavequeue worker``). Each floor job runs ``runs`` times, retrying
 itself with ``countdown`` in between, as a wavequeue job submits and then polls:
 the same number of executions and countdowns, and nothing else. Settings that shape
-Celery's own cost per task are wavequeue's (JSON, late acks, prefetch, task events
-with task-sent events, the same transport options); what wavequeue adds on top
+Celery's own cost per task are wavequeue's (JSON, late acks, prefetch, its task-event
+settings (off by default), the same transport options); what wavequeue adds on top
 (result backend, slimmed messages, unbuffered events, reconnect steps, the job
 record) is left out: that difference is what the floor measures.
 """
