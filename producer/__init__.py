@@ -19,12 +19,15 @@ from producer.client import JobClient
 from producer.errors import (
     BrokerUnavailableError,
     ChainNotRetryableError,
+    IdempotencyConflictError,
     JobNotFoundError,
+    NotRetryableError,
     ValidationError,
     WaitTimeoutError,
     WavequeueError,
 )
 from producer.prepare import PreparedJob
+from worker.errors import ConfigError
 from worker.models import JobRecord, JobStatus, Priority
 
 __all__ = [
@@ -33,11 +36,14 @@ __all__ = [
     "ChainState",
     "ChainStatus",
     "ChainStep",
+    "ConfigError",
     "Edit",
+    "IdempotencyConflictError",
     "JobClient",
     "JobNotFoundError",
     "JobRecord",
     "JobStatus",
+    "NotRetryableError",
     "PreparedJob",
     "Priority",
     "TextToImage",

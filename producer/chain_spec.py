@@ -88,6 +88,7 @@ def prepare_chain(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
+    tenant: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -128,6 +129,7 @@ def prepare_chain(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
+        tenant=tenant,
     )
     if problems:
         raise ValidationError(problems)

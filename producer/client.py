@@ -11,7 +11,9 @@ drops the key from its settings.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import datetime
 import functools
 import logging
 import os
@@ -26,12 +28,18 @@ import redis
 
 from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
-from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
+from producer.errors import (
+    ChainNotRetryableError,
+    JobNotFoundError,
+    NotRetryableError,
+    ValidationError,
+)
 from producer.images import DEFAULT_MAX_INLINE_BYTES
 from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.job_listing import DEFAULT_PAGE, JobPage, check_filter, list_jobs
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
@@ -45,7 +53,7 @@ from worker.models import (
 )
 from worker.redis_connection import unavailable
 from worker.settings import Settings
-from worker.store import JobStore, NewJob
+from worker.store import JobStore, NewJob, request_fingerprint
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -86,6 +94,22 @@ def _redis_errors_mapped(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _options_of(options: JobOptions) -> dict[str, Any]:
+    """The options that make two requests with one idempotency key the same request."""
+    return {
+        "priority": options.priority.value,
+        "deadline": options.deadline,
+        "metadata": dict(options.metadata),
+        "tenant": options.tenant,
+    }
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """A wait's timeout is seconds from now: ``ValidationError`` for a negative one."""
+    if timeout is not None and not timeout >= 0:  # NaN too
+        raise ValidationError({"timeout": f"must be >= 0 seconds, not {timeout!r}"})
+
+
 class _Built(NamedTuple):
     """A job ready to create, and its ``task-sent`` event (when the producer sends them)."""
 
@@ -100,6 +124,7 @@ class JobOptionsInput(NamedTuple):
     deadline: float | None
     metadata: Mapping[str, Any] | None
     idempotency_key: str | None
+    tenant: str | None = None
 
 
 class JobClient:
@@ -186,6 +211,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
         ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
@@ -197,7 +223,7 @@ class JobClient:
             "num_images": num_images,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, tenant)
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
     def edit(
@@ -214,6 +240,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -226,7 +253,7 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, tenant)
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
     def multi_edit(
@@ -242,6 +269,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -251,7 +279,7 @@ class JobClient:
             "guidance_scale": guidance_scale,
             "aspect_ratio": aspect_ratio,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, tenant)
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
     def _enqueue(
@@ -270,6 +298,7 @@ class JobClient:
             deadline=options.deadline,
             metadata=options.metadata,
             idempotency_key=options.idempotency_key,
+            tenant=options.tenant,
         )
         return self.submit(prepared)
 
@@ -376,9 +405,15 @@ class JobClient:
             deadline_at=now + options.deadline,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
+            tenant=options.tenant,
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority])
-        job = NewJob(record, options.idempotency_key, message=message.outgoing)
+        fingerprint = None
+        if options.idempotency_key is not None:
+            fingerprint = request_fingerprint(prepared.model, prepared.body, _options_of(options))
+        job = NewJob(
+            record, options.idempotency_key, message=message.outgoing, fingerprint=fingerprint
+        )
         return _Built(job, message.sent_event)
 
     def _sent_events(self, events: list[dict[str, Any]]) -> None:
@@ -408,6 +443,12 @@ class JobClient:
                 raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
         return [record for record in records if record is not None]
 
+    @_redis_errors_mapped
+    def get_states(self, job_ids: Iterable[str]) -> list[JobState | None]:
+        """The jobs' states without their requests (one round trip); None where a record
+        is gone."""
+        return self.store.get_states(job_ids)
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """The job's record once it is terminal (completed, failed or timed out).
 
@@ -431,6 +472,7 @@ class JobClient:
         ``on_progress`` is called with the records finished so far: on the first look,
         when more have finished (at most 4 times a second), and at the end.
         """
+        _check_timeout(timeout)
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return []
@@ -468,6 +510,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -488,11 +531,16 @@ class JobClient:
             deadline=deadline,
             metadata=metadata,
             idempotency_key=idempotency_key,
+            tenant=tenant,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
         now = self.store.clock()
         job_ids: list[str] = []
+        # The key stands for the whole chain: every step's request and the options.
+        fingerprint = request_fingerprint(
+            [(step.model, step.body) for step in prepared.steps], _options_of(options)
+        )
         for number, step in enumerate(prepared.steps, start=1):
             key = options.idempotency_key if number == 1 else None
             record = self._step_record(step, options, chain_id, number, now)
@@ -500,6 +548,7 @@ class JobClient:
                 record,
                 idempotency_key=key,
                 extra=self._step_extra(step.awaiting_image, options.deadline),
+                fingerprint=fingerprint if key is not None else None,
             )
             if not created:
                 # The key was used before: this chain exists already (its first step
@@ -529,6 +578,7 @@ class JobClient:
 
         ``timeout`` None waits until the last step's deadline plus ``wait_grace``.
         """
+        _check_timeout(timeout)
         status = self.chain_status(chain_id)
         if timeout is None:
             timeout = self._until_deadlines(self._states([s.job_id for s in status.steps]))
@@ -612,6 +662,80 @@ class JobClient:
         self._send_chain(run_ids, old.priority.queue)
         return new_job_id
 
+    # finding jobs ---------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        model: str | Iterable[str] | None = None,
+        tenant: str | Iterable[str] | None = None,
+        since: float | datetime.datetime | datetime.timedelta | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of jobs, the most recent status change first: ``page.jobs`` (states,
+        without their requests; ``get`` reads one whole) and ``page.next_cursor`` to pass
+        as ``cursor`` for the next page (None at the end).
+
+        ``status``, ``model`` and ``tenant`` each take one value or several; ``since`` keeps
+        jobs that entered their status at or after a time (an epoch number or a
+        ``datetime``) or within a ``timedelta`` of now: ``status="failed",
+        since=timedelta(hours=1)`` is what failed in the last hour. Served from an index
+        the store keeps (``worker.job_listing``): a page costs O(limit), never a scan.
+        Finished jobs are listed as long as their records are kept (WAVEQUEUE_RECORD_TTL).
+        """
+        if isinstance(since, datetime.timedelta):
+            since = self.store.clock() - since.total_seconds()
+        elif isinstance(since, datetime.datetime):
+            since = since.timestamp()
+        wanted = check_filter(
+            status=status, model=model, tenant=tenant, since=since, limit=limit, cursor=cursor
+        )
+        return list_jobs(self.store, wanted, limit=limit, cursor=cursor)
+
+    # retrying a job -------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def retry(self, job_id: str) -> str:
+        """Run a failed or timed-out job again; returns the id of the job that runs.
+
+        A chain's step resumes its chain from the failed step (``retry_chain``). A single
+        job is enqueued anew: same model, request, priority, metadata and deadline length,
+        ``retry_of`` naming the old job, whose record stays as it ended (nothing revives a
+        finished record). Retrying the same job again, or concurrently, returns the same
+        new job; to retry that one in turn, retry its own id. ``NotRetryableError`` when the
+        job has not failed or timed out.
+        """
+        old = self.store.get(job_id)
+        if old.chain_id is not None:
+            return self.retry_chain(old.chain_id)
+        if old.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+            raise NotRetryableError(
+                f"job {job_id} is {old.status.value}; only a failed or timed-out job can be retried"
+            )
+        now = self.store.clock()
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            model=old.model,
+            input=old.input,
+            status=JobStatus.QUEUED,
+            priority=old.priority,
+            created_at=now,
+            deadline_at=now + (old.deadline_at - old.created_at),
+            metadata=old.metadata,
+            tenant=old.tenant,
+            retry_of=old.id,
+        )
+        message = self._messages().build(record.id, QUEUE_OF[old.priority])
+        # One retry per failed record, however many callers ask at once.
+        key = f"wavequeue.retry:{old.id}"
+        new_id, created = self.store.create(NewJob(record, key, message=message.outgoing))
+        if created and message.sent_event is not None:
+            self._sent_events([message.sent_event])
+        return new_id
+
     # lookup by either kind of id ----------------------------------------------
 
     def lookup(self, any_id: str) -> JobRecord | ChainStatus:
@@ -660,7 +784,7 @@ class JobClient:
                 self._app = app
             return self._app
 
-    def _send_chain(self, job_ids: list[str], queue: str) -> None:
+    def _send_chain(self, job_ids: builtins.list[str], queue: str) -> None:
         """Send the steps as one Celery chain (a single job: one message)."""
         from worker.chains import send_job_chain  # noqa: PLC0415 - Celery loads only when sending
 
@@ -697,6 +821,7 @@ class JobClient:
             step=number,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key if number == 1 else None,
+            tenant=options.tenant,
         )
 
     @staticmethod
@@ -714,7 +839,7 @@ class JobClient:
             )
         return existing.chain_id
 
-    def _keep_alive(self, chain_id: str, job_ids: list[str], step_deadline: float) -> None:
+    def _keep_alive(self, chain_id: str, job_ids: builtins.list[str], step_deadline: float) -> None:
         """Give the chain record (and steps that may never run, after a failure) a TTL:
         long enough for every step to use its deadline, plus the usual record TTL.
         A step that ends gets the worker's terminal TTL instead."""
@@ -749,6 +874,7 @@ class JobClient:
             chain_id=old.chain_id,
             step=old.step,
             metadata=old.metadata,
+            tenant=old.tenant,
         )
 
     def _until_deadlines(self, records: Sequence[JobState]) -> float:

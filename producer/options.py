@@ -1,5 +1,5 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key; and the queue a priority routes to.
+idempotency key, tenant; and the queue a priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.limits import MAX_DEADLINE_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_METADATA_BYTES
-from worker.models import Priority
+from worker.limits import (
+    MAX_DEADLINE_SECONDS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_METADATA_BYTES,
+    MAX_TENANT_CHARS,
+)
+from worker.models import DEFAULT_TENANT, Priority
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_IDEMPOTENCY_KEY_CHARS
@@ -39,6 +45,7 @@ class JobOptions:
     deadline: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    tenant: str = DEFAULT_TENANT
 
     @property
     def queue(self) -> str:
@@ -53,6 +60,7 @@ def check_options(
     metadata: object,
     idempotency_key: object,
     default_deadline: float,
+    tenant: object = None,
 ) -> JobOptions | None:
     """Options as a ``JobOptions``, or None with every problem added to ``problems``."""
     before = len(problems)
@@ -60,6 +68,7 @@ def check_options(
     checked_deadline = _deadline(problems, default_deadline if deadline is None else deadline)
     checked_metadata = _metadata(problems, {} if metadata is None else metadata)
     checked_key = _idempotency_key(problems, idempotency_key)
+    checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
     if len(problems) > before:
         return None
     assert checked_priority is not None and checked_deadline is not None
@@ -68,6 +77,7 @@ def check_options(
         deadline=checked_deadline,
         metadata=checked_metadata or {},
         idempotency_key=checked_key,
+        tenant=checked_tenant or DEFAULT_TENANT,
     )
 
 
@@ -119,5 +129,18 @@ def _idempotency_key(problems: dict[str, str], value: object) -> str | None:
         return None
     if len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
         problems["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        return None
+    return value
+
+
+_TENANT = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT_CHARS - 1}}}")
+
+
+def _tenant(problems: dict[str, str], value: object) -> str | None:
+    if not isinstance(value, str) or not _TENANT.fullmatch(value):
+        problems["tenant"] = (
+            f"must be 1-{MAX_TENANT_CHARS} letters, digits, '.', '_' or '-' (starting with a "
+            "letter or digit)"
+        )
         return None
     return value

@@ -34,7 +34,7 @@ DEFAULT_MODEL_FOR_KIND: Mapping[EndpointKind, str] = {
 }
 
 #: Keys of a request mapping (a batch line, a chain step) that are options, not fields.
-OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key")
+OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key", "tenant")
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ def prepare_job(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
+    tenant: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
     problems: dict[str, str] = {}
@@ -160,6 +161,7 @@ def prepare_job(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
+        tenant=tenant,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
@@ -176,7 +178,7 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``; every other key is a WaveSpeed field of that model.
+    ``idempotency_key``, ``tenant``; every other key is a WaveSpeed field of that model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

@@ -14,6 +14,16 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 #: A job's request (``{"input": ..., "metadata": ...}``, JSON): apart from its hash, because
 #: only the submit reads it and it would push the hash out of Redis's compact encoding.
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
+#: The list index (``JobStore.list_jobs``): one sorted set per (status, model, tenant), named
+#: ``<status>|<model>|<tenant>`` after the prefix, holding ``<time>|<job id>`` members, all of
+#: score 0 so that they sort by text: ``<time>`` is when the job entered that status, as
+#: ``%017.6f`` seconds. The store's scripts keep them: a job is in exactly one, moved at
+#: every status change; ended jobs are trimmed with their records' TTL.
+JOBS_INDEX_PREFIX: Final = KEY_PREFIX + "jobs:"
+JOBS_INDEX_KEY: Final = JOBS_INDEX_PREFIX + "{place}"
+#: The names of the list index sets that have been written (a small set; a name whose set
+#: is gone is dropped when a listing finds it empty).
+JOBS_REGISTRY_KEY: Final = KEY_PREFIX + "jobs-index"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
 #: One day's finished jobs (UTC date ``YYYY-MM-DD``), kept by the terminal transition long

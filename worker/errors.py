@@ -5,6 +5,7 @@
     WavequeueError
     ├── ConfigError                 bad or missing setting; the process stops at start
     ├── ValidationError             a request that breaks an endpoint's rules (names every field)
+    │   └── IdempotencyConflictError    an idempotency key already used for another request
     ├── JobNotFoundError            no record for that job or chain id
     ├── UnreadableRecordError       a record this version cannot decode (corrupt, or a
     │                               status a newer version added); never retried
@@ -43,6 +44,16 @@ class ValidationError(WavequeueError, ValueError):
         self.problems = dict(problems)
         lines = "; ".join(f"{field}: {why}" for field, why in self.problems.items())
         super().__init__(f"invalid request: {lines}")
+
+
+class IdempotencyConflictError(ValidationError):
+    """An idempotency key already used by a job with a different request: nothing new is
+    enqueued, the first job stands (``job_id``). The same key with the same request is
+    not an error: it returns the first job. ``problems`` names ``idempotency_key``."""
+
+    def __init__(self, problems: dict[str, str], *, job_id: str) -> None:
+        super().__init__(problems)
+        self.job_id = job_id
 
 
 class JobNotFoundError(WavequeueError, KeyError):

@@ -254,6 +254,10 @@ def can_move(current: JobStatus, new: JobStatus) -> bool:
     return not current.is_terminal and new.rank > current.rank
 
 
+#: The tenant of a job that names none.
+DEFAULT_TENANT = "default"
+
+
 class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
@@ -295,6 +299,10 @@ class JobState(BaseModel):
     chain_id: str | None = None
     step: int | None = None
     idempotency_key: str | None = None
+    #: Who the job is for (a product or a customer); jobs are listed by it.
+    tenant: str = DEFAULT_TENANT
+    #: The failed or timed-out job this one runs again (``JobClient.retry``).
+    retry_of: str | None = None
 
     @property
     def is_terminal(self) -> bool:

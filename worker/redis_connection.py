@@ -132,16 +132,17 @@ class SentinelTarget:
 
 
 def is_sentinel(settings: Settings) -> bool:
-    return _scheme(settings.redis_url) == SENTINEL_SCHEME
+    return _scheme(settings.redis_url or "") == SENTINEL_SCHEME
 
 
 def uses_tls(settings: Settings) -> bool:
-    return _scheme(settings.redis_url) == TLS_SCHEME
+    return _scheme(settings.redis_url or "") == TLS_SCHEME
 
 
 def sentinel_target(settings: Settings) -> SentinelTarget:
     """The sentinels, master name, db and master credentials of a ``sentinel://`` URL."""
-    parts = [urlsplit(chunk.strip()) for chunk in settings.redis_url.split(";") if chunk.strip()]
+    url = settings.require_redis_url()
+    parts = [urlsplit(chunk.strip()) for chunk in url.split(";") if chunk.strip()]
     first = parts[0]
     path = first.path.strip("/")
     return SentinelTarget(
@@ -222,8 +223,9 @@ def redis_client(
     """A client for the job store (or anything else that reads wavequeue's keys).
 
     ``retry_window`` overrides ``WAVEQUEUE_REDIS_RETRY_WINDOW`` (0: one attempt, as an
-    exporter scrape wants).
+    exporter scrape wants). ``ConfigError`` when ``settings`` name no Redis.
     """
+    url = settings.require_redis_url()
     window = settings.redis_retry_window if retry_window is None else retry_window
     common: dict[str, Any] = {
         "decode_responses": decode_responses,
@@ -247,7 +249,7 @@ def redis_client(
             **common,
         )
         return client
-    return redis.Redis.from_url(settings.redis_url, **common, **(ssl_options(settings) or {}))
+    return redis.Redis.from_url(url, **common, **(ssl_options(settings) or {}))
 
 
 def redact(text: str) -> str:
@@ -262,7 +264,7 @@ def describe(settings: Settings) -> str:
         target = sentinel_target(settings)
         where = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
         return f"Redis master {target.master!r} (Sentinel at {where}, db {target.db})"
-    return f"Redis at {redact(settings.redis_url)}"
+    return f"Redis at {redact(settings.redis_url or '(REDIS_URL not set)')}"
 
 
 #: What a caller can do once Redis is back (the default ending of the message).

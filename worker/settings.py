@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from worker.errors import ConfigError
+from worker.local_stack import STACK_ENV_PATH, running_stack_env
 
 AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
 
@@ -64,8 +66,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Left out of repr(): the URL may carry the Redis password.
-    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
+    #: Left out of repr(): the URL may carry the Redis password. No default on purpose:
+    #: wavequeue never writes to a Redis that nobody named (``require_redis_url``).
+    redis_url: str | None = Field(None, repr=False)
     api_key: SecretStr | None = None
     base_url: str = "https://api.wavespeed.ai"
 
@@ -147,7 +150,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_redis(self) -> Settings:
-        scheme = self.redis_url.partition("://")[0].lower()
+        scheme = (self.redis_url or "").partition("://")[0].lower()
         if scheme == "sentinel" and not self.redis_sentinel_master:
             raise ValueError(
                 "a sentinel:// REDIS_URL needs REDIS_SENTINEL_MASTER (the master's name)"
@@ -193,6 +196,17 @@ class Settings(BaseModel):
                 "so that a submit POST always ends before another copy may take over its job"
             )
 
+    def require_redis_url(self) -> str:
+        """The Redis URL, or a ConfigError that says how to name one."""
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set and no local stack is running: set "
+                "REDIS_URL=redis://host:6379/0 to name your Redis (or pass redis_url= to "
+                "JobClient), or start the local stack with `wavequeue up` in this folder, "
+                f"whose {STACK_ENV_PATH} is then read"
+            )
+        return self.redis_url
+
     def require_api_key(self) -> str:
         """The API key, or a ConfigError naming the variable to set."""
         if self.api_key is None or not self.api_key.get_secret_value():
@@ -201,13 +215,29 @@ class Settings(BaseModel):
 
     def check_for_worker(self) -> None:
         """Everything a worker needs before its first job; ConfigError otherwise."""
+        self.require_redis_url()
         self.require_api_key()
         self.validate_timings()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build from environment variables; unset ones keep their defaults."""
-        env = os.environ if environ is None else environ
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        stack_env: Path | None = STACK_ENV_PATH,
+    ) -> Settings:
+        """Build from environment variables; unset ones keep their defaults.
+
+        Without ``REDIS_URL``, the variables of a running local stack's ``stack_env``
+        file (``worker.local_stack``) apply beneath the environment's; ``stack_env=None``
+        (``wavequeue up`` itself) never reads one. With neither, ``redis_url`` stays
+        unset and anything that needs Redis raises ``ConfigError``.
+        """
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        if env.get("REDIS_URL", "") == "" and stack_env is not None:
+            stack = running_stack_env(stack_env)
+            if stack is not None:
+                env = {**stack, **{k: v for k, v in env.items() if v != ""}}
         values: dict[str, object] = {
             field: env[var] for var, field in ENV_VARS.items() if env.get(var, "") != ""
         }

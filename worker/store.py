@@ -44,6 +44,7 @@ Bookkeeping fields:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -69,6 +70,9 @@ from worker.constants import (
     IN_FLIGHT_KEY,
     JOB_EVENT_CHANNEL,
     JOB_KEY,
+    JOBS_INDEX_KEY,
+    JOBS_INDEX_PREFIX,
+    JOBS_REGISTRY_KEY,
     LATENCY_KEY,
     LATENCY_SAMPLE_SIZE,
     LIVE_KEY,
@@ -78,8 +82,8 @@ from worker.constants import (
     REQUEST_KEY,
     WAKING_KEY,
 )
-from worker.errors import JobNotFoundError, UnreadableRecordError
-from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
+from worker.errors import IdempotencyConflictError, JobNotFoundError, UnreadableRecordError
+from worker.models import DEFAULT_TENANT, TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
 from worker.settings import Settings
 
@@ -95,7 +99,13 @@ _NUMERIC_BOOKKEEPING = (
     "inflight_waits",
 )
 #: Values a new record does not store: absent reads back as the default.
-_DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
+_DEFAULTS = {
+    "priority": "normal",
+    "images": "1",
+    "attempts": "0",
+    "polls": "0",
+    "tenant": DEFAULT_TENANT,
+}
 #: JobRecord fields that are not the job's state (``encode_state``).
 _NOT_STATE: set[str] = {"id", "input", "metadata"}
 
@@ -124,18 +134,20 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
     return "{" + ",".join(rows) + "}"
 
 
-_TRANSITION_LUA = """
+_TRANSITION_LUA = (
+    """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
 --       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs,
---       11.. keys of the side effects
+--       11 the list index's registry, 12.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
---       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL
+--       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
+--       13 list index key prefix, 14 now (seconds)
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
--- model for the live counts, the expected fields).
-local names = {'last_write', 'status', 'model'}
+-- model for the live counts, what places the job in the list index, the expected fields).
+local names = {'last_write', 'status', 'model', 'tenant', 'status_at', 'created_at'}
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
   table.insert(names, field)
@@ -152,7 +164,7 @@ if TERMINAL[status] then return -2 end
 local allowed = MOVES[status]
 if allowed == nil then return -4 end
 for i, want in ipairs(expected) do
-  local have = got[3 + i]
+  local have = got[6 + i]
   if not have then have = '' end
   if type(want) == 'table' then
     local matched = false
@@ -168,6 +180,15 @@ local updates = cjson.decode(ARGV[2])
 local new = updates['status']
 if new and new ~= status and not allowed[new] then return -3 end
 local flat = {'last_write', ARGV[9]}
+local moving = new and new ~= status
+-- When the job entered its status: its place in the list index (lexical, so that equal
+-- times order by id and a page boundary is exact).
+local status_at = nil
+if moving then
+  status_at = string.format('%017.6f', tonumber(ARGV[14]))
+  table.insert(flat, 'status_at')
+  table.insert(flat, status_at)
+end
 local empty = {}
 for field, value in pairs(updates) do
   -- An empty value is an unset field: not stored, so the hash stays small.
@@ -182,8 +203,22 @@ for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
-if new and new ~= status then
+if moving then
   local model = got[3] or ''
+  -- The list index: from the old status's (status, model, tenant) set to the new one's.
+  local place = model .. '|' .. (got[4] or '__DEFAULT_TENANT__')
+  local was = got[5] or string.format('%017.6f', tonumber(got[6] or '0') or 0)
+  redis.call('ZREM', ARGV[13] .. status .. '|' .. place, was .. '|' .. ARGV[8])
+  local index = ARGV[13] .. new .. '|' .. place
+  redis.call('ZADD', index, 0, status_at .. '|' .. ARGV[8])
+  redis.call('SADD', KEYS[11], new .. '|' .. place)
+  if TERMINAL[new] then
+    -- Ended jobs stay listed as long as their records live: older entries go, and a set
+    -- that gets no more ends expires with the last of its records.
+    local oldest = string.format('%017.6f', tonumber(ARGV[14]) - tonumber(ARGV[6]))
+    redis.call('ZREMRANGEBYLEX', index, '-', '(' .. oldest)
+    redis.call('EXPIRE', index, ARGV[6])
+  end
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
   if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) else
     -- The day's aggregate outlives the record; its TTL is set when a field is new.
@@ -221,8 +256,9 @@ for _, e in ipairs(cjson.decode(ARGV[11])) do
   end
 end
 return 1
-""".replace("__MOVES__", _lua_table(MOVES)).replace(
-    "__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}"
+""".replace("__MOVES__", _lua_table(MOVES))
+    .replace("__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}")
+    .replace("__DEFAULT_TENANT__", DEFAULT_TENANT)
 )
 
 
@@ -247,26 +283,71 @@ class Moved(IntEnum):
 
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
---       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not '')
+--       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not ''),
+--       8 the job's list index set, 9 the list index's registry
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
---       7 live-count field, 8 message ('' = none), 9.. hash fields
+--       7 live-count field, 8 message ('' = none), 9 request fingerprint ('' = not checked),
+--       10 the list index set's name in the registry, 11.. hash fields
 if ARGV[4] == '1' then
+  -- The key holds '<job id>' or '<job id> <fingerprint of its request>'.
   local existing = redis.call('GET', KEYS[3])
-  if existing then return existing end
+  if existing then
+    local id, print = string.match(existing, '^(%S+) ?(%S*)$')
+    if ARGV[9] ~= '' and print ~= '' and print ~= ARGV[9] then return '!' .. id end
+    return id
+  end
 end
 -- The same call again (redis-py retried it after its reply was lost): it was applied.
 if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+if ARGV[4] == '1' then
+  local value = ARGV[1]
+  if ARGV[9] ~= '' then value = value .. ' ' .. ARGV[9] end
+  redis.call('SET', KEYS[3], value, 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+-- Listed from the start, by when it was queued (transition() moves it on).
+redis.call('ZADD', KEYS[8], 0, string.format('%017.6f', tonumber(ARGV[5])) .. '|' .. ARGV[1])
+redis.call('SADD', KEYS[9], ARGV[10])
 -- The first message goes out with the record, never without it.
 if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[8]) end
 return ARGV[1]
 """
+
+
+_PRUNE_INDEX_LUA = """
+-- KEYS: 1 the list index's registry, 2.. index sets
+-- ARGV: 1 the index key prefix, then for each set: a member to remove ('' = none)
+-- A set that is gone (emptied, or expired with its records) leaves the registry; checked
+-- here, atomically, so that a job indexed meanwhile keeps its set's name.
+for i = 2, #KEYS do
+  if ARGV[i] ~= '' then redis.call('ZREM', KEYS[i], ARGV[i]) end
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('SREM', KEYS[1], string.sub(KEYS[i], #ARGV[1] + 1))
+  end
+end
+return 1
+"""
+
+
+def _conflict_why(reply: str) -> str:
+    return (
+        f"already used by job {reply[1:]} for a different request (the same key with the "
+        "same request returns that job; a new request needs a new key)"
+    )
+
+
+def _conflict(problems: dict[str, str], reply: str) -> IdempotencyConflictError:
+    return IdempotencyConflictError(problems, job_id=reply[1:])
+
+
+def index_place(status: str, model: str, tenant: str) -> str:
+    """The name of a (status, model, tenant) list index set in ``JOBS_REGISTRY_KEY``."""
+    return f"{status}|{model}|{tenant}"
 
 
 def utc_day(seconds: float) -> str:
@@ -415,12 +496,22 @@ class Outgoing:
 @dataclass(frozen=True)
 class NewJob:
     """A record to create, with its idempotency key, extra bookkeeping fields, and the
-    message that starts it (None: the caller sends one itself)."""
+    message that starts it (None: the caller sends one itself). ``fingerprint`` stands for
+    the request behind the key (``request_fingerprint``): the key used again with another
+    fingerprint is an ``IdempotencyConflictError``; None checks nothing."""
 
     record: JobRecord
     idempotency_key: str | None = None
     extra: Mapping[str, str] | None = None
     message: Outgoing | None = None
+    fingerprint: str | None = None
+
+
+def request_fingerprint(*parts: Any) -> str:
+    """A short digest of a request as a caller made it (JSON-able parts: model, body,
+    options), stored with its idempotency key."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -453,6 +544,7 @@ class JobStore:
         self.clock: Clock = clock or RedisClock(client)
         self._transition = client.register_script(_TRANSITION_LUA)
         self._create = client.register_script(_CREATE_LUA)
+        self._prune_index = client.register_script(_PRUNE_INDEX_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> JobStore:
@@ -473,23 +565,38 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         extra: Mapping[str, str] | None = None,
+        fingerprint: str | None = None,
     ) -> tuple[str, bool]:
         """Write a new record. Returns ``(job_id, created)``; with an idempotency key
-        already used, returns the first job's id and ``created=False``."""
-        return self.create(NewJob(record, idempotency_key, extra))
+        already used, returns the first job's id and ``created=False`` (or raises
+        ``IdempotencyConflictError`` if its ``fingerprint`` differs, see ``NewJob``)."""
+        return self.create(NewJob(record, idempotency_key, extra, fingerprint=fingerprint))
 
     def create(self, job: NewJob) -> tuple[str, bool]:
-        """``create_job`` for a ``NewJob`` (and its message, if any): one round trip."""
+        """``create_job`` for a ``NewJob`` (and its message, if any): one round trip.
+        ``IdempotencyConflictError`` when its key was used for another request."""
         keys, args = self._create_call(job)
         job_id = str(self._create(keys=keys, args=args))
+        if job_id.startswith("!"):
+            raise _conflict({"idempotency_key": _conflict_why(job_id)}, job_id)
         return job_id, job_id == job.record.id
 
     def create_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
-        """Write many new records in one round trip (each atomically, as ``create_job``)."""
+        """Write many new records in one round trip (each atomically, as ``create_job``).
+        Keys used before for other requests are one ``IdempotencyConflictError`` naming
+        each (``itemN.idempotency_key``, N from 0), raised after the others were written."""
         calls = [(self._create, *self._create_call(job)) for job in jobs]
+        replies = [str(job_id) for job_id in self._scripted_pipeline(calls)]
+        conflicts = {
+            f"item{index}.idempotency_key": _conflict_why(reply)
+            for index, reply in enumerate(replies)
+            if reply.startswith("!")
+        }
+        if conflicts:
+            first = next(reply for reply in replies if reply.startswith("!"))
+            raise _conflict(conflicts, first)
         return [
-            (str(job_id), str(job_id) == job.record.id)
-            for job, job_id in zip(jobs, self._scripted_pipeline(calls), strict=True)
+            (job_id, job_id == job.record.id) for job, job_id in zip(jobs, replies, strict=True)
         ]
 
     def _scripted_pipeline(
@@ -522,6 +629,7 @@ class JobStore:
         record = job.record
         fields = {**encode_state(record), **(job.extra or {})}
         use_key = job.idempotency_key is not None
+        place = index_place(record.status.value, record.model, record.tenant)
         keys = [
             JOB_KEY.format(job_id=record.id),
             DEADLINES_KEY,
@@ -530,6 +638,8 @@ class JobStore:
             REQUEST_KEY.format(job_id=record.id),
             LIVE_KEY,
             job.message.list_key if job.message is not None else DEADLINES_KEY,
+            JOBS_INDEX_KEY.format(place=place),
+            JOBS_REGISTRY_KEY,
         ]
         args = [
             record.id,
@@ -540,6 +650,8 @@ class JobStore:
             Request(record.input, record.metadata).to_json(),
             f"{record.status.value}|{record.model}",
             job.message.payload if job.message is not None else "",
+            job.fingerprint or "",
+            place,
             *(item for pair in fields.items() for item in pair),
         ]
         return keys, args
@@ -708,6 +820,7 @@ class JobStore:
         write_id: str | None = None,
     ) -> tuple[list[str], list[Any]]:
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
+        now = self.clock()
         keys = [
             JOB_KEY.format(job_id=job_id),
             REQUEST_KEY.format(job_id=job_id),
@@ -716,9 +829,10 @@ class JobStore:
             NEXT_RUN_KEY,
             COUNTERS_KEY,
             LIVE_KEY,
-            DAILY_KEY.format(day=utc_day(self.clock())),
+            DAILY_KEY.format(day=utc_day(now)),
             PARKED_KEY,
             WAKING_KEY,
+            JOBS_REGISTRY_KEY,
         ]
         ops = []
         for effect in effects:
@@ -738,6 +852,8 @@ class JobStore:
             request.to_json() if request is not None else "",
             json.dumps(ops),
             DAILY_TTL,
+            JOBS_INDEX_PREFIX,
+            repr(now),
         ]
         return keys, args
 
@@ -861,6 +977,15 @@ class JobStore:
 
     def drop_quarantined(self, job_id: str) -> None:
         self.client.zrem(QUARANTINE_KEY, job_id)
+
+    def prune_index(self, entries: Sequence[tuple[str, str]], sets: Iterable[str] = ()) -> None:
+        """Drop list index entries (``(set key, member)``) whose record is gone (it expired
+        while live), and the registry names of those sets, or of ``sets``, that no longer
+        exist (``worker.job_listing``)."""
+        pairs = [*entries, *((key, "") for key in sets)]
+        if pairs:
+            keys = [JOBS_REGISTRY_KEY, *(key for key, _ in pairs)]
+            self._prune_index(keys=keys, args=[JOBS_INDEX_PREFIX, *(m for _, m in pairs)])
 
     # chains -------------------------------------------------------------------
 

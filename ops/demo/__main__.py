@@ -27,7 +27,7 @@ def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
     """Bring the local stack up, run a chain and a batch, write out/contact_sheet.png."""
     interrupt_on_signals()
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(stack_env=None)  # it starts a stack of its own
         stack = LocalStack(StackOptions(), settings, click.echo)
         endpoints = stack.start()
     except (StackError, ConfigError) as exc:

@@ -41,11 +41,11 @@ def exporter_command(host: str, port: int) -> None:
     """Serve Prometheus metrics (queues, held countdowns, live jobs, counters, latencies)
     read from the Redis at REDIS_URL at every scrape."""
     try:
-        settings = Settings.from_env()
+        registry = build_registry(Settings.from_env())
     except ConfigError as exc:
         click.echo(f"wavequeue exporter: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG
-    server, thread = start_http_server(port, addr=host, registry=build_registry(settings))
+    server, thread = start_http_server(port, addr=host, registry=registry)
     click.echo(f"wavequeue exporter listening on http://{host}:{server.server_port}/metrics")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -44,8 +44,10 @@ max_tasks = _ours("max_tasks", _guard.MAX_TASKS)
 purge_offline_workers = _ours("purge_offline_workers", _guard.PURGE_OFFLINE_WORKERS)
 tasks_columns = _ours("tasks_columns", _guard.TASKS_COLUMNS)
 
+_settings = _Settings.from_env()
 try:
     _guard.check_exposure(address, list(_current.basic_auth or []), _current.auth)
+    _guard.check_redis(_settings)
 except _guard.FlowerConfigError as _exc:
     sys.stderr.write(f"flower: {_exc}\n")
     sys.stderr.flush()
@@ -54,4 +56,4 @@ except _guard.FlowerConfigError as _exc:
 # Same visibility timeout (and Sentinel master) as the workers, so Flower's broker view
 # and any message it handles agree with them (worker.app already sets them; this makes
 # it explicit).
-_app.conf.broker_transport_options = _transport_options(_Settings.from_env())
+_app.conf.broker_transport_options = _transport_options(_settings)

@@ -13,6 +13,9 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker.errors import ConfigError
+from worker.settings import Settings
+
 #: Where Flower keeps its state when nothing else is said (relative to the working
 #: directory, like the rest of the local stack's data under ``./.wavequeue/``).
 DEFAULT_DB = Path(".wavequeue") / "flower" / "flower.db"
@@ -73,6 +76,14 @@ def check_exposure(address: str, basic_auth: Sequence[str], oauth: str) -> None:
         "set FLOWER_BASIC_AUTH=user:password (or --basic-auth), "
         "or listen on 127.0.0.1 (FLOWER_ADDRESS)"
     )
+
+
+def check_redis(settings: Settings) -> None:
+    """Flower needs the workers' Redis; without one named, Celery would try AMQP."""
+    try:
+        settings.require_redis_url()
+    except ConfigError as exc:
+        raise FlowerConfigError(str(exc)) from None
 
 
 def normalize_prefix(prefix: str | None) -> str:

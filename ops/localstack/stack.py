@@ -14,6 +14,10 @@ What runs, and why:
 - **Worker**, **Flower** (localhost only, state in ``<data-dir>/flower``) and the
   **exporter**. Only the worker gets the API key.
 
+Once everything is up, ``<data-dir>/stack.env`` says where Redis is (``worker.local_stack``):
+``wavequeue`` commands and ``JobClient.from_env()`` run in the same folder without
+``REDIS_URL`` use it while the stack runs; the stack deletes it when it stops.
+
 Children log to ``<data-dir>/logs/<name>.log``. If one dies, the stack says so,
 shows the end of its log and stops the rest; Ctrl-C or SIGTERM stops everything,
 worker first, Redis last.
@@ -45,6 +49,7 @@ from ops.localstack.supervisor import (
     port_open,
 )
 from worker.errors import ConfigError
+from worker.local_stack import STACK_ENV_PATH, remove_stack_env, write_stack_env
 from worker.redis_connection import redact, redis_client
 from worker.settings import Settings
 
@@ -114,14 +119,6 @@ def _image_url_env(emulated: bool) -> dict[str, str]:
     return {"WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1"} if emulated else {}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Owner-only: a REDIS_URL may carry a password."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-
-
 def _listening(port: int) -> Callable[[ProcessService], bool]:
     return lambda _service: port_open(HOST, port)
 
@@ -135,6 +132,7 @@ class LocalStack:
         self.say = say
         self.supervisor = Supervisor(say)
         self.logs = options.data_dir / "logs"
+        self.stack_env = options.data_dir / STACK_ENV_PATH.name
 
     def start(self) -> Endpoints:
         """Start every service in dependency order; raise StackError if one fails."""
@@ -152,11 +150,7 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
-        stack_env = {"REDIS_URL": redis_url, **_image_url_env(emulated)}
-        _write_private(
-            self.options.data_dir / "stack.env",
-            "".join(f"{name}={value}\n" for name, value in stack_env.items()),
-        )
+        write_stack_env(self.stack_env, {"REDIS_URL": redis_url, **_image_url_env(emulated)})
         return Endpoints(redis_url, base_url, emulated, flower_url, exporter_url)
 
     def watch(self) -> None:
@@ -164,6 +158,8 @@ class LocalStack:
         self.supervisor.watch()
 
     def stop(self) -> None:
+        # First: from now on nobody should pick this stack's Redis up (worker.local_stack).
+        remove_stack_env(self.stack_env)
         self.supervisor.stop_all()
 
     def __enter__(self) -> LocalStack:
@@ -181,7 +177,7 @@ class LocalStack:
 
     def _redis(self) -> str:
         wanted = self.settings.redis_url
-        if "redis_url" in self.settings.model_fields_set:
+        if wanted is not None:
             if redis_answers(self.settings):
                 self.say(f"  {'redis':<9} {redact(wanted)} (REDIS_URL, already running)")
                 return wanted
@@ -302,7 +298,8 @@ def up_command(
     stack prints where each service listens.
     """
     try:
-        settings = Settings.from_env()
+        # Never the stack.env of another running stack: this one starts its own Redis.
+        settings = Settings.from_env(stack_env=None)
         options = StackOptions(
             data_dir, redis_port, emulator_port, flower_port, exporter_port, concurrency
         )

@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -34,6 +34,7 @@ from producer.commands.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
     EXIT_TIMED_OUT,
+    TIMEOUT,
     json_option,
     make_client,
     print_json,
@@ -42,7 +43,7 @@ from producer.commands.common import (
 from producer.errors import ValidationError, WaitTimeoutError
 from producer.prepare import PreparedJob
 from worker.limits import MAX_BATCH_BYTES, MAX_BATCH_LINE_BYTES, MAX_BATCH_LINES, megabytes
-from worker.models import JobRecord, JobStatus, request_size
+from worker.models import JobRecord, JobState, JobStatus, request_size
 
 
 def read_batch(
@@ -188,8 +189,13 @@ class ProgressLine:
 
 
 def _summary(
-    lines_and_ids: list[tuple[int, str]], records: dict[str, JobRecord], elapsed: float
+    lines_and_ids: list[tuple[int, str]],
+    records: Mapping[str, JobState | None],
+    elapsed: float,
 ) -> dict[str, Any]:
+    """The ``--json`` summary: counts by status, and every job (``job_id``, ``status``,
+    ``outputs``, ``error``) with its line; a job not known to have ended is listed with
+    its status if known, else as ``unfinished``."""
     jobs = []
     for line, job_id in lines_and_ids:
         record = records.get(job_id)
@@ -208,7 +214,7 @@ def _summary(
         "completed": counts["completed"],
         "failed": counts["failed"],
         "timed_out": counts["timed_out"],
-        "unfinished": counts["unfinished"],
+        "unfinished": len(jobs) - sum(counts[s] for s in ("completed", "failed", "timed_out")),
         "seconds": round(elapsed, 3),
         "jobs": jobs,
     }
@@ -238,7 +244,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=TIMEOUT,
     default=None,
     help="Seconds to wait at most (default: until the last deadline, plus a minute).",
 )
@@ -271,7 +277,9 @@ def batch_command(
         job_ids = [job_id for _, job_id in lines_and_ids]
         if not wait:
             if as_json:
-                print_json({"jobs": [{"line": n, "job_id": j} for n, j in lines_and_ids]})
+                # The summary's shape, as with --wait: each job as it stands now.
+                now = dict(zip(job_ids, client.get_states(job_ids), strict=True))
+                print_json(_summary(lines_and_ids, now, time.monotonic() - started))
             else:
                 click.echo(f"enqueued {len(job_ids)} jobs")
                 for line, job_id in lines_and_ids:

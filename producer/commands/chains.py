@@ -1,4 +1,5 @@
-"""``wavequeue chain`` and ``wavequeue retry``: a picture and edits in a row."""
+"""``wavequeue chain`` and ``wavequeue retry``: a picture and edits in a row, and running
+again what failed (a chain from its failed step, or a single job)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from producer.chain_spec import EditSpec, FirstStep, prepare_chain
+from producer.chain_status import ChainStatus
 from producer.client import JobClient
 from producer.commands.common import (
     EXIT_COMPLETED,
@@ -24,6 +26,7 @@ from producer.commands.common import (
     wait_options,
     with_options,
 )
+from producer.commands.submit import finish
 from producer.errors import ValidationError
 from worker.models import DEFAULT_EDIT_MODEL, DEFAULT_TEXT_TO_IMAGE_MODEL
 
@@ -97,6 +100,7 @@ def chain_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    tenant: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -134,6 +138,7 @@ def chain_command(
         "deadline": deadline,
         "metadata": chain_metadata,
         "idempotency_key": idempotency_key,
+        "tenant": tenant,
     }
     with make_client() as client:
         if problems:
@@ -148,12 +153,21 @@ def chain_command(
 
 
 @click.command("retry")
-@click.argument("chain_id")
+@click.argument("any_id", metavar="ID")
 @with_options(wait_options)
 @json_option
 @reports_errors
-def retry_command(chain_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
-    """Resume a failed chain from its failed step; finished steps are not run again."""
+def retry_command(any_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Run a failed or timed-out job again, or resume a failed chain from its failed step
+    (ID is the job, the chain, or one of its steps); finished steps are not run again.
+    Prints the new job (or the chain), as ``generate`` and ``chain`` do."""
     with make_client() as client:
-        client.retry_chain(chain_id)
-        finish_chain(client, chain_id, wait=wait, timeout=timeout, as_json=as_json)
+        found = client.lookup(any_id)
+        chain_id = found.id if isinstance(found, ChainStatus) else found.chain_id
+        if chain_id is not None:
+            client.retry_chain(chain_id)
+            finish_chain(client, chain_id, wait=wait, timeout=timeout, as_json=as_json)
+        new_id = client.retry(any_id)
+        if not as_json and not wait:
+            click.echo(f"job {any_id} runs again as:")
+        finish(client, new_id, wait=wait, timeout=timeout, as_json=as_json)

@@ -26,8 +26,8 @@ from PIL import Image
 from producer.chain_status import ChainState, ChainStatus
 from producer.client import JobClient
 from producer.errors import (
-    ChainNotRetryableError,
     JobNotFoundError,
+    NotRetryableError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -71,7 +71,7 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ValidationError as exc:
             fail_bad_input(exc.problems)
-        except (JobNotFoundError, ChainNotRetryableError, ConfigError) as exc:
+        except (JobNotFoundError, NotRetryableError, ConfigError) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
         except WaitTimeoutError as exc:
             fail(str(exc), EXIT_TIMED_OUT)
@@ -121,7 +121,10 @@ def short_reference(value: str, limit: int = 80) -> str:
 
 
 def record_json(record: JobRecord) -> dict[str, Any]:
-    return record.model_dump(mode="json")
+    """A job as every ``--json`` output shows it: its record, the id as ``job_id`` (as in
+    a chain's steps and a batch's jobs; a chain's id is ``chain_id``)."""
+    data = record.model_dump(mode="json")
+    return {"job_id": data.pop("id"), **data}
 
 
 def describe_record(record: JobRecord) -> str:
@@ -133,6 +136,8 @@ def describe_record(record: JobRecord) -> str:
     lines = [line]
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
+    if record.retry_of is not None:
+        lines.append(f"  retry of job {record.retry_of}")
     lines.extend(f"  {output}" for output in record.outputs)
     if record.error is not None:
         lines.append(f"  error [{record.error.code}] {record.error.message}")
@@ -185,6 +190,9 @@ def show(result: JobRecord | ChainStatus, *, as_json: bool) -> None:
 
 # options shared by the submitting commands ------------------------------------------
 
+#: ``--timeout`` values: seconds, never negative (0: look once).
+TIMEOUT = click.FloatRange(min=0)
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
 )
@@ -192,7 +200,7 @@ wait_options = [
     click.option("--wait", is_flag=True, help="Wait until it ends; the exit code tells how."),
     click.option(
         "--timeout",
-        type=float,
+        type=TIMEOUT,
         default=None,
         help="Seconds to wait at most (default: until the deadline, plus a minute).",
     ),
@@ -215,7 +223,13 @@ job_options = [
     click.option(
         "--idempotency-key",
         default=None,
-        help="Submitting again with the same key returns the first job; nothing new runs.",
+        help="Submitting again with the same key returns the first job; nothing new runs "
+        "(the same key with a different request is an error).",
+    ),
+    click.option(
+        "--tenant",
+        default=None,
+        help="Who the job is for (default 'default'); `wavequeue jobs --tenant` lists by it.",
     ),
 ]
 

@@ -112,7 +112,8 @@ def download_command(any_id: str, out_dir: Path, as_json: bool) -> None:
                 sys.exit(EXIT_UNAVAILABLE)
     note = unfinished_note(found)
     if as_json:
-        print_json({"id": any_id, "files": [str(path) for path in saved], "incomplete": note})
+        kind = "chain_id" if isinstance(found, ChainStatus) else "job_id"
+        print_json({kind: any_id, "files": [str(path) for path in saved], "incomplete": note})
     else:
         for path in saved:
             click.echo(str(path))

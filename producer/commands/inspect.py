@@ -9,6 +9,7 @@ import click
 from producer.chain_status import ChainStatus
 from producer.commands.common import (
     EXIT_COMPLETED,
+    TIMEOUT,
     exit_code_of,
     json_option,
     make_client,
@@ -34,7 +35,7 @@ def status_command(any_id: str, as_json: bool) -> None:
 @click.argument("any_id", metavar="ID")
 @click.option(
     "--timeout",
-    type=float,
+    type=TIMEOUT,
     default=None,
     help="Seconds to wait at most (default: until the deadline, plus a minute).",
 )

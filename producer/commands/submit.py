@@ -17,6 +17,7 @@ from producer.commands.common import (
     make_client,
     parse_json_object,
     print_json,
+    record_json,
     reports_errors,
     show,
     wait_options,
@@ -55,10 +56,11 @@ def finish(
 ) -> None:
     """Print the id (or wait and print the outcome) and exit with the matching code."""
     if not wait:
+        record = client.get(job_id)
         if as_json:
-            print_json({"job_id": job_id, "status": client.get(job_id).status.value})
+            print_json(record_json(record))  # the same shape as with --wait
         else:
-            click.echo(f"job {job_id} {client.get(job_id).status.value}")
+            click.echo(f"job {job_id} {record.status.value}")
         sys.exit(EXIT_COMPLETED)
     record = client.wait(job_id, timeout)
     show(record, as_json=as_json)
@@ -90,6 +92,7 @@ def generate_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    tenant: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -110,6 +113,7 @@ def generate_command(
                 "priority": priority,
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
+                "tenant": tenant,
             },
             metadata,
         )
@@ -154,6 +158,7 @@ def edit_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    tenant: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -179,6 +184,7 @@ def edit_command(
                 "priority": priority,
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
+                "tenant": tenant,
             },
             metadata,
         )

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import redis
 
-from producer import JobClient, JobRecord, JobStatus, Priority, ValidationError
+from producer import (
+    IdempotencyConflictError,
+    JobClient,
+    JobRecord,
+    JobStatus,
+    Priority,
+    ValidationError,
+)
 from tests.producer.conftest import ProducerStack
 from tests.support.emulator import input_key
 from tests.support.jobs import Enqueuer
@@ -47,23 +54,19 @@ def test_a_batch_completes_in_order_each_job_submitted_once(
 def test_an_idempotency_key_gives_one_job_within_a_batch_and_across_batches(
     stack: ProducerStack, stack_client: JobClient
 ) -> None:
+    keyed = {"kind": "text-to-image", "prompt": "keyed once", "idempotency_key": "k-1"}
     first, again, other = stack_client.submit_many(
-        stack_client.prepare_many(
-            [
-                {"kind": "text-to-image", "prompt": "keyed once", "idempotency_key": "k-1"},
-                {"kind": "text-to-image", "prompt": "keyed twice", "idempotency_key": "k-1"},
-                {"kind": "text-to-image", "prompt": "not keyed"},
-            ]
-        )
+        stack_client.prepare_many([keyed, keyed, {"kind": "text-to-image", "prompt": "not keyed"}])
     )
-    later = stack_client.submit_many(
-        [stack_client.prepare({"kind": "text-to-image", "prompt": "x", "idempotency_key": "k-1"})]
-    )
+    later = stack_client.submit_many([stack_client.prepare(keyed)])
+    # The key with another request is a conflict (issue #12), not the first job in silence.
+    with pytest.raises(IdempotencyConflictError):
+        stack_client.submit_many([stack_client.prepare({**keyed, "prompt": "keyed twice"})])
 
     assert again == first and later == [first] and other != first
-    keyed, unkeyed = stack_client.wait_all([first, other], timeout=60)
-    assert keyed.input["prompt"] == "keyed once"
-    assert keyed.status is unkeyed.status is JobStatus.COMPLETED
+    keyed_record, unkeyed = stack_client.wait_all([first, other], timeout=60)
+    assert keyed_record.input["prompt"] == "keyed once"
+    assert keyed_record.status is unkeyed.status is JobStatus.COMPLETED
     assert stack.emulator.stats()["submissions"]["total"] == 2
 
 

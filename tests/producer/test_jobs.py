@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
-from producer import JobClient, JobStatus, Priority, TextToImage
+from producer import IdempotencyConflictError, JobClient, JobStatus, Priority, TextToImage
 from tests.producer.conftest import ProducerStack
 from tests.support.emulator import input_key
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
@@ -23,8 +24,13 @@ def test_the_same_idempotency_key_twice_is_one_job_and_one_submission(
     key = input_key("wavespeed-ai/flux-kontext-max/text-to-image", record.input)
     assert stack.submissions_per_input()[key] == 1
     assert stack.emulator.stats()["submissions"]["total"] == 1
-    # Also once the first job has ended: still the same job, nothing new sent.
-    assert stack_client.text_to_image("something else", idempotency_key="order-77") == first
+    # Also once the first job has ended: still the same job, nothing new sent; and the key
+    # with another request is a conflict, never the first job in silence (issue #12).
+    assert stack_client.text_to_image(
+        "idempotent lighthouse", seed=4, idempotency_key="order-77"
+    ) == first  # fmt: skip
+    with pytest.raises(IdempotencyConflictError):
+        stack_client.text_to_image("something else", idempotency_key="order-77")
     assert stack.emulator.stats()["submissions"]["total"] == 1
 
 
@@ -71,6 +77,6 @@ def test_a_chain_submitted_twice_with_one_key_is_one_chain(redis_url: str) -> No
         assert sum(1 for _ in raw.scan_iter("wq:job:*", _type="hash")) == 2
         assert raw.llen(QUEUE_NORMAL) == 1  # one Celery chain message
         # A plain job cannot reuse a chain's key to pose as something else.
-        assert client.text_to_image("x", idempotency_key="chain-9") == (
-            client.chain_status(first).steps[0].job_id
-        )
+        with pytest.raises(IdempotencyConflictError) as caught:
+            client.text_to_image("x", idempotency_key="chain-9")
+        assert caught.value.job_id == client.chain_status(first).steps[0].job_id

@@ -19,7 +19,7 @@ from worker.store import JobStore
 class Enqueuer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
+        self.store = JobStore.from_url(settings.require_redis_url(), record_ttl=settings.record_ttl)
         self.app: Celery = make_app(settings)
 
     def create(self, model: str, deadline: float | None = None, **fields: Any) -> str:

@@ -111,7 +111,7 @@ class Stack:
 
     def worker_env(self, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
         return {
-            "REDIS_URL": self.settings.redis_url,
+            "REDIS_URL": self.settings.require_redis_url(),
             "WAVESPEED_BASE_URL": self.emulator.base_url,
             "WAVESPEED_API_KEY": API_KEY,
             **WORKER_ENV,
@@ -246,7 +246,7 @@ class Stack:
         self.stop_fleet()
         self.say("starting the raw Celery floor's worker")
         fleet = Fleet(
-            "floor", argv, {"REDIS_URL": self.settings.redis_url}, 1, self.log_dir
+            "floor", argv, {"REDIS_URL": self.settings.require_redis_url()}, 1, self.log_dir
         ).start()
         app = make_floor_app(self.settings)
         try:
