@@ -22,6 +22,8 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+import redis
+
 from worker.constants import JOBS_INDEX_KEY, JOBS_REGISTRY_KEY
 from worker.errors import ValidationError
 from worker.models import TERMINAL_STATUSES, JobState, JobStatus
@@ -129,10 +131,10 @@ def check_filter(
     return JobFilter(statuses, as_set(model), as_set(tenant), since)
 
 
-def places(store: JobStore, wanted: JobFilter) -> list[Place]:
+def places(client: redis.Redis, wanted: JobFilter) -> list[Place]:
     """The index sets that match (one SMEMBERS of a small set)."""
-    names: Collection[str] = store.client.smembers(JOBS_REGISTRY_KEY)  # type: ignore[assignment]
-    found = [place for name in names if (place := Place.parse(str(name))) is not None]
+    names: Collection[str] = client.smembers(JOBS_REGISTRY_KEY)  # type: ignore[assignment]
+    found = [place for name in names if (place := Place.parse(_text(name))) is not None]
     return sorted((p for p in found if wanted.takes(p)), key=lambda p: p.name)
 
 
@@ -140,7 +142,7 @@ def list_jobs(
     store: JobStore, wanted: JobFilter, *, limit: int = DEFAULT_PAGE, cursor: str | None = None
 ) -> JobPage:
     """One page of jobs that match ``wanted``, after ``cursor`` (see the module's text)."""
-    matching = places(store, wanted)
+    matching = places(store.client, wanted)
     low = "[" + index_time(wanted.since) if wanted.since is not None else "-"
     jobs: list[JobState] = []
     while len(jobs) < limit:
@@ -184,21 +186,25 @@ class IndexFigures:
     ended: dict[str, int]
 
 
-def index_figures(store: JobStore, now: float, window: float = 3600.0) -> IndexFigures:
-    """Oldest waiting job and jobs ended in the last ``window`` seconds: two commands per
-    matching index set, in one pipeline."""
-    queued = places(store, JobFilter(statuses=frozenset({JobStatus.QUEUED.value})))
-    ended = places(store, JobFilter(statuses=frozenset(s.value for s in TERMINAL_STATUSES)))
-    pipe = store.client.pipeline(transaction=False)
+def index_figures(client: redis.Redis, now: float, window: float = 3600.0) -> IndexFigures:
+    """Oldest waiting job and jobs ended in the last ``window`` seconds: one command per
+    matching index set, in one pipeline (``client`` decodes responses)."""
+    queued = places(client, JobFilter(statuses=frozenset({JobStatus.QUEUED.value})))
+    ended = places(client, JobFilter(statuses=frozenset(s.value for s in TERMINAL_STATUSES)))
+    pipe = client.pipeline(transaction=False)
     for place in queued:
         pipe.zrangebylex(place.key, "-", "+", 0, 1)
     start = "[" + index_time(now - window)
     for place in ended:
         pipe.zlexcount(place.key, start, "+")
     replies = pipe.execute()
-    firsts = [str(r[0]) for r in replies[: len(queued)] if r]
+    firsts = [_text(r[0]) for r in replies[: len(queued)] if r]
     counts = {status.value: 0 for status in TERMINAL_STATUSES}
     for place, count in zip(ended, replies[len(queued) :], strict=True):
         counts[place.status] += int(count)
     oldest = float(min(firsts).partition("|")[0]) if firsts else None
     return IndexFigures(oldest_queued_at=oldest, ended=counts)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -25,6 +25,10 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "jobs_oldest_queued_age_seconds": "How long the job waiting longest has been queued "
+    "(0 when none waits)",
+    "jobs_ended_last_hour": "Jobs that ended in the last hour, by terminal status (from the "
+    "list index; within the record TTL)",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }

@@ -102,6 +102,14 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        oldest = _gauge("jobs_oldest_queued_age_seconds")
+        queued_at = snap.index.oldest_queued_at
+        oldest.add_metric([], max(0.0, snap.taken_at - queued_at) if queued_at else 0.0)
+        yield oldest
+        ended = _gauge("jobs_ended_last_hour", ["status"])
+        for status, count in sorted(snap.index.ended.items()):
+            ended.add_metric([status], count)
+        yield ended
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}

@@ -1,4 +1,4 @@
-"""One read of everything the exporter reports, in one pipelined round trip.
+"""One read of everything the exporter reports, in two pipelined round trips.
 
 Kept apart from the Prometheus types so the reading can be tested (and reasoned
 about) on its own: what Redis holds, not how it is exposed.
@@ -6,7 +6,9 @@ about) on its own: what Redis holds, not how it is exposed.
 A scrape costs the same number of Redis commands however many jobs are in flight:
 live jobs are the counts the store's scripts keep in ``LIVE_KEY`` (one HGETALL, one
 field per status and model), and the deadline figures are a ZCOUNT and the first
-entry of ``DEADLINES_KEY``. No job record is read.
+entry of ``DEADLINES_KEY``. The oldest waiting job and the jobs ended in the last hour
+come from the list index (``worker.job_listing.index_figures``): one command per
+(status, model, tenant) set of queued or ended jobs. No job record is read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from worker.constants import (
     PARKED_KEY,
     QUEUES,
 )
+from worker.job_listing import IndexFigures, index_figures
 from worker.store import parse_counter_field
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
@@ -96,6 +99,8 @@ class Snapshot:
     parked: int
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    #: The list index's figures: oldest waiting job, jobs ended in the last hour.
+    index: IndexFigures = field(default_factory=lambda: IndexFigures(None, {}))
 
 
 def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUES) -> Snapshot:
@@ -135,6 +140,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
             for name, raw in zip(HISTOGRAMS, hists, strict=True)
         },
+        index=index_figures(client, now),
     )
 
 
