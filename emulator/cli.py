@@ -37,6 +37,7 @@ def build_config(
     rate_limit_per_minute: int | None,
     max_concurrency: int | None,
     image_scale: float,
+    public_url: str | None = None,
 ) -> EmulatorConfig:
     """Turn the flags into the same partial-config mapping ``POST /_emulator/config`` takes."""
     per_model: dict[str, str] = {}
@@ -58,6 +59,7 @@ def build_config(
         "rate_limit_per_minute": rate_limit_per_minute,
         "max_concurrency": max_concurrency,
         "image_scale": image_scale,
+        "public_url": public_url,
     }
     return EmulatorConfig(api_key=api_key or None).updated(changes)
 
@@ -108,6 +110,13 @@ def build_config(
     type=float,
     help="Scale generated image sizes (e.g. 0.25 for load tests); sizes stay multiples of 16.",
 )
+@click.option(
+    "--public-url",
+    envvar="WAVESPEED_EMULATOR_PUBLIC_URL",
+    help="Base of the URLs it hands out (outputs, uploads), e.g. http://127.0.0.1:8765 when "
+    "clients reach it by another name (env WAVESPEED_EMULATOR_PUBLIC_URL); unset: the "
+    "scheme and host each client used.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off: it slows polling).")
 def emulator_command(
     *,
@@ -122,6 +131,7 @@ def emulator_command(
     rate_limit_per_minute: int | None,
     max_concurrency: int | None,
     image_scale: float,
+    public_url: str | None,
     access_log: bool,
 ) -> None:
     """Run a WaveSpeed v3 API emulator (submit, result, media, uploads, webhooks, faults)."""
@@ -136,6 +146,7 @@ def emulator_command(
             rate_limit_per_minute=rate_limit_per_minute,
             max_concurrency=max_concurrency,
             image_scale=image_scale,
+            public_url=public_url,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -180,6 +180,11 @@ class EmulatorConfig:
     max_concurrency: int | None = None
     image_scale: float = 1.0
     faults: Mapping[str, FaultSpec] = field(default_factory=dict)
+    #: The base of every URL the emulator hands out (outputs, uploads, result URLs), e.g.
+    #: ``http://127.0.0.1:8765`` for a container whose clients reach it as
+    #: ``http://emulator:8765``: the host can then open the outputs too. None: the
+    #: scheme and host the client used.
+    public_url: str | None = None
 
     def latency_for(self, model: str) -> LatencySpec:
         return self.model_latency.get(model, self.latency)
@@ -212,6 +217,7 @@ class EmulatorConfig:
             "max_concurrency": self.max_concurrency,
             "image_scale": self.image_scale,
             "faults": {kind: spec.to_json(kind) for kind, spec in self.faults.items()},
+            "public_url": self.public_url,
         }
 
 
@@ -245,6 +251,16 @@ def _number(name: str, raw: Any, *, minimum: float = 0.0, maximum: float = math.
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum}")
     return value
+
+
+def _public_url(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    text = str(raw).rstrip("/")
+    scheme, _, rest = text.partition("://")
+    if scheme not in ("http", "https") or not rest or "/" in rest:
+        raise ConfigError(f"public_url must be http(s)://host[:port], not {raw!r}")
+    return text
 
 
 def _integer(name: str, raw: Any, *, minimum: int = 0) -> int:
@@ -346,4 +362,5 @@ _TOP_LEVEL_PARSERS: Final[Mapping[str, Callable[[EmulatorConfig, Any], object]]]
     "max_concurrency": lambda _config, raw: _optional_integer("max_concurrency", raw, minimum=1),
     "image_scale": lambda _config, raw: _number("image_scale", raw, minimum=0.01, maximum=4.0),
     "faults": _merge_faults,
+    "public_url": lambda _config, raw: _public_url(raw),
 }

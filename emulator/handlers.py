@@ -45,8 +45,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def base_url(self) -> str:
-        """Where the client reached us: output and result URLs are built on it."""
-        return f"{self.request.protocol}://{self.request.host}"
+        """Where output and result URLs point: the configured public URL, else where the
+        client reached us."""
+        return self.state.config.public_url or f"{self.request.protocol}://{self.request.host}"
 
     def write_wire(self, body: bytes, status: int = 200) -> None:
         self.set_status(status)

@@ -407,7 +407,7 @@ class JobClient:
             idempotency_key=options.idempotency_key,
             tenant=options.tenant,
         )
-        message = self._messages().build(record.id, QUEUE_OF[options.priority])
+        message = self._messages().build(record.id, QUEUE_OF[options.priority], record.model)
         fingerprint = None
         if options.idempotency_key is not None:
             fingerprint = request_fingerprint(prepared.model, prepared.body, _options_of(options))
@@ -557,7 +557,7 @@ class JobClient:
             job_ids.append(job_id)
         self.store.create_chain(chain_id, job_ids, metadata=options.metadata)
         self._keep_alive(chain_id, job_ids, options.deadline)
-        self._send_chain(job_ids, options.queue)
+        self._send_chain(job_ids, options.queue, [step.model for step in prepared.steps])
         return chain_id
 
     @_redis_errors_mapped
@@ -659,7 +659,8 @@ class JobClient:
                 step_id = step.job_id
             run_ids.append(step_id)
         self._keep_alive(chain_id, run_ids, step_deadline)
-        self._send_chain(run_ids, old.priority.queue)
+        models = [old.model, *(step.model for step in status.steps[failed.number :])]
+        self._send_chain(run_ids, old.priority.queue, models)
         return new_job_id
 
     # finding jobs ---------------------------------------------------------------
@@ -728,7 +729,7 @@ class JobClient:
             tenant=old.tenant,
             retry_of=old.id,
         )
-        message = self._messages().build(record.id, QUEUE_OF[old.priority])
+        message = self._messages().build(record.id, QUEUE_OF[old.priority], old.model)
         # One retry per failed record, however many callers ask at once.
         key = f"wavequeue.retry:{old.id}"
         new_id, created = self.store.create(NewJob(record, key, message=message.outgoing))
@@ -784,12 +785,15 @@ class JobClient:
                 self._app = app
             return self._app
 
-    def _send_chain(self, job_ids: builtins.list[str], queue: str) -> None:
-        """Send the steps as one Celery chain (a single job: one message)."""
+    def _send_chain(
+        self, job_ids: builtins.list[str], queue: str, models: Sequence[str | None] = ()
+    ) -> None:
+        """Send the steps as one Celery chain (a single job: one message); ``models`` label
+        the messages for Flower."""
         from worker.chains import send_job_chain  # noqa: PLC0415 - Celery loads only when sending
 
         with self._publishing(job_ids[0]):
-            send_job_chain(self._celery(), job_ids, queue)
+            send_job_chain(self._celery(), job_ids, queue, models=models)
 
     @contextlib.contextmanager
     def _publishing(self, job_id: str) -> Iterator[None]:

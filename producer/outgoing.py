@@ -40,14 +40,13 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 
 from worker.constants import RUN_JOB_TASK
+from worker.messages import run_label
 from worker.store import Outgoing
 
 #: kombu's virtual transports encode every body this way (``Channel.body_encoding``).
 BODY_ENCODING = "base64"
 #: Celery publishes a routed task through the anonymous exchange, keyed by queue name.
 ANONYMOUS_EXCHANGE = ""
-#: The header the slimming (``worker.messages``) writes anyway: no need for saferepr.
-_ARGSREPR = "()"
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class RunJobMessages:
         self._origin = anon_nodename()
         self._declared: dict[str, Any] = {}
 
-    def build(self, job_id: str, queue: str) -> RunJobMessage:
+    def build(self, job_id: str, queue: str, model: str | None = None) -> RunJobMessage:
         task_id, delivery_tag = _two_uuid4s()
         kwargs = {"job_id": job_id}
         headers, properties, body, sent_event = self.app.amqp.as_task_v2(
@@ -79,10 +78,10 @@ class RunJobMessages:
             RUN_JOB_TASK,
             kwargs=kwargs,
             ignore_result=True,
-            argsrepr=_ARGSREPR,
-            kwargsrepr=repr(kwargs),
             origin=self._origin,
             create_sent_event=self.sends_sent_events,
+            # What Flower shows: "wavequeue.run_job: submit", the job id, the model.
+            **run_label(job_id, 0, model),
         )
         signals.before_task_publish.send(
             sender=RUN_JOB_TASK,
@@ -114,7 +113,9 @@ class RunJobMessages:
                     "queue": queue,
                     "exchange": ANONYMOUS_EXCHANGE,
                     "routing_key": queue,
-                    # What the worker's events show too (worker.messages slims it).
+                    # What the worker's events show too (worker.messages.run_label).
+                    "name": headers.get("shadow") or RUN_JOB_TASK,
+                    "args": headers.get("argsrepr", sent_event.get("args")),
                     "kwargs": headers.get("kwargsrepr", sent_event.get("kwargs")),
                 }
             )

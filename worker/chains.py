@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, chain
 
 from worker.constants import RUN_JOB_TASK
+from worker.messages import run_label
 
 
 def send_job_chain(
@@ -21,18 +22,25 @@ def send_job_chain(
     queue: str,
     *,
     first_kwargs: Mapping[str, Any] | None = None,
+    models: Sequence[str | None] = (),
 ) -> None:
-    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message)."""
-    signatures = [
-        app.signature(
-            RUN_JOB_TASK,
-            kwargs={"job_id": job_id, **(first_kwargs if index == 0 and first_kwargs else {})},
-            queue=queue,
-            # Results live in the job record: never subscribe to a result channel per send.
-            ignore_result=True,
+    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message).
+    ``models`` (the steps' models, in order) label the messages for Flower."""
+    signatures = []
+    for index, job_id in enumerate(job_ids):
+        kwargs = {"job_id": job_id, **(first_kwargs if index == 0 and first_kwargs else {})}
+        model = models[index] if index < len(models) else None
+        label = run_label(job_id, int(kwargs.get("poll_seq", 0)), model)
+        signatures.append(
+            app.signature(
+                RUN_JOB_TASK,
+                kwargs=kwargs,
+                queue=queue,
+                # Results live in the job record: never subscribe to a result channel per send.
+                ignore_result=True,
+                **label,
+            )
         )
-        for index, job_id in enumerate(job_ids)
-    ]
     if len(signatures) == 1:
         signatures[0].apply_async()
     else:

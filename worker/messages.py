@@ -6,8 +6,12 @@ Celery writes every header of its protocol into every message, most of them empt
 (``shadow``, ``expires``, ``group``, ``timelimit``, ``stamps`` ...) or unused here
 (``root_id``/``parent_id``, ``reply_to`` and ``correlation_id`` for results nobody
 waits for, ``origin``). The worker reads each of them with a default, so leaving them
-out changes nothing but the size: about 1.2 KB down to about 0.7 KB. ``kwargsrepr``
-(what Flower shows) becomes ``job <id> poll <n>``.
+out changes nothing but the size: about 1.2 KB down to about 0.7 KB.
+
+What Flower shows of a run (``run_label``): its task name says which run it is
+(``wavequeue.run_job: submit``, ``wavequeue.run_job: poll 3``; Celery's ``shadow``
+header, for display only: the worker still runs ``wavequeue.run_job``), its args the job
+id, its kwargs the model. Flower's columns put them side by side (ops/flower/guard.py).
 """
 
 from __future__ import annotations
@@ -33,7 +37,24 @@ _DEFAULT_HEADERS: dict[str, Any] = {
 #: Headers and properties with no use here: results are never waited for, and the
 #: worker tracks jobs by record, not by task lineage.
 _UNUSED_HEADERS = ("root_id", "parent_id", "origin")
-_UNUSED_PROPERTIES = ("reply_to", "correlation_id", "origin")
+#: ``argsrepr``/``kwargsrepr`` given to a send (``run_label``) become headers, and Celery
+#: also leaves a copy of each among the message's properties.
+_UNUSED_PROPERTIES = ("reply_to", "correlation_id", "origin", "argsrepr", "kwargsrepr")
+
+
+def run_phase(poll_seq: int) -> str:
+    """Which run of a job a message is: its submit, or its Nth poll."""
+    return f"poll {poll_seq}" if poll_seq else "submit"
+
+
+def run_label(job_id: str, poll_seq: int = 0, model: str | None = None) -> dict[str, str]:
+    """The send options that make a ``run_job`` message readable in Flower and the worker's
+    log: name with the phase, args the job id, kwargs the model ("?" when unknown)."""
+    return {
+        "shadow": f"{RUN_JOB_TASK}: {run_phase(poll_seq)}",
+        "argsrepr": job_id,
+        "kwargsrepr": model or "?",
+    }
 
 
 def slim(headers: dict[str, Any], properties: dict[str, Any], body: Any) -> None:
@@ -54,7 +75,10 @@ def slim(headers: dict[str, Any], properties: dict[str, Any], body: Any) -> None
         properties.pop(name, None)
     if isinstance(body, tuple | list) and len(body) == 3 and isinstance(body[1], dict):
         kwargs, embed = body[1], body[2]
-        headers["kwargsrepr"] = f"job {kwargs.get('job_id', '?')} poll {kwargs.get('poll_seq', 0)}"
+        if not headers.get("shadow"):
+            # Sent without a label (run_label): name and id at least, never kwargs' repr.
+            label = run_label(str(kwargs.get("job_id", "?")), int(kwargs.get("poll_seq", 0)))
+            headers.update(label)
         if isinstance(embed, dict):
             for key in [k for k, v in embed.items() if v is None]:
                 del embed[key]

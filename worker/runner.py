@@ -107,6 +107,8 @@ class Reschedule:
     poll_seq: int
     #: "poll" (not an error), "error" (uses the retry budget) or "rate_limit" (waits for a token).
     reason: str
+    #: The job's model, for the next message's label (``worker.messages.run_label``).
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,7 @@ class JobRunner:
             )
             return Duplicate(f"submit answer not applied ({moved.name.lower()})")
         log.debug("job %s submitted as prediction %s", state.id, prediction.id)
-        return Reschedule(delay, 1, "poll")
+        return Reschedule(delay, 1, "poll", snap.state.model)
 
     def _remote_rate_limited(self, snap: JobSnapshot, token: str, exc: RateLimitedError) -> Outcome:
         """A 429 on submit: the account's window is full, nothing was created. It is the
@@ -491,7 +493,7 @@ class JobRunner:
             return Duplicate(f"resubmit not applied ({reset.name.lower()})")
         self.limiter.release(snap.state.id)
         log.warning("job %s: %s; submitting again in %.1fs", snap.state.id, failure.message, delay)
-        return Reschedule(delay, 0, "error")
+        return Reschedule(delay, 0, "error", snap.state.model)
 
     def _schedule(
         self,
@@ -519,7 +521,7 @@ class JobRunner:
         )
         if not claimed:
             return Duplicate(f"poll {my_seq + 1} not scheduled ({claimed.name.lower()})")
-        return Reschedule(delay, my_seq + 1, reason)
+        return Reschedule(delay, my_seq + 1, reason, snap.state.model)
 
     # errors and endings -------------------------------------------------------
 
@@ -635,7 +637,7 @@ class JobRunner:
         )
         if not moved:
             return Duplicate(f"retry not scheduled ({moved.name.lower()})")
-        return Reschedule(delay, 0, reason)
+        return Reschedule(delay, 0, reason, snap.state.model)
 
     def _fail(
         self,

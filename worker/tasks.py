@@ -25,6 +25,7 @@ from worker.errors import (
     JobNotFoundError,
     UnreadableRecordError,
 )
+from worker.messages import run_label
 from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
 from worker.reconnect import after_reconnect
@@ -160,6 +161,7 @@ def run_job(
             kwargs={"job_id": job_id, "poll_seq": outcome.poll_seq},
             throw=False,
             task_id=uuid(),
+            **run_label(job_id, outcome.poll_seq, outcome.model),
         )
     except Reject as exc:
         # celery could not publish the next message (the broker is away) and would drop
@@ -195,11 +197,15 @@ def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     """Send a job's message again; a chain step takes the steps after it along."""
     record = snap.state
     job_ids = [record.id]
+    models: list[str | None] = [record.model]
     if record.chain_id and record.step:
         # If the chain record expired, finish this step at least.
         with contextlib.suppress(JobNotFoundError):
-            job_ids += job_runner().store.get_chain(record.chain_id).step_job_ids[record.step :]
-    send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs)
+            store = job_runner().store
+            later = store.get_chain(record.chain_id).step_job_ids[record.step :]
+            job_ids += later
+            models += [state.model if state else None for state in store.get_states(later)]
+    send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs, models=models)
 
 
 _sweeper_stop = threading.Event()

@@ -10,7 +10,8 @@ still holds Flower's own default (see ``ops/flower/guard.py``):
   and Flower refuses to start without it.
 - ``url_prefix``: ``FLOWER_URL_PREFIX`` (e.g. ``flower`` behind a reverse proxy).
 - ``persistent`` state in ``db`` (``FLOWER_DB``, default ``.wavequeue/flower/flower.db``).
-- ``max_tasks`` bounded; offline workers purged.
+- ``max_tasks`` bounded; offline workers purged; the tasks page's columns chosen.
+- ``/metrics`` asks for the same login as every page (Flower serves it to anyone).
 - The broker transport options (``visibility_timeout``, Sentinel's ``master_name``)
   are the workers' own; TLS (``broker_use_ssl``) comes with ``worker.app``'s config,
   which Flower reads for its broker page and ``/api/queues/length``.
@@ -45,6 +46,7 @@ purge_offline_workers = _ours("purge_offline_workers", _guard.PURGE_OFFLINE_WORK
 tasks_columns = _ours("tasks_columns", _guard.TASKS_COLUMNS)
 
 _settings = _Settings.from_env()
+_guard.require_login_for_metrics()
 try:
     _guard.check_exposure(address, list(_current.basic_auth or []), _current.auth)
     _guard.check_redis(_settings)

@@ -27,9 +27,11 @@ STATE_SAVE_INTERVAL_MS = 60_000
 #: Forget workers offline this long (seconds): scaled-down containers would
 #: otherwise stay on the workers page forever.
 PURGE_OFFLINE_WORKERS = 600
-#: Columns of the tasks page: the queue (routing key) and the job id in kwargs
-#: are what an operator looks for; task arguments are ids only, never secrets.
-TASKS_COLUMNS = "name,uuid,state,routing_key,kwargs,retries,received,started,runtime,worker"
+#: Columns of the tasks page, what an operator looks for first: the run (the name says
+#: submit or poll N), the job id (args) and its model (kwargs) as ``worker.messages``
+#: labels every run_job message, then its state and queue. Arguments are ids only, never
+#: secrets.
+TASKS_COLUMNS = "name,args,kwargs,state,routing_key,received,started,runtime,worker,uuid"
 
 EX_CONFIG = 78
 
@@ -76,6 +78,26 @@ def check_exposure(address: str, basic_auth: Sequence[str], oauth: str) -> None:
         "set FLOWER_BASIC_AUTH=user:password (or --basic-auth), "
         "or listen on 127.0.0.1 (FLOWER_ADDRESS)"
     )
+
+
+def require_login_for_metrics() -> None:
+    """Flower serves ``/metrics`` to anyone, whatever its login: wrap the handler so it asks
+    for the same login as every page (basic auth or OAuth; none on localhost without auth).
+    Flower's app takes its handlers from ``flower.urls.handlers`` when it starts, after the
+    config file ran, so replacing the entry there is enough. ``/healthcheck`` stays open:
+    it says "OK" and nothing else (the container's HEALTHCHECK reads it)."""
+    from flower import urls  # noqa: PLC0415 - Flower's own modules, only in its process
+    from flower.views import monitor  # noqa: PLC0415
+    from tornado.web import authenticated  # noqa: PLC0415
+
+    class LoggedInMetrics(monitor.Metrics):  # type: ignore[misc]
+        @authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    for index, handler in enumerate(urls.handlers):
+        if isinstance(handler, tuple) and handler[1] is monitor.Metrics:
+            urls.handlers[index] = (handler[0], LoggedInMetrics, *handler[2:])
 
 
 def check_redis(settings: Settings) -> None:

@@ -132,6 +132,21 @@ def test_generated_media_is_public_png(emulator: EmulatorHandle) -> None:
     assert requests.get(emulator.url("/media/0123.png"), timeout=10).status_code == 404
 
 
+def test_a_public_url_is_the_base_of_every_url_handed_out(emulator: EmulatorHandle) -> None:
+    """In compose the worker reaches the emulator as http://emulator:8765, which the host
+    cannot resolve: with a public URL the outputs open from the host too (issue #12)."""
+    public = emulator.base_url.replace("127.0.0.1", "localhost")
+    emulator.configure(public_url=public + "/")
+    data = emulator.submit(T2I_MAX, {"prompt": "a public kite"}).json()["data"]
+    assert data["urls"]["get"].startswith(f"{public}/api/v3/predictions/")
+    output = emulator.wait_for(data["id"])["outputs"][0]
+    assert output.startswith(f"{public}/media/")
+    assert requests.get(output, timeout=10).status_code == 200
+    assert emulator.config()["public_url"] == public
+    with pytest.raises(ValueError, match="public_url"):
+        emulator.configure(public_url="emulator:8765")
+
+
 def test_binary_upload_stores_the_file_and_returns_its_download_url(
     emulator: EmulatorHandle,
 ) -> None:

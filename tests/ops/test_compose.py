@@ -8,20 +8,24 @@ code reads, and .env.example covers every variable compose interpolates.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
+import redis
 import yaml
 from flower.options import default_options as flower_options
 
 from emulator.cli import emulator_command
 from ops.exporter.cli import exporter_command
 from ops.healthcheck import port_of, role_of
+from ops.localstack.redis_server import free_port
 from worker.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,17 +85,83 @@ def test_redis_is_durable_and_never_evicts() -> None:
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
+    # noeviction without maxmemory does nothing (issue #12).
+    assert "--maxmemory ${REDIS_MAXMEMORY:-1gb}" in command
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     assert COMPOSE["volumes"] is not None and "redis-data" in COMPOSE["volumes"]
+
+
+def test_no_secret_is_on_a_command_line() -> None:
+    """`ps` on the host and `docker inspect` show every argument (issue #12)."""
+    secrets = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "WAVESPEED_API_KEY", "GRAFANA_ADMIN")
+    for name, service in SERVICES.items():
+        command = service.get("command", [])
+        text = " ".join(command) if isinstance(command, list) else str(command)
+        for secret in secrets:
+            # Compose interpolates ${VAR} into the argv; $$VAR is the shell's, expanded
+            # into a file by printf (a shell builtin: no process of its own).
+            assert not re.search(r"(?<!\$)\$\{" + secret, text), (
+                f"{name} puts {secret} on its command line"
+            )
+
+
+def interpolated(command: str, **values: str) -> str:
+    """A compose command string as compose hands it to the container: ${VAR:-default}
+    replaced, $$ unescaped."""
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2) or ""
+        return values.get(name, default.removeprefix(":-").removeprefix("-"))
+
+    return re.sub(r"\$\{([A-Z0-9_]+)((?::?-)[^}]*)?\}", value, command).replace("$$", "$")
+
+
+@pytest.mark.parametrize("service", ["redis", "redis-replica"])
+def test_redis_runs_its_command_with_the_password_in_a_file(service: str, tmp_path: Path) -> None:
+    """The service's command, run by a real shell and redis-server as the container runs it
+    (on a free port, files under tmp_path): the password works, is in no argv, and
+    maxmemory is set."""
+    password = "compose-test-password-7f3a"
+    script = interpolated(SERVICES[service]["command"][2]).replace(
+        "/tmp/redis-auth.conf", str(tmp_path / "auth.conf")
+    )
+    script = script.replace("--replicaof redis 6379", "").replace(
+        "--replica-announce-ip", f"--port {free_port()} --dir {tmp_path} --replica-announce-ip"
+    )
+    port = int(re.search(r"--port (\d+)", script).group(1))  # type: ignore[union-attr]
+    process = subprocess.Popen(
+        ["sh", "-c", script], env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password}
+    )
+    try:
+        client = redis.Redis(port=port, password=password, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).set("x", 1)
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 1024**3
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        argv = (Path("/proc") / str(process.pid) / "cmdline").read_bytes().decode()
+        assert "redis-server" in argv and password not in argv
+        assert oct((tmp_path / "auth.conf").stat().st_mode & 0o777) == "0o600"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_ha_profile_one_replica_three_sentinels_quorum_two() -> None:
     replica = " ".join(SERVICES["redis-replica"]["command"])
     assert "--replicaof redis 6379" in replica
     assert "--appendonly yes" in replica
-    assert "--masterauth" in replica
+    assert "masterauth" in replica
     # The first master can be demoted by a failover: it must be able to follow the new one.
-    assert "--masterauth" in SERVICES["redis"]["command"]
+    assert "masterauth" in " ".join(SERVICES["redis"]["command"])
     commands = {
         name: SERVICES[name]["command"][-1] for name in SERVICES if name.startswith("sentinel-")
     }
@@ -194,6 +264,19 @@ def test_prometheus_scrapes_the_compose_services() -> None:
         "flower": f"flower:{flower_port}",
     }
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    # Flower's /metrics asks for its login: the credentials come from files compose writes.
+    flower = next(job for job in config["scrape_configs"] if job["job_name"] == "flower")
+    files = flower["basic_auth"]
+    command = SERVICES["prometheus"]["command"][0]
+    assert f"> {files['username_file']}" in command
+    assert f"> {files['password_file']}" in command
+
+
+def test_dev_emulator_outputs_open_from_the_host() -> None:
+    emulator = SERVICES["emulator"]
+    public = emulator["environment"]["WAVESPEED_EMULATOR_PUBLIC_URL"]
+    assert public == "http://127.0.0.1:${EMULATOR_PORT:-8765}"
+    assert emulator["ports"] == ["127.0.0.1:${EMULATOR_PORT:-8765}:8765"]
 
 
 def test_dockerfile() -> None:
@@ -215,3 +298,15 @@ def test_healthcheck_knows_every_service(service: str) -> None:
     command = SERVICES[service]["command"]
     assert role_of(command) == service
     assert port_of(command, service) > 0 or service == "worker"
+
+
+def test_prometheus_writes_flowers_first_credential_into_its_files(tmp_path: Path) -> None:
+    script = interpolated(SERVICES["prometheus"]["command"][0]).replace(
+        "/prometheus/", f"{tmp_path}/"
+    )
+    script = script.split("&& exec ")[0] + "&& true"
+    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "ops:pa:ss-word,viewer:other"}
+    subprocess.run(["sh", "-c", script], env=env, check=True, timeout=30)
+    assert (tmp_path / "flower_user").read_text() == "ops"
+    assert (tmp_path / "flower_password").read_text() == "pa:ss-word"
+    assert oct((tmp_path / "flower_password").stat().st_mode & 0o777) == "0o600"

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from ops.flower.guard import FlowerConfigError, check_exposure, is_loopback, normalize_prefix
 from ops.localstack.redis_server import free_port
-from tests.ops.conftest import BIN, FLOWER_CONFIG
+from tests.ops.conftest import BIN, FLOWER_CONFIG, FLOWER_PASSWORD, FLOWER_USER, start_flower
 
 #: Flower's own option handling, run in a child so tornado's global options stay clean.
 _EFFECTIVE = """
@@ -77,6 +78,7 @@ def test_defaults_localhost_persistent_bounded_and_the_workers_visibility_timeou
     assert (tmp_path / ".wavequeue" / "flower").is_dir()
     assert options["max_tasks"] == 10_000
     assert options["url_prefix"] == ""
+    assert options["tasks_columns"].split(",")[:4] == ["name", "args", "kwargs", "state"]
     assert "routing_key" in options["tasks_columns"]
     assert options["transport"]["visibility_timeout"] == 900
 
@@ -136,3 +138,34 @@ def test_exposure_rules() -> None:
 def test_prefix_normalized() -> None:
     assert normalize_prefix("/flower/") == "flower"
     assert normalize_prefix(None) == ""
+
+
+def test_metrics_ask_for_the_same_login_as_every_page(redis_url: str, tmp_path: Path) -> None:
+    flower = start_flower(
+        {"REDIS_URL": redis_url}, tmp_path, FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{FLOWER_PASSWORD}"
+    )
+    try:
+        anonymous = requests.get(f"{flower.address}/metrics", timeout=10)
+        assert anonymous.status_code == 401
+        assert "flower_" not in anonymous.text
+        wrong = requests.get(f"{flower.address}/metrics", auth=(FLOWER_USER, "nope"), timeout=10)
+        assert wrong.status_code == 401
+        scraped = requests.get(
+            f"{flower.address}/metrics", auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=10
+        )
+        assert scraped.status_code == 200 and "flower_" in scraped.text
+        # The container's HEALTHCHECK reads this one; it says "OK" and nothing else.
+        assert requests.get(f"{flower.address}/healthcheck", timeout=10).text == "OK"
+    finally:
+        flower.stop()
+
+
+def test_refuses_to_start_without_a_redis_named(tmp_path: Path) -> None:
+    env = {k: v for k, v in clean_env().items() if k != "REDIS_URL"}
+    done = subprocess.run(
+        [str(BIN / "celery"), "-A", "worker.app", "flower", f"--conf={FLOWER_CONFIG}",
+         f"--port={free_port()}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 78
+    assert "REDIS_URL is not set" in done.stderr

@@ -17,6 +17,7 @@ from producer import JobClient
 from producer.outgoing import RunJobMessages
 from worker.celery_config import make_app
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL, RUN_JOB_TASK
+from worker.messages import run_label
 from worker.settings import Settings
 
 #: Fresh per message: a task id and a delivery tag.
@@ -51,19 +52,27 @@ def _comparable(message: dict[str, Any]) -> dict[str, Any]:
 def test_the_message_is_the_one_send_task_writes(
     producer_app: Celery, redis_url: str, queue: str
 ) -> None:
+    model = "flux-kontext-pro/text-to-image"
     producer_app.send_task(
-        RUN_JOB_TASK, kwargs={"job_id": "job-1"}, queue=queue, ignore_result=True
+        RUN_JOB_TASK,
+        kwargs={"job_id": "job-1"},
+        queue=queue,
+        ignore_result=True,
+        **run_label("job-1", 0, model),
     )
     sent = _popped(redis_url, queue)
 
-    built = RunJobMessages(producer_app).build("job-1", queue)
+    built = RunJobMessages(producer_app).build("job-1", queue, model)
 
     assert built.outgoing.list_key == queue
     assert built.sent_event is None
     ours = json.loads(built.outgoing.payload)
     assert _comparable(ours) == _comparable(sent)
     assert ours["headers"]["id"] != sent["headers"]["id"]
-    assert ours["headers"]["kwargsrepr"] == "job job-1 poll 0"  # slimmed, as every send is
+    # What Flower shows: the run, the job id, the model.
+    assert ours["headers"]["shadow"] == "wavequeue.run_job: submit"
+    assert ours["headers"]["argsrepr"] == "job-1"
+    assert ours["headers"]["kwargsrepr"] == model
 
 
 def test_submit_pushes_it_with_the_record(redis_url: str) -> None:

@@ -90,5 +90,8 @@ def test_the_setting_sends_one_task_sent_event_per_job(redis_url: str) -> None:
     sent = _sent_by_this_process(events)
     job_ids = [single, *many, again]
     assert len(sent) == len(job_ids)
-    assert all(any(job_id in e["kwargs"] for e in sent) for job_id in job_ids)
+    # Labelled as the worker's events are (worker.messages.run_label): the job id as args.
+    assert sorted(e["args"] for e in sent) == sorted(job_ids)
+    assert {e["name"] for e in sent} == {"wavequeue.run_job: submit"}
+    assert {e["kwargs"] for e in sent} == {"flux-kontext-max/text-to-image"}
     assert {e["queue"] for e in sent} == {"wavequeue.normal"}

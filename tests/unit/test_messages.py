@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.messages import slim
+from worker.messages import run_label, slim
 
 
 def test_empty_and_unused_headers_are_left_out() -> None:
@@ -27,7 +27,10 @@ def test_empty_and_unused_headers_are_left_out() -> None:
         "id": "t1",
         "eta": "2026-01-01T00:00:00+00:00",
         "retries": 2,
-        "kwargsrepr": "job j1 poll 3",
+        # Sent without a label: Flower still sees the run and the job, never kwargs' repr.
+        "shadow": "wavequeue.run_job: poll 3",
+        "argsrepr": "j1",
+        "kwargsrepr": "?",
     }
     assert properties == {"delivery_mode": 2, "priority": 0}
     assert body[2] == {"chain": [{"x": 1}]}  # a chain's next steps are kept
@@ -45,3 +48,15 @@ def test_results_are_never_asked_for() -> None:
     headers: dict[str, Any] = {"ignore_result": False}
     slim(headers, {}, None)
     assert headers == {}
+
+
+def test_a_labelled_run_keeps_its_label() -> None:
+    headers: dict[str, Any] = {"task": "wavequeue.run_job", **run_label("j2", 4, "m/x")}
+    slim(headers, {}, ((), {"job_id": "j2", "poll_seq": 4}, {}))
+    assert headers == {
+        "task": "wavequeue.run_job",
+        "shadow": "wavequeue.run_job: poll 4",
+        "argsrepr": "j2",
+        "kwargsrepr": "m/x",
+    }
+    assert run_label("j3")["shadow"] == "wavequeue.run_job: submit"
