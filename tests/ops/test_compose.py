@@ -133,7 +133,9 @@ def test_redis_runs_its_command_with_the_password_in_a_file(service: str, tmp_pa
         ["sh", "-c", script], env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password}
     )
     try:
-        client = redis.Redis(port=port, password=password, socket_connect_timeout=1)
+        client = redis.Redis(
+            port=port, password=password, socket_connect_timeout=1, decode_responses=True
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -144,7 +146,7 @@ def test_redis_runs_its_command_with_the_password_in_a_file(service: str, tmp_pa
                 time.sleep(0.1)
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).set("x", 1)
-        assert int(client.config_get("maxmemory")["maxmemory"]) == 1024**3
+        assert client.config_get("maxmemory") == {"maxmemory": str(1024**3)}
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         argv = (Path("/proc") / str(process.pid) / "cmdline").read_bytes().decode()
         assert "redis-server" in argv and password not in argv
