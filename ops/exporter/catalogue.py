@@ -25,6 +25,10 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
+    "in Redis for a worker's dispatcher",
+    "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
+    "poll still waits (stays near 0 while any worker's dispatcher runs)",
     "jobs_oldest_queued_age_seconds": "How long the job waiting longest has been queued "
     "(0 when none waits)",
     "jobs_ended_last_hour": "Jobs that ended in the last hour, by terminal status (from the "

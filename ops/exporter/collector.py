@@ -102,6 +102,13 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        deferred = _gauge("polls_deferred")
+        deferred.add_metric([], snap.deferred_polls)
+        yield deferred
+        overdue = _gauge("polls_deferred_max_overdue_seconds")
+        first = snap.earliest_deferred_poll
+        overdue.add_metric([], max(0.0, snap.taken_at - first) if first is not None else 0.0)
+        yield overdue
         oldest = _gauge("jobs_oldest_queued_age_seconds")
         queued_at = snap.index.oldest_queued_at
         oldest.add_metric([], max(0.0, snap.taken_at - queued_at) if queued_at else 0.0)
