@@ -86,6 +86,12 @@ from worker.constants import (
 from worker.errors import IdempotencyConflictError, JobNotFoundError, UnreadableRecordError
 from worker.models import DEFAULT_TENANT, TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
+from worker.timeline import (
+    TIMELINE_INCREMENT_CODES,
+    TIMELINE_LIMIT,
+    TIMELINE_STATUS_CODES,
+    lua_codes,
+)
 from worker.settings import Settings
 
 #: State fields stored as JSON (everything else is a plain string; absent means unset).
@@ -147,9 +153,11 @@ _TRANSITION_LUA = (
 --       14 list index key prefix, 15 now (seconds)
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
+local TIMELINE_STATUSES = __TIMELINE_STATUSES__
+local TIMELINE_INCREMENTS = __TIMELINE_INCREMENTS__
 -- One read of every field this call looks at (the idempotency mark, the status, the
 -- model for the live counts, what places the job in the list index, the expected fields).
-local names = {'last_write', 'status', 'model', 'tenant', 'status_at', 'created_at'}
+local names = {'last_write', 'status', 'model', 'tenant', 'status_at', 'created_at', 'timeline'}
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
   table.insert(names, field)
@@ -166,7 +174,7 @@ if TERMINAL[status] then return -2 end
 local allowed = MOVES[status]
 if allowed == nil then return -4 end
 for i, want in ipairs(expected) do
-  local have = got[6 + i]
+  local have = got[7 + i]
   if not have then have = '' end
   if type(want) == 'table' then
     local matched = false
@@ -191,6 +199,22 @@ if moving then
   table.insert(flat, 'status_at')
   table.insert(flat, status_at)
 end
+-- The job's timeline (the jobs page draws it): what this write did, at seconds since the
+-- job was created, appended to a short text field (``worker.timeline`` reads it). Only a
+-- job's ending is still added once it is long.
+local increments = cjson.decode(ARGV[3])
+local events = {}
+for field, code in pairs(TIMELINE_INCREMENTS) do
+  if increments[field] then table.insert(events, code) end
+end
+if moving then table.insert(events, TIMELINE_STATUSES[new]) end
+local timeline = got[7] or ''
+if #events > 0 and (#timeline < __TIMELINE_LIMIT__ or TERMINAL[new]) then
+  local at = string.format('%.1f', tonumber(ARGV[15]) - (tonumber(got[6] or '0') or 0))
+  for _, code in ipairs(events) do timeline = timeline .. code .. at .. ' ' end
+  table.insert(flat, 'timeline')
+  table.insert(flat, timeline)
+end
 local empty = {}
 for field, value in pairs(updates) do
   -- An empty value is an unset field: not stored, so the hash stays small.
@@ -201,7 +225,7 @@ for field, value in pairs(updates) do
 end
 redis.call('HSET', KEYS[1], unpack(flat))
 if #empty > 0 then redis.call('HDEL', KEYS[1], unpack(empty)) end
-for field, amount in pairs(cjson.decode(ARGV[3])) do
+for field, amount in pairs(increments) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
@@ -268,6 +292,9 @@ return 1
 """.replace("__MOVES__", _lua_table(MOVES))
     .replace("__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}")
     .replace("__DEFAULT_TENANT__", DEFAULT_TENANT)
+    .replace("__TIMELINE_STATUSES__", lua_codes(TIMELINE_STATUS_CODES))
+    .replace("__TIMELINE_INCREMENTS__", lua_codes(TIMELINE_INCREMENT_CODES))
+    .replace("__TIMELINE_LIMIT__", str(TIMELINE_LIMIT))
 )
 
 

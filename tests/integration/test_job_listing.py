@@ -18,6 +18,7 @@ from worker.constants import JOB_KEY, JOBS_INDEX_PREFIX, JOBS_REGISTRY_KEY
 from worker.job_listing import JobFilter, index_figures, list_jobs
 from worker.models import JobRecord, JobStatus
 from worker.store import JobStore
+from worker.timeline import TIMELINE_LIMIT, parse_timeline
 
 T2I = "flux-kontext-max/text-to-image"
 EDIT = "flux-kontext-pro"
@@ -206,3 +207,40 @@ def test_figures_oldest_waiting_and_ended_in_the_last_hour(
     figures = index_figures(store.client, clock())
     assert figures.oldest_queued_at == pytest.approx(start + 10, abs=1e-5)
     assert figures.ended == {"completed": 2, "failed": 1, "timed_out": 0}
+
+
+def test_the_record_keeps_a_short_timeline(store: JobStore, clock: ManualClock) -> None:
+    record = _record(clock())
+    store.create_job(record)
+    clock.advance(0.5)
+    store.transition(record.id, updates={"status": "submitting"}, increments={"attempts": 1})
+    clock.advance(0.5)
+    store.transition(record.id, updates={"status": "submitted"})
+    for _ in range(3):
+        clock.advance(2)
+        store.transition(record.id, increments={"polls": 1})
+    clock.advance(1)
+    store.transition(record.id, updates={"status": "completed"}, increments={"polls": 1})
+    events = parse_timeline(store.snapshot(record.id).field("timeline"))
+    assert [(e.what, e.at) for e in events] == [
+        ("queued", 0.0), ("submitting", 0.5), ("submitted", 1.0), ("poll 1", 3.0),
+        ("poll 2", 5.0), ("poll 3", 7.0), ("poll 4", 8.0), ("completed", 8.0),
+    ]  # fmt: skip
+    # A refused write adds nothing: the record is finished.
+    store.transition(record.id, increments={"polls": 1})
+    assert len(parse_timeline(store.snapshot(record.id).field("timeline"))) == len(events)
+
+
+def test_a_long_timeline_stops_growing_but_keeps_the_ending(
+    store: JobStore, clock: ManualClock
+) -> None:
+    record = _record(clock())
+    store.create_job(record)
+    put_in_status(store, record.id, JobStatus.SUBMITTED)
+    for _ in range(200):
+        clock.advance(1)
+        store.transition(record.id, increments={"polls": 1})
+    text = store.snapshot(record.id).field("timeline")
+    assert TIMELINE_LIMIT <= len(text) < TIMELINE_LIMIT + 20
+    store.transition(record.id, updates={"status": "failed"})
+    assert parse_timeline(store.snapshot(record.id).field("timeline"))[-1].what == "failed"
