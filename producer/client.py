@@ -104,6 +104,11 @@ def _options_of(options: JobOptions) -> dict[str, Any]:
     }
 
 
+def _retry_key(job_id: str) -> str:
+    """The idempotency key of the one retry of a failed job (or chain step)."""
+    return f"wavequeue.retry:{job_id}"
+
+
 def _check_timeout(timeout: float | None) -> None:
     """A wait's timeout is seconds from now: ``ValidationError`` for a negative one."""
     if timeout is not None and not timeout >= 0:  # NaN too
@@ -639,7 +644,7 @@ class JobClient:
         new_job_id, created = self.store.create_job(
             record,
             # One retry per failed record, however many callers ask at once.
-            idempotency_key=f"wavequeue.retry:{old.id}",
+            idempotency_key=_retry_key(old.id),
             extra={STEP_DEADLINE_FIELD: repr(step_deadline)},
         )
         if not created:
@@ -731,11 +736,16 @@ class JobClient:
         )
         message = self._messages().build(record.id, QUEUE_OF[old.priority], old.model)
         # One retry per failed record, however many callers ask at once.
-        key = f"wavequeue.retry:{old.id}"
+        key = _retry_key(old.id)
         new_id, created = self.store.create(NewJob(record, key, message=message.outgoing))
         if created and message.sent_event is not None:
             self._sent_events([message.sent_event])
         return new_id
+
+    @_redis_errors_mapped
+    def retried_as(self, job_id: str) -> str | None:
+        """The job that ``retry`` started for this one, if any (kept as long as records)."""
+        return self.store.idempotent_job(_retry_key(job_id))
 
     # lookup by either kind of id ----------------------------------------------
 

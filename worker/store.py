@@ -86,13 +86,13 @@ from worker.constants import (
 from worker.errors import IdempotencyConflictError, JobNotFoundError, UnreadableRecordError
 from worker.models import DEFAULT_TENANT, TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
+from worker.settings import Settings
 from worker.timeline import (
     TIMELINE_INCREMENT_CODES,
     TIMELINE_LIMIT,
     TIMELINE_STATUS_CODES,
     lua_codes,
 )
-from worker.settings import Settings
 
 #: State fields stored as JSON (everything else is a plain string; absent means unset).
 _JSON_FIELDS = frozenset({"outputs", "has_nsfw_contents", "error"})
@@ -774,6 +774,11 @@ class JobStore:
             decode_state(raw, job_id) if raw else None
             for job_id, raw in zip(ids, pipe.execute(), strict=True)
         ]
+
+    def idempotent_job(self, key: str) -> str | None:
+        """The job an idempotency key named, if the key is still kept."""
+        value = self.client.get(IDEMPOTENCY_KEY.format(key=key))
+        return str(value).split(" ", 1)[0] if value else None
 
     def get_chain(self, chain_id: str) -> ChainSnapshot:
         raw: dict[str, str] = self.client.hgetall(CHAIN_KEY.format(chain_id=chain_id))  # type: ignore[assignment]

@@ -1,4 +1,8 @@
-"""``python -m ops.demo [--keep] [--batch N] [--out DIR]`` (``make demo``)."""
+"""``python -m ops.demo [--no-keep] [--batch N] [--out DIR]`` (``make demo``).
+
+After the showcase the stack stays up until Ctrl-C, and the demo says where to look
+(Flower, the jobs page, metrics): links that answer. ``--no-keep`` (scripts, CI) stops it
+at once and prints no link."""
 
 from __future__ import annotations
 
@@ -16,7 +20,13 @@ from worker.settings import Settings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--keep", is_flag=True, help="Leave the stack running afterwards (Ctrl-C stops).")
+@click.option(
+    "--keep/--no-keep",
+    default=True,
+    show_default=True,
+    help="Keep the stack up afterwards until Ctrl-C, to look at it in Flower and the jobs "
+    "page; --no-keep stops it at once (scripts, CI).",
+)
 @click.option("--batch", "batch_size", default=20, show_default=True, help="Batch size.")
 @click.option(
     "--out", "out_dir", default=Path("out"), show_default=True,
@@ -49,10 +59,18 @@ def main(keep: bool, batch_size: int, out_dir: Path, timeout: float) -> None:
         for path in result.chain_images:
             click.echo(f"  {path}")
         click.echo(f"Contact sheet: {result.contact_sheet}")
-        click.echo(f"Flower: {endpoints.flower_url}  metrics: {endpoints.exporter_url}")
         if keep:
-            click.echo("--keep: the stack stays up; Ctrl-C stops it.")
+            click.echo(
+                "The stack stays up so you can look around until you press Ctrl-C:\n"
+                f"  jobs page  {endpoints.jobs_url}\n"
+                f"  Flower     {endpoints.flower_url}\n"
+                f"  metrics    {endpoints.exporter_url}\n"
+                f"  producers  export REDIS_URL={endpoints.redis_url}  (or run in this "
+                "folder: .wavequeue/stack.env is read while the stack runs)"
+            )
             stack.watch()
+        else:
+            click.echo("--no-keep: stopping the stack.")
     except KeyboardInterrupt:
         code = 0 if keep else 130  # with --keep, Ctrl-C is how it ends
     except (StackError, ShowcaseError, WavequeueError) as exc:

@@ -12,7 +12,8 @@ What runs, and why:
   ``WAVESPEED_API_KEY`` in the environment never goes to the emulator. With
   ``WAVESPEED_BASE_URL`` set, ``WAVESPEED_API_KEY`` is required.
 - **Worker**, **Flower** (localhost only, state in ``<data-dir>/flower``) and the
-  **exporter**. Only the worker gets the API key.
+  **exporter** with the jobs page (``/jobs``, localhost only). Only the worker gets the
+  API key.
 
 Once everything is up, ``<data-dir>/stack.env`` says where Redis is (``worker.local_stack``):
 ``wavequeue`` commands and ``JobClient.from_env()`` run in the same folder without
@@ -81,6 +82,11 @@ class Endpoints:
     emulated: bool
     flower_url: str
     exporter_url: str
+
+    @property
+    def jobs_url(self) -> str:
+        """The jobs page, served by the exporter beside /metrics."""
+        return self.exporter_url.removesuffix("/metrics") + "/jobs"
 
 
 def pick_port(preferred: int) -> int:
@@ -259,7 +265,7 @@ class LocalStack:
         self.supervisor.start(
             ProcessService(
                 name="exporter",
-                address=url,
+                address=f"{url} (jobs page http://{HOST}:{port}/jobs)",
                 argv=[WAVEQUEUE, "exporter", "--host", HOST, "--port", str(port)],
                 env=child_env(REDIS_URL=redis_url),
                 log_path=self.logs / "exporter.log",

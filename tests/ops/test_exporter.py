@@ -8,17 +8,20 @@ exporter is right only if the workers counted right and it read them right.
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from ops.localstack.supervisor import ProcessService
+from ops.localstack.redis_server import free_port
+from ops.localstack.supervisor import ProcessService, port_open
 from producer import JobClient
-from tests.ops.conftest import scrape, start_exporter
+from tests.ops.conftest import BIN, scrape, start_exporter, without_key
 from tests.support.emulator import EmulatorHandle
 from tests.support.stack import SECRET_API_KEY
 from tests.support.worker_process import WorkerProcess
@@ -148,5 +151,68 @@ def test_redis_down_is_reported_not_an_error(stack_env: dict[str, str], tmp_path
     try:
         found = samples(service)
         assert total(found, "wavequeue_redis_up") == 0
+    finally:
+        service.stop()
+
+
+def _exporter_argv(port: int, *extra: str) -> list[str]:
+    return [str(BIN / "wavequeue"), "exporter", "--port", str(port), *extra]
+
+
+def test_the_jobs_page_follows_flowers_login_rules(redis_url: str, tmp_path: Path) -> None:
+    env = without_key({"REDIS_URL": redis_url})
+    env.pop("WAVEQUEUE_JOBS_BASIC_AUTH", None)
+    # Beyond localhost without a login: refused, before anything listens.
+    refused = subprocess.run(
+        _exporter_argv(free_port(), "--host", "0.0.0.0"),
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 78
+    assert "refusing to serve the jobs page on 0.0.0.0 without a login" in refused.stderr
+    malformed = subprocess.run(
+        _exporter_argv(free_port(), "--host", "0.0.0.0"),
+        env={**env, "WAVEQUEUE_JOBS_BASIC_AUTH": "onlyauser-hunter2"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert malformed.returncode == 78 and "hunter2" not in malformed.stderr
+
+    # With one: the page asks for it, /metrics does not (Prometheus scrapes it as before).
+    port = free_port()
+    service = ProcessService(
+        name="exporter",
+        address=f"http://127.0.0.1:{port}",
+        argv=_exporter_argv(port, "--host", "0.0.0.0"),
+        env={**env, "WAVEQUEUE_JOBS_BASIC_AUTH": "ops:page-pw"},
+        log_path=tmp_path / "exporter.log",
+        ready=lambda _s: port_open("127.0.0.1", port),
+    )
+    service.start()
+    try:
+        assert requests.get(f"{service.address}/jobs", timeout=10).status_code == 401
+        wrong = requests.get(f"{service.address}/jobs", auth=("ops", "nope"), timeout=10)
+        assert wrong.status_code == 401
+        page = requests.get(f"{service.address}/jobs", auth=("ops", "page-pw"), timeout=10)
+        assert page.status_code == 200 and 'id="figure-queued_high"' in page.text
+        assert requests.get(f"{service.address}/jobs/static/jobs.js", timeout=10).status_code == (
+            401
+        )
+        assert requests.get(f"{service.address}/metrics", timeout=10).status_code == 200
+    finally:
+        service.stop()
+
+    # --no-jobs-page: /metrics only, on any interface, no login to give.
+    port = free_port()
+    service = ProcessService(
+        name="exporter",
+        address=f"http://127.0.0.1:{port}",
+        argv=_exporter_argv(port, "--host", "0.0.0.0", "--no-jobs-page"),
+        env=env,
+        log_path=tmp_path / "exporter-metrics-only.log",
+        ready=lambda _s: port_open("127.0.0.1", port),
+    )
+    service.start()
+    try:
+        assert requests.get(f"{service.address}/metrics", timeout=10).status_code == 200
+        assert requests.get(f"{service.address}/jobs", timeout=10).status_code == 404
     finally:
         service.stop()

@@ -60,7 +60,7 @@ def wait_for_events(base: str, worker: WorkerProcess, timeout: float = 30) -> No
     or tasks run meanwhile would be missed."""
     deadline = time.monotonic() + timeout
     online = f'flower_worker_online{{worker="{worker.name}@'
-    while online not in requests.get(f"{base}/metrics", timeout=10).text:
+    while online not in requests.get(f"{base}/metrics", auth=AUTH, timeout=10).text:
         assert time.monotonic() < deadline, "Flower never got an event from the worker"
         time.sleep(0.2)
     # Task events are off by default: Flower turns them on (enable_events every 5 s).
@@ -84,11 +84,11 @@ def wait_for_flower_tasks(
             for t in tasks
             if t["state"] == "SUCCESS" and t.get("result") not in (None, "None")
             for job_id in job_ids
-            if job_id in str(t.get("kwargs"))
+            if t.get("args") == job_id
         }
         if len(done) == len(job_ids):
             return tasks
-        states = sorted((str(t.get("kwargs")), t["state"]) for t in tasks)
+        states = sorted((str(t.get("args")), t["state"]) for t in tasks)
         assert time.monotonic() < deadline, f"Flower saw {len(done)} of {len(job_ids)}: {states}"
         time.sleep(0.3)
 
@@ -113,13 +113,20 @@ def test_flower_shows_the_project_tasks_and_never_the_key(
 
     assert requests.get(f"{base}/tasks", timeout=10).status_code == 401
     tasks = wait_for_flower_tasks(base, job_ids)
-    assert {t["name"] for t in tasks} == {RUN_JOB_TASK}
+    # Readable runs (issue #12): the name says which run of its job it is, args the job id,
+    # kwargs the model; each job shows its submit and its polls.
+    for job_id in job_ids:
+        runs = sorted(t["name"] for t in tasks if t["args"] == job_id)
+        assert runs[0] == f"{RUN_JOB_TASK}: poll 1", runs
+        assert runs[-1] == f"{RUN_JOB_TASK}: submit", runs
+        assert all(re.fullmatch(rf"{RUN_JOB_TASK}: (submit|poll \d+)", name) for name in runs)
+    assert {t["kwargs"] for t in tasks} == {"flux-kontext-max/text-to-image"}
     # The first run of each job (sent by the producer); later runs are sent by the worker,
     # which publishes task-sent events only with WAVEQUEUE_TASK_EVENTS.
     assert {t["routing_key"] for t in tasks if t["routing_key"]} == {QUEUE_NORMAL, QUEUE_HIGH}
-    # Task arguments are ids only: Flower shows the slimmed kwargsrepr (worker.messages).
+    # Task arguments are ids only: Flower shows the labels (worker.messages.run_label).
     for task in tasks:
-        assert re.fullmatch(r"job [0-9a-f]{32} poll \d+", task["kwargs"]), task["kwargs"]
+        assert re.fullmatch(r"[0-9a-f]{32}", task["args"]), task["args"]
     api_text = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10).text
     workers_text = requests.get(
         f"{base}/api/workers", params={"refresh": 1}, auth=AUTH, timeout=30
@@ -130,7 +137,11 @@ def test_flower_shows_the_project_tasks_and_never_the_key(
 
     page = f"http://{FLOWER_USER}:{FLOWER_PASSWORD}@{base.removeprefix('http://')}"
     dom = chromium.dom(f"{page}/tasks")
-    assert RUN_JOB_TASK in dom
+    assert f"{RUN_JOB_TASK}: submit" in dom and f"{RUN_JOB_TASK}: poll 1" in dom
+    assert "flux-kontext-max/text-to-image" in dom
+    # The job id, model and run are the first columns (ops/flower/guard.py).
+    headers = re.findall(r'<th data-column="(\w+)"', dom)
+    assert headers[:4] == ["name", "args", "kwargs", "state"], headers
     assert QUEUE_NORMAL in dom
     assert QUEUE_HIGH in dom
     assert all(job_id in dom for job_id in job_ids)

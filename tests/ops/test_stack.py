@@ -120,6 +120,7 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert f"exporter  http://127.0.0.1:{ports['exporter']}/metrics" in text
         assert (up.data_dir / "stack.env").read_text() == (
             f"REDIS_URL={redis_url}\nWAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS=1\n"
+            f"WAVEQUEUE_STACK_PID={up.process.pid}\n"
         )
 
         with JobClient(redis_url=redis_url) as client:
@@ -153,6 +154,8 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert f"stopping {name}" in text
     assert text.rstrip().endswith("wavequeue up: stopped")
     assert not any(port_open("127.0.0.1", port) for port in ports.values())
+    # Nobody picks a stopped stack's Redis up (worker.local_stack).
+    assert not (up.data_dir / "stack.env").exists()
     assert (up.data_dir / "redis" / "appendonlydir").is_dir()
     for log in (up.data_dir / "logs").iterdir():
         assert SECRET_API_KEY not in log.read_text(), log.name
