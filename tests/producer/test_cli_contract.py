@@ -248,3 +248,36 @@ def test_redis_down_is_broker_unavailable_from_every_call(tmp_path: Path) -> Non
         except Exception as exc:  # noqa: BLE001 - the type is the assertion
             assert not isinstance(exc, redis.RedisError), (name, type(exc))
     client.close()
+
+
+# wavequeue jobs -------------------------------------------------------------------------
+
+
+def test_jobs_lists_by_status_and_time(stack: ProducerStack, wavequeue: Run) -> None:
+    stack.emulator.configure(
+        faults={"prediction_failed": {"count": 1, "prompt_contains": "jobs cli: boom"}}
+    )
+    failed = json.loads(wavequeue("generate", "jobs cli: boom", "--wait", "--json").stdout)
+    ok = json.loads(wavequeue("generate", "jobs cli: fine", "--wait", "--json").stdout)
+    assert (failed["status"], ok["status"]) == ("failed", "completed")
+
+    listed = wavequeue("jobs", "--status", "failed", "--since", "1h", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    page = json.loads(listed.stdout)
+    assert failed["job_id"] in [job["job_id"] for job in page["jobs"]]
+    assert {job["status"] for job in page["jobs"]} == {"failed"}
+    assert set(page["jobs"][0]) >= {"job_id", "status", "model", "tenant", "polls", "error"}
+
+    text = wavequeue("jobs", "--status", "completed", "--limit", "1")
+    assert text.exit_code == 0
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[:3] == ["job", "status", "model"]
+    assert lines[1].split()[:2] == [ok["job_id"], "completed"]
+    assert lines[-1].startswith("more: add --cursor ")
+    cursor = lines[-1].removeprefix("more: add --cursor ")
+    following = wavequeue("jobs", "--status", "completed", "--limit", "1", "--cursor", cursor)
+    assert ok["job_id"] not in following.stdout
+
+    bad = wavequeue("jobs", "--since", "soon")
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: --since: 'soon' is not a duration")
