@@ -21,8 +21,9 @@ REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: every status change; ended jobs are trimmed with their records' TTL.
 JOBS_INDEX_PREFIX: Final = KEY_PREFIX + "jobs:"
 JOBS_INDEX_KEY: Final = JOBS_INDEX_PREFIX + "{place}"
-#: The names of the list index sets that have been written (a small set; a name whose set
-#: is gone is dropped when a listing finds it empty).
+#: The ``<model>|<tenant>`` pairs that have had a job (a small set, written when a job is
+#: created): a listing looks at each pair's set in the statuses it wants. A pair with no
+#: set left is dropped when a listing finds its sets empty.
 JOBS_REGISTRY_KEY: Final = KEY_PREFIX + "jobs-index"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"

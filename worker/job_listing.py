@@ -1,16 +1,18 @@
 """Finding jobs without scanning them: pages of the list index the store's scripts keep.
 
-The index (``JOBS_INDEX_KEY``) is one sorted set per (status, model, tenant) that has had
-a job, named in ``JOBS_REGISTRY_KEY``. Every member is ``<time>|<job id>``, score 0, so a
-set sorts by text: by when the job entered its status (``%017.6f`` seconds), then by id.
+The index (``JOBS_INDEX_KEY``) is one sorted set per (status, model, tenant); the
+(model, tenant) pairs that have had a job are named in ``JOBS_REGISTRY_KEY``. Every
+member is ``<time>|<job id>``, score 0, so a set sorts by text: by when the job entered
+its status (``%017.6f`` seconds), then by id.
 A job is in exactly one set; ``JobStore.transition`` moves it at every status change and
 trims ended jobs with their records' TTL.
 
 A page for a filter (statuses, models, tenants, a time from which) reads, from each set
 that matches, the ``limit + 1`` newest members below the cursor (``ZREVRANGEBYLEX``, one
 pipeline), merges them, keeps the newest ``limit`` and reads those records' states (one
-more pipeline). Its cost is O(K x limit) where K is the number of matching sets (statuses
-x models x tenants that have jobs), whatever the number of jobs: never a scan of keys.
+more pipeline). Its cost is O(K x limit) where K is the number of matching sets (the
+statuses wanted x the models and tenants that have had jobs), whatever the number of
+jobs: never a scan of keys.
 The cursor is the last member returned, so paging is exact even when many jobs share a
 time (``submit_many`` gives a whole batch one ``created_at``). A job that changes status
 while someone pages may show up again, or not at all, in that paging: it moved.
@@ -49,12 +51,6 @@ class Place:
     model: str
     tenant: str
 
-    @classmethod
-    def parse(cls, name: str) -> Place | None:
-        status, sep, rest = name.partition("|")
-        model, sep2, tenant = rest.rpartition("|")
-        return cls(status, model, tenant) if sep and sep2 else None
-
     @property
     def name(self) -> str:
         return f"{self.status}|{self.model}|{self.tenant}"
@@ -62,6 +58,11 @@ class Place:
     @property
     def key(self) -> str:
         return JOBS_INDEX_KEY.format(place=self.name)
+
+    @property
+    def pair(self) -> str:
+        """Its model and tenant, as the registry names them."""
+        return f"{self.model}|{self.tenant}"
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,15 @@ def check_filter(
 
 
 def places(client: redis.Redis, wanted: JobFilter) -> list[Place]:
-    """The index sets that match (one SMEMBERS of a small set)."""
-    names: Collection[str] = client.smembers(JOBS_REGISTRY_KEY)  # type: ignore[assignment]
-    found = [place for name in names if (place := Place.parse(_text(name))) is not None]
+    """The index sets that match: every status wanted, for each registered model and
+    tenant that match (one SMEMBERS of a small set)."""
+    pairs: Collection[str] = client.smembers(JOBS_REGISTRY_KEY)  # type: ignore[assignment]
+    statuses = sorted(wanted.statuses) if wanted.statuses else [s.value for s in JobStatus]
+    found = []
+    for pair in pairs:
+        model, sep, tenant = _text(pair).rpartition("|")
+        if sep:
+            found += [Place(status, model, tenant) for status in statuses]
     return sorted((p for p in found if wanted.takes(p)), key=lambda p: p.name)
 
 
@@ -151,11 +158,11 @@ def list_jobs(
         for place in matching:
             pipe.zrevrangebylex(place.key, high, low, 0, limit + 1)
         found: list[tuple[str, Place]] = []
-        empty: list[str] = []
+        empty: set[str] = set()
         for place, members in zip(matching, pipe.execute(), strict=True):
             found.extend((str(member), place) for member in members)
             if not members and cursor is None and wanted.since is None:
-                empty.append(place.key)  # perhaps gone: the registry forgets it if so
+                empty.add(place.pair)  # perhaps gone: the registry forgets it if so
         store.prune_index([], empty)
         found.sort(key=lambda pair: pair[0], reverse=True)
         page = found[: limit - len(jobs)]

@@ -145,7 +145,7 @@ _TRANSITION_LUA = (
     """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
 --       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs, 11 due polls,
---       12 the list index's registry, 13.. keys of the side effects
+--       12.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
@@ -237,7 +237,6 @@ if moving then
   redis.call('ZREM', ARGV[14] .. status .. '|' .. place, was .. '|' .. ARGV[8])
   local index = ARGV[14] .. new .. '|' .. place
   redis.call('ZADD', index, 0, status_at .. '|' .. ARGV[8])
-  redis.call('SADD', KEYS[12], new .. '|' .. place)
   if TERMINAL[new] then
     -- Ended jobs stay listed as long as their records live: older entries go, and a set
     -- that gets no more ends expires with the last of its records.
@@ -337,10 +336,10 @@ class Moved(IntEnum):
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
 --       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not ''),
---       8 the job's list index set, 9 the list index's registry
+--       8 the job's list index set, 9 the list index's registry (its model|tenant pairs)
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
 --       7 live-count field, 8 message ('' = none), 9 request fingerprint ('' = not checked),
---       10 the list index set's name in the registry, 11.. hash fields
+--       10 the job's model|tenant pair for the registry, 11.. hash fields
 if ARGV[4] == '1' then
   -- The key holds '<job id>' or '<job id> <fingerprint of its request>'.
   local existing = redis.call('GET', KEYS[3])
@@ -373,15 +372,19 @@ return ARGV[1]
 
 
 _PRUNE_INDEX_LUA = """
--- KEYS: 1 the list index's registry, 2.. index sets
--- ARGV: 1 the index key prefix, then for each set: a member to remove ('' = none)
--- A set that is gone (emptied, or expired with its records) leaves the registry; checked
--- here, atomically, so that a job indexed meanwhile keeps its set's name.
-for i = 2, #KEYS do
-  if ARGV[i] ~= '' then redis.call('ZREM', KEYS[i], ARGV[i]) end
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('SREM', KEYS[1], string.sub(KEYS[i], #ARGV[1] + 1))
+-- KEYS: 1 the list index's registry, 2.. index sets to remove a member from
+-- ARGV: 1 the index key prefix, 2 JSON {members: [one per set in KEYS], pairs: [model|tenant
+--       pairs that may be gone], statuses: [every status]}
+-- A model|tenant pair with no set left in any status leaves the registry; checked here,
+-- atomically, so that a job created meanwhile keeps its pair.
+local args = cjson.decode(ARGV[2])
+for i, member in ipairs(args['members']) do redis.call('ZREM', KEYS[i + 1], member) end
+for _, pair in ipairs(args['pairs']) do
+  local left = 0
+  for _, status in ipairs(args['statuses']) do
+    left = left + redis.call('EXISTS', ARGV[1] .. status .. '|' .. pair)
   end
+  if left == 0 then redis.call('SREM', KEYS[1], pair) end
 end
 return 1
 """
@@ -399,7 +402,7 @@ def _conflict(problems: dict[str, str], reply: str) -> IdempotencyConflictError:
 
 
 def index_place(status: str, model: str, tenant: str) -> str:
-    """The name of a (status, model, tenant) list index set in ``JOBS_REGISTRY_KEY``."""
+    """The name of a (status, model, tenant) list index set, after ``JOBS_INDEX_PREFIX``."""
     return f"{status}|{model}|{tenant}"
 
 
@@ -705,7 +708,7 @@ class JobStore:
             f"{record.status.value}|{record.model}",
             job.message.payload if job.message is not None else "",
             job.fingerprint or "",
-            place,
+            f"{record.model}|{record.tenant}",
             *(item for pair in fields.items() for item in pair),
         ]
         return keys, args
@@ -897,7 +900,6 @@ class JobStore:
             PARKED_KEY,
             WAKING_KEY,
             DUE_POLLS_KEY,
-            JOBS_REGISTRY_KEY,
         ]
         ops = []
         for effect in effects:
@@ -1060,14 +1062,19 @@ class JobStore:
     def drop_quarantined(self, job_id: str) -> None:
         self.client.zrem(QUARANTINE_KEY, job_id)
 
-    def prune_index(self, entries: Sequence[tuple[str, str]], sets: Iterable[str] = ()) -> None:
+    def prune_index(self, entries: Sequence[tuple[str, str]], pairs: Iterable[str] = ()) -> None:
         """Drop list index entries (``(set key, member)``) whose record is gone (it expired
-        while live), and the registry names of those sets, or of ``sets``, that no longer
-        exist (``worker.job_listing``)."""
-        pairs = [*entries, *((key, "") for key in sets)]
-        if pairs:
-            keys = [JOBS_REGISTRY_KEY, *(key for key, _ in pairs)]
-            self._prune_index(keys=keys, args=[JOBS_INDEX_PREFIX, *(m for _, m in pairs)])
+        while live), and the registry's ``model|tenant`` pairs that have no set left
+        (``worker.job_listing``)."""
+        wanted = sorted(set(pairs))
+        if entries or wanted:
+            keys = [JOBS_REGISTRY_KEY, *(key for key, _ in entries)]
+            body = {
+                "members": [member for _, member in entries],
+                "pairs": wanted,
+                "statuses": [status.value for status in JobStatus],
+            }
+            self._prune_index(keys=keys, args=[JOBS_INDEX_PREFIX, json.dumps(body)])
 
     # chains -------------------------------------------------------------------
 
