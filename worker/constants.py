@@ -15,7 +15,7 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 #: only the submit reads it and it would push the hash out of Redis's compact encoding.
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: The list index (``JobStore.list_jobs``): one sorted set per (status, model, tenant), named
-#: ``<status>|<model>|<tenant>`` after the prefix, holding ``<time>|<job id>`` members, all of
+#: ``<status>|<model>|<tenant>`` after the prefix, holding ``<time>:<job id>`` members, all of
 #: score 0 so that they sort by text: ``<time>`` is when the job entered that status, as
 #: ``%017.6f`` seconds. The store's scripts keep them: a job is in exactly one, moved at
 #: every status change; ended jobs are trimmed with their records' TTL.

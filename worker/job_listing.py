@@ -2,7 +2,7 @@
 
 The index (``JOBS_INDEX_KEY``) is one sorted set per (status, model, tenant); the
 (model, tenant) pairs that have had a job are named in ``JOBS_REGISTRY_KEY``. Every
-member is ``<time>|<job id>``, score 0, so a set sorts by text: by when the job entered
+member is ``<time>:<job id>``, score 0, so a set sorts by text: by when the job entered
 its status (``%017.6f`` seconds), then by id.
 A job is in exactly one set; ``JobStore.transition`` moves it at every status change and
 trims ended jobs with their records' TTL.
@@ -34,8 +34,9 @@ from worker.store import JobStore
 #: A page holds at most this many jobs.
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
-#: ``<time>|<job id>``: what the index holds and what a cursor is.
-_MEMBER = re.compile(r"\d{10}\.\d{6}\|[0-9a-f]{1,64}")
+#: ``<time>:<job id>``: what the index holds and what a cursor is (no character a shell
+#: would read: a cursor is pasted into commands).
+_MEMBER = re.compile(r"\d{10}\.\d{6}:[0-9a-f]{1,64}")
 
 
 def index_time(seconds: float) -> str:
@@ -168,7 +169,7 @@ def list_jobs(
         page = found[: limit - len(jobs)]
         if not page:
             return JobPage(jobs, None)
-        ids = [member.rpartition("|")[2] for member, _ in page]
+        ids = [member.rpartition(":")[2] for member, _ in page]
         gone: list[tuple[str, str]] = []
         for (member, place), state in zip(page, store.get_states(ids), strict=True):
             if state is None:
@@ -209,7 +210,7 @@ def index_figures(client: redis.Redis, now: float, window: float = 3600.0) -> In
     counts = {status.value: 0 for status in TERMINAL_STATUSES}
     for place, count in zip(ended, replies[len(queued) :], strict=True):
         counts[place.status] += int(count)
-    oldest = float(min(firsts).partition("|")[0]) if firsts else None
+    oldest = float(min(firsts).partition(":")[0]) if firsts else None
     return IndexFigures(oldest_queued_at=oldest, ended=counts)
 
 

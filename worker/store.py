@@ -234,9 +234,9 @@ if moving then
   -- The list index: from the old status's (status, model, tenant) set to the new one's.
   local place = model .. '|' .. (got[4] or '__DEFAULT_TENANT__')
   local was = got[5] or string.format('%017.6f', tonumber(got[6] or '0') or 0)
-  redis.call('ZREM', ARGV[14] .. status .. '|' .. place, was .. '|' .. ARGV[8])
+  redis.call('ZREM', ARGV[14] .. status .. '|' .. place, was .. ':' .. ARGV[8])
   local index = ARGV[14] .. new .. '|' .. place
-  redis.call('ZADD', index, 0, status_at .. '|' .. ARGV[8])
+  redis.call('ZADD', index, 0, status_at .. ':' .. ARGV[8])
   if TERMINAL[new] then
     -- Ended jobs stay listed as long as their records live: older entries go, and a set
     -- that gets no more ends expires with the last of its records.
@@ -363,7 +363,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
 -- Listed from the start, by when it was queued (transition() moves it on).
-redis.call('ZADD', KEYS[8], 0, string.format('%017.6f', tonumber(ARGV[5])) .. '|' .. ARGV[1])
+redis.call('ZADD', KEYS[8], 0, string.format('%017.6f', tonumber(ARGV[5])) .. ':' .. ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[10])
 -- The first message goes out with the record, never without it.
 if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[8]) end

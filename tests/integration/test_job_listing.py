@@ -54,7 +54,7 @@ def _entries(store: JobStore) -> dict[str, str]:
     found: dict[str, str] = {}
     for key in store.client.scan_iter(JOBS_INDEX_PREFIX + "*"):
         for member in store.client.zrange(key, 0, -1):
-            job_id = str(member).rpartition("|")[2]
+            job_id = str(member).rpartition(":")[2]
             assert job_id not in found, f"{job_id} is in two sets"
             found[job_id] = str(key).removeprefix(JOBS_INDEX_PREFIX)
     return found

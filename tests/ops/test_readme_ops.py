@@ -27,7 +27,7 @@ def section(title: str) -> str:
 
 
 def options_of(command: click.Command) -> set[str]:
-    return {opt for param in command.params for opt in param.opts}
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
 
 
 def test_run_it_locally_matches_the_stack() -> None:
@@ -40,7 +40,7 @@ def test_run_it_locally_matches_the_stack() -> None:
     assert f"with {defaults.concurrency} threads" in text
     for flag in re.findall(r"`(--[a-z-]+)`", text):
         assert flag in options_of(up_command) | options_of(demo_command), flag
-    assert "make demo" in text and "DEMO_ARGS=--keep" in text
+    assert "make demo" in text and "DEMO_ARGS=--no-keep" in text
     assert "out/contact_sheet.png" in text
 
 
