@@ -92,7 +92,7 @@ def test_a_monitor_sees_a_failed_job_end_failed(tmp_path: Path) -> None:
             assert client.wait(job_id, timeout=60).status.value == "failed"
 
         def runs() -> list[Any]:
-            return [t for _, t in state.tasks_by_time() if job_id in str(t.kwargs)]
+            return [t for _, t in state.tasks_by_time() if t.args == job_id]
 
         deadline = time.monotonic() + 15
         while not any(t.state == "FAILURE" for t in runs()):

@@ -64,7 +64,12 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def flower_sees(address: str, worker: WorkerProcess, timeout: float = 30) -> None:
     """Flower has had an event from the worker (so its pages list it)."""
     deadline = time.monotonic() + timeout
-    while f'worker="{worker.name}@' not in requests.get(f"{address}/metrics", timeout=10).text:
+    # Flower's /metrics asks for its login, as every page does (ops/flower/guard.py).
+    login = (FLOWER_USER, FLOWER_PASSWORD)
+    while (
+        f'worker="{worker.name}@'
+        not in requests.get(f"{address}/metrics", auth=login, timeout=10).text
+    ):
         assert time.monotonic() < deadline, "Flower never heard from the worker"
         time.sleep(0.2)
 
