@@ -159,12 +159,14 @@ def list_jobs(
         for place in matching:
             pipe.zrevrangebylex(place.key, high, low, 0, limit + 1)
         found: list[tuple[str, Place]] = []
-        empty: set[str] = set()
+        seen: dict[str, bool] = {}
         for place, members in zip(matching, pipe.execute(), strict=True):
             found.extend((str(member), place) for member in members)
-            if not members and cursor is None and wanted.since is None:
-                empty.add(place.pair)  # perhaps gone: the registry forgets it if so
-        store.prune_index([], empty)
+            seen[place.pair] = seen.get(place.pair, False) or bool(members)
+        if cursor is None and wanted.since is None:
+            # A pair none of whose sets has anything may be gone: the registry forgets it if
+            # so (the store checks every status, atomically).
+            store.prune_index([], [pair for pair, any_found in seen.items() if not any_found])
         found.sort(key=lambda pair: pair[0], reverse=True)
         page = found[: limit - len(jobs)]
         if not page:
