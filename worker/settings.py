@@ -11,9 +11,18 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import ConfigError
+from worker.redis_urls import check_redis_url
 
 AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
 
@@ -62,7 +71,9 @@ PROXY_VARS = tuple(
 class Settings(BaseModel):
     """Frozen configuration; build it with ``from_env()`` or explicit keywords."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a REDIS_URL with its password, a key)
+    # never appears in the error's text.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     #: Left out of repr(): the URL may carry the Redis password.
     redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
@@ -136,6 +147,12 @@ class Settings(BaseModel):
     redis_socket_timeout: float = Field(5.0, ge=2)
     #: A call that loses Redis reconnects and retries for this long, then raises.
     redis_retry_window: float = Field(10.0, ge=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_usable(cls, value: str) -> str:
+        check_redis_url(value)  # ValueError in words, the password masked
+        return value
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
@@ -220,5 +237,5 @@ class Settings(BaseModel):
             for err in exc.errors():
                 loc = str(err["loc"][0]) if err["loc"] else ""
                 name = field_to_var.get(loc, loc or "settings")
-                problems.append(f"{name}: {err['msg']}")
+                problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

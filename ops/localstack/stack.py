@@ -45,7 +45,8 @@ from ops.localstack.supervisor import (
     port_open,
 )
 from worker.errors import ConfigError
-from worker.redis_connection import redact, redis_client
+from worker.redis_connection import redis_client
+from worker.redis_urls import redact
 from worker.settings import Settings
 
 BIN = Path(sys.executable).parent

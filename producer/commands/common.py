@@ -8,6 +8,8 @@ Exit codes (the README lists them too):
 - 3: ``--wait``/``wait`` gave up: the timeout passed first (the job keeps running)
 - 4: infrastructure: Redis unreachable (after WAVEQUEUE_REDIS_RETRY_WINDOW seconds of
   retrying) or refusing the password, a download failed
+- 78: the configuration is refused (a malformed ``REDIS_URL``, a bad ``WAVEQUEUE_*``
+  value): one line naming the variable, as the worker says it (EX_CONFIG)
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from producer.errors import (
 )
 from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
-from worker.redis_connection import redact
+from worker.redis_urls import redact
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TIMED_OUT = 3
 EXIT_UNAVAILABLE = 4
+EXIT_CONFIG = 78  # EX_CONFIG, as `wavequeue worker` exits on a refused configuration
 
 # An image over the pixel limit is one "error:" line (producer.images refuses it);
 # Pillow warns first about images between its own two ceilings, which would print
@@ -71,8 +74,10 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ValidationError as exc:
             fail_bad_input(exc.problems)
-        except (JobNotFoundError, ChainNotRetryableError, ConfigError) as exc:
+        except (JobNotFoundError, ChainNotRetryableError) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_CONFIG)
         except WaitTimeoutError as exc:
             fail(str(exc), EXIT_TIMED_OUT)
         except BrokerUnavailableError as exc:
