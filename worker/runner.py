@@ -55,6 +55,7 @@ from worker.errors import (
 )
 from worker.latency import LatencyProfiles
 from worker.models import JobError, JobState, JobStatus
+from worker.outside_text import printable
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
@@ -79,6 +80,8 @@ def _store_unavailable(exc: Exception) -> bool:
 
 
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: The longest error message stored on a record (our words around WaveSpeed's 300).
+MAX_ERROR_MESSAGE_CHARS = 600
 
 
 class PredictionAPI(Protocol):
@@ -648,6 +651,9 @@ class JobRunner:
         tally: _Tally = _NOTHING,
     ) -> Outcome:
         state = snap.state
+        # The message may quote WaveSpeed or the request: one printable line, capped,
+        # before it is stored and logged (the client already did so for WaveSpeed's words).
+        message = printable(message, MAX_ERROR_MESSAGE_CHARS)
         error = JobError(code=code if code is not None else "unknown", message=message)
         if status is JobStatus.TIMED_OUT:
             ending = counter_field("jobs_timed_out", model=state.model)

@@ -34,6 +34,7 @@ from producer.commands.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
     EXIT_TIMED_OUT,
+    error_text,
     json_option,
     make_client,
     print_json,
@@ -43,6 +44,7 @@ from producer.errors import ValidationError, WaitTimeoutError
 from producer.prepare import PreparedJob
 from worker.limits import MAX_BATCH_BYTES, MAX_BATCH_LINE_BYTES, MAX_BATCH_LINES, megabytes
 from worker.models import JobRecord, JobStatus, request_size
+from worker.outside_text import printable
 
 
 def read_batch(
@@ -224,7 +226,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for job in summary["jobs"]:
         if job["status"] != "completed":
             error = job["error"]
-            reason = f"[{error['code']}] {error['message']}" if error else ""
+            reason = error_text(error["code"], error["message"]) if error else ""
             click.echo(f"  line {job['line']}: job {job['job_id']} {job['status']} {reason}")
 
 
@@ -260,7 +262,8 @@ def batch_command(
         prepared, problems = read_batch(file, client, max_lines=max_lines)
         if problems:
             for problem in problems:
-                click.echo(f"error: {problem}", err=True)
+                # A problem can quote the line (a field name): escaped, one line each.
+                click.echo(f"error: {printable(problem, 2000)}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         started = time.monotonic()
         # One pipeline per thousand jobs: records and their messages together.

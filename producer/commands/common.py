@@ -35,6 +35,7 @@ from producer.errors import (
 )
 from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
+from worker.outside_text import printable
 from worker.redis_urls import redact
 
 EXIT_COMPLETED = 0
@@ -54,14 +55,15 @@ R = TypeVar("R")
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message, 2000)}", err=True)
     sys.exit(code)
 
 
 def fail_bad_input(problems: Mapping[str, str]) -> NoReturn:
-    """One line per problem on stderr, exit 2."""
+    """One line per problem on stderr, exit 2. A field name can be a user's key (a batch
+    line's), and a reason can quote the value: both are printed escaped."""
     for where, why in problems.items():
-        click.echo(f"error: {where}: {why}", err=True)
+        click.echo(f"error: {printable(where, 200)}: {printable(why, 2000)}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -121,8 +123,8 @@ def short_reference(value: str, limit: int = 80) -> str:
     """Images as people want to read them: data URIs by size, long URLs trimmed."""
     if value.startswith("data:"):
         head, _, payload = value.partition(",")
-        return f"{head},... ({len(payload) * 3 // 4} bytes)"
-    return value if len(value) <= limit else value[: limit - 3] + "..."
+        return f"{printable(head, 80)},... ({len(payload) * 3 // 4} bytes)"
+    return printable(value if len(value) <= limit else value[: limit - 3] + "...", limit)
 
 
 def record_json(record: JobRecord) -> dict[str, Any]:
@@ -130,17 +132,18 @@ def record_json(record: JobRecord) -> dict[str, Any]:
 
 
 def describe_record(record: JobRecord) -> str:
-    """A job in a few lines: id, status, model, time taken, outputs or error."""
-    line = f"job {record.id} {record.status.value} ({record.model}"
+    """A job in a few lines: id, status, model, time taken, outputs or error. What came
+    from WaveSpeed (outputs, the error) is printed escaped: one line each."""
+    line = f"job {record.id} {record.status.value} ({printable(record.model, 80)}"
     if record.completed_at is not None:
         line += f", {record.completed_at - record.created_at:.1f}s"
     line += f", {record.priority.value} priority)"
     lines = [line]
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
-    lines.extend(f"  {output}" for output in record.outputs)
+    lines.extend(f"  {printable(output, 2000)}" for output in record.outputs)
     if record.error is not None:
-        lines.append(f"  error [{record.error.code}] {record.error.message}")
+        lines.append(f"  error {error_text(record.error.code, record.error.message)}")
     if record.metadata:
         lines.append(f"  metadata {json.dumps(record.metadata, sort_keys=True)}")
     return "\n".join(lines)
@@ -159,11 +162,16 @@ def describe_chain(status: ChainStatus) -> str:
     for step in status.steps:
         detail = ", ".join(short_reference(output) for output in step.outputs)
         if step.error is not None:
-            detail = f"[{step.error.code}] {step.error.message}"
+            detail = error_text(step.error.code, step.error.message)
         lines.append(
             f"  step {step.number}  {step.status.value:<10} {step.model:<32} {detail}".rstrip()
         )
     return "\n".join(lines)
+
+
+def error_text(code: object, message: object) -> str:
+    """``[code] message``, escaped and capped: records written by anyone are printed."""
+    return f"[{printable(code, 40)}] {printable(message, 2000)}"
 
 
 def exit_code_of(result: JobRecord | ChainStatus) -> int:

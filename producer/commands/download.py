@@ -27,6 +27,7 @@ from producer.commands.common import (
     reports_errors,
 )
 from worker.models import JobRecord, JobStatus
+from worker.outside_text import printable
 
 DOWNLOAD_TIMEOUT = (5.0, 60.0)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
@@ -108,7 +109,7 @@ def download_command(any_id: str, out_dir: Path, as_json: bool) -> None:
             try:
                 saved.append(fetch(url, stem, out_dir, session))
             except (DownloadError, OSError) as exc:
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"error: {printable(exc, 2000)}", err=True)
                 sys.exit(EXIT_UNAVAILABLE)
     note = unfinished_note(found)
     if as_json:
