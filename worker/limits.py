@@ -47,6 +47,10 @@ MAX_CHAIN_STEPS = 20
 MAX_BATCH_LINES = 10_000
 #: Bytes of one batch line: one request at its largest, plus room for the options.
 MAX_BATCH_LINE_BYTES = MAX_REQUEST_BYTES + 64 * 1024
+#: Bytes of one output image ``wavequeue download`` saves (``--max-bytes``). FLUX Kontext
+#: answers about one megapixel: a PNG of a few MB; 50 MB leaves room for 4 MP outputs
+#: and stops a host that sends without end.
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 #: Bytes of all of a batch's requests together (local images inlined): they are all
 #: held in memory until every line has passed, then written to Redis.
 MAX_BATCH_BYTES = 256 * 1024 * 1024
