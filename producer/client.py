@@ -27,11 +27,12 @@ import redis
 from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
 from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
-from producer.images import DEFAULT_MAX_INLINE_BYTES
+from producer.images import DEFAULT_MAX_INLINE_BYTES, REFUSE, LocalFiles
 from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.errors import ConfigError
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
@@ -114,6 +115,12 @@ class JobClient:
     reconnecting for ``WAVEQUEUE_REDIS_RETRY_WINDOW`` seconds (10 by default) and then
     raises ``BrokerUnavailableError``: against a Redis that stays down it blocks at most
     that window plus one connect timeout (see ``worker.redis_connection``).
+
+    Local image files: by default a client reads none, and a string that is not an
+    http(s) URL or a data URI is refused rather than read from this machine's disk (a
+    backend passes its users' strings on). ``local_images="any"`` reads any file the
+    process can; a directory (``local_images=Path("/srv/uploads")``) reads only files
+    under it, symlinks resolved; ``WAVEQUEUE_LOCAL_IMAGES`` sets the same.
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class JobClient:
         max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES,
         reread_interval: float = DEFAULT_REREAD_INTERVAL,
         wait_grace: float = DEFAULT_WAIT_GRACE,
+        local_images: str | os.PathLike[str] | None = None,
     ) -> None:
         base = settings if settings is not None else Settings()
         overrides = {
@@ -134,11 +142,17 @@ class JobClient:
                 ("redis_url", redis_url),
                 ("job_deadline", job_deadline),
                 ("record_ttl", record_ttl),
+                ("local_images", None if local_images is None else os.fspath(local_images)),
             )
             if value is not None
         }
         # The API key is left out on purpose: only workers talk to WaveSpeed.
         self.settings = Settings(**{**base.model_dump(exclude={"api_key"}), **overrides})
+        try:
+            # Unset, a client refuses local paths: its strings may be its users' input.
+            self.local_files = LocalFiles.parse(self.settings.local_images or REFUSE)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: WAVEQUEUE_LOCAL_IMAGES: {exc}") from None
         self.store = JobStore.from_settings(self.settings)
         self.max_inline_bytes = max_inline_bytes
         self.reread_interval = reread_interval
@@ -281,6 +295,7 @@ class JobClient:
             max_inline_bytes=self.max_inline_bytes,
             image_base=image_base,
             allow_private_image_urls=self.settings.allow_private_image_urls,
+            local_files=self.local_files,
         )
 
     def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.images import DEFAULT_MAX_INLINE_BYTES, ImageReferenceError, resolve_image
+from producer.images import (
+    DEFAULT_MAX_INLINE_BYTES,
+    NO_LOCAL_FILES,
+    ImageReferenceError,
+    LocalFiles,
+    resolve_image,
+)
 from producer.options import JobOptions, check_options
 from worker.errors import ValidationError
 from worker.models import (
@@ -60,6 +66,8 @@ class Limits:
     image_base: Path | None = None
     #: ``Settings.allow_private_image_urls``: image URLs may name private hosts.
     allow_private_image_urls: bool = False
+    #: Which local files may be read (none unless the client says so).
+    local_files: LocalFiles = NO_LOCAL_FILES
 
 
 def models_of_kind(kind: EndpointKind) -> list[str]:
@@ -94,7 +102,10 @@ def resolve_images(
     if "image" in fields:
         try:
             fields["image"] = resolve_image(
-                fields["image"], max_bytes=limits.max_inline_bytes, base_dir=limits.image_base
+                fields["image"],
+                max_bytes=limits.max_inline_bytes,
+                base_dir=limits.image_base,
+                local_files=limits.local_files,
             )
         except ImageReferenceError as exc:
             problems[prefix + "image"] = str(exc)
@@ -105,7 +116,10 @@ def resolve_images(
             try:
                 resolved.append(
                     resolve_image(
-                        source, max_bytes=limits.max_inline_bytes, base_dir=limits.image_base
+                        source,
+                        max_bytes=limits.max_inline_bytes,
+                        base_dir=limits.image_base,
+                        local_files=limits.local_files,
                     )
                 )
             except ImageReferenceError as exc:

@@ -49,6 +49,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
     "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
+    "WAVEQUEUE_LOCAL_IMAGES": "local_images",
     "WAVEQUEUE_TASK_EVENTS": "task_events",
     "WAVEQUEUE_PRODUCER_SENT_EVENTS": "producer_sent_events",
     "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
@@ -119,6 +120,10 @@ class Settings(BaseModel):
     #: Image URLs may point at loopback and private addresses (in-house image hosts,
     #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
     allow_private_image_urls: bool = False
+    #: Which local image files a producer reads: ``refuse``, ``any`` or an absolute
+    #: directory (only files under it). Unset: the Python API refuses them (a backend
+    #: passes its users' strings), the CLI reads any (its user names their own files).
+    local_images: str | None = None
     #: Celery task events from the start. Off by default: they cost a Redis PUBLISH and
     #: CPU per run, and Flower turns them on by itself while it watches.
     task_events: bool = False
@@ -153,6 +158,13 @@ class Settings(BaseModel):
     def _redis_url_usable(cls, value: str) -> str:
         check_redis_url(value)  # ValueError in words, the password masked
         return value
+
+    @field_validator("local_images")
+    @classmethod
+    def _local_images_form(cls, value: str | None) -> str | None:
+        if value in (None, "refuse", "any") or (value is not None and value.startswith("/")):
+            return value
+        raise ValueError("must be refuse, any or an absolute directory path")
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:

@@ -37,6 +37,7 @@ from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
 from worker.outside_text import printable
 from worker.redis_urls import redact
+from worker.settings import Settings
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -93,8 +94,11 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def make_client() -> JobClient:
-    """A client configured from the environment (``REDIS_URL`` and the WAVEQUEUE_* knobs)."""
-    return JobClient.from_env()
+    """A client configured from the environment (``REDIS_URL`` and the WAVEQUEUE_* knobs).
+    The CLI's user names their own files: it reads any local image unless
+    ``WAVEQUEUE_LOCAL_IMAGES`` says otherwise (the Python API's default is to refuse)."""
+    settings = Settings.from_env()
+    return JobClient(settings, local_images=settings.local_images or "any")
 
 
 def parse_json_object(text: str | None, name: str, problems: dict[str, str]) -> Any:

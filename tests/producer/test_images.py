@@ -27,7 +27,7 @@ def _png(path: Path) -> bytes:
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[JobClient]:
-    with JobClient(redis_url=redis_url, max_inline_bytes=2048) as job_client:
+    with JobClient(redis_url=redis_url, max_inline_bytes=2048, local_images="any") as job_client:
         yield job_client
 
 
@@ -80,7 +80,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path, redis_u
     big = write_bomb_png(tmp_path / "big.png", 12_000, 12_000)
     fine = write_bomb_png(tmp_path / "fine.png", 6_000, 6_000)
     assert huge.stat().st_size < 50_000
-    with JobClient(redis_url=redis_url) as client:
+    with JobClient(redis_url=redis_url, local_images="any") as client:
         with pytest.raises(ValidationError) as raised:
             client.multi_edit([huge, big], "combine")
         problems = raised.value.problems
@@ -100,7 +100,10 @@ def test_every_decoding_failure_is_a_validation_error(tmp_path: Path, redis_url:
     (tmp_path / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("RGB", (8, 8)).save(tmp_path / "picture.pcx")
-    with JobClient(redis_url=redis_url) as client, pytest.raises(ValidationError) as raised:
+    with (
+        JobClient(redis_url=redis_url, local_images="any") as client,
+        pytest.raises(ValidationError) as raised,
+    ):
         client.multi_edit(
             [tmp_path / "truncated.png", tmp_path / "empty.png", tmp_path / "picture.pcx"],
             "combine",
@@ -114,7 +117,7 @@ def test_every_decoding_failure_is_a_validation_error(tmp_path: Path, redis_url:
 
 def test_image_urls_follow_the_url_rule_with_the_clients_setting(redis_url: str) -> None:
     emulator_like = "http://127.0.0.1:8765/media/abc.png"
-    with JobClient(redis_url=redis_url) as client:
+    with JobClient(redis_url=redis_url, local_images="any") as client:
         for url, why in [
             (emulator_like, "private address 127.0.0.1 not allowed: loopback"),
             ("http://2130706433/", "private address 127.0.0.1"),
@@ -130,7 +133,7 @@ def test_image_urls_follow_the_url_rule_with_the_clients_setting(redis_url: str)
             assert why in raised.value.problems["image"], (url, raised.value.problems)
         assert redis.Redis.from_url(redis_url).dbsize() == 0
     allowed = Settings(allow_private_image_urls=True)
-    with JobClient(allowed, redis_url=redis_url) as client:
+    with JobClient(allowed, redis_url=redis_url, local_images="any") as client:
         job_id = client.edit(emulator_like, "make it blue")
         assert client.get(job_id).input["image"] == emulator_like
         with pytest.raises(ValidationError, match="link-local"):
