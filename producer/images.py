@@ -24,30 +24,17 @@ model (``worker.image_refs``), the same rule the worker uses.
 from __future__ import annotations
 
 import base64
-import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from worker.image_header import image_type
 from worker.image_refs import ImageReferenceError, data_uri_bytes
-from worker.limits import MAX_IMAGE_PIXELS, MAX_INLINE_IMAGE_BYTES, megabytes
+from worker.limits import MAX_INLINE_IMAGE_BYTES, megabytes
 
 #: The largest image (decoded bytes) a producer inlines into a job record.
 DEFAULT_MAX_INLINE_BYTES = MAX_INLINE_IMAGE_BYTES
-#: Pillow's format name -> the type of the data URI. MPO is how Pillow reads the JPEG
-#: files many phone cameras write (a JPEG with extra frames appended).
-ACCEPTED_FORMATS = {
-    "PNG": "image/png",
-    "JPEG": "image/jpeg",
-    "MPO": "image/jpeg",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-    "TIFF": "image/tiff",
-}
 #: ``scheme://`` or ``data:``: a reference the request model judges, never a file path.
 _URL_LIKE = re.compile(r"^(?:[a-z][a-z0-9+.-]+://|data:)", re.IGNORECASE)
 
@@ -175,35 +162,5 @@ def _inline_file(path: Path, max_bytes: int) -> str:
             f"{path.name} is {megabytes(size)}; files are inlined up to {megabytes(max_bytes)} "
             "(host bigger images yourself and pass the URL)"
         )
-    mime = _image_mime(data, path.name)
+    mime = image_type(data, path.name)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _image_mime(data: bytes, name: str) -> str:
-    """The data URI type, from the header (Pillow); refuses unknown types and bombs."""
-    try:
-        # Image.open reads the header only; the pixels are never decoded here.
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            image_format = image.format or ""
-    except Image.DecompressionBombError:
-        # Pillow's own ceiling (twice Image.MAX_IMAGE_PIXELS) is above ours.
-        raise ImageReferenceError(_too_many_pixels(name)) from None
-    except Exception:  # noqa: BLE001 - any decoding failure is the caller's bad file
-        raise ImageReferenceError(f"{name} is not an image file Pillow can read") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageReferenceError(_too_many_pixels(name, f" ({width} x {height})"))
-    mime = ACCEPTED_FORMATS.get(image_format)
-    if mime is None:
-        accepted = ", ".join(sorted({f for f in ACCEPTED_FORMATS if f != "MPO"}))
-        raise ImageReferenceError(
-            f"{name} is a {image_format or 'unknown'} image; WaveSpeed takes {accepted}"
-        )
-    return mime
-
-
-def _too_many_pixels(name: str, size: str = "") -> str:
-    return (
-        f"{name} has more than {MAX_IMAGE_PIXELS:,} pixels{size}; FLUX Kontext works at "
-        "about 1 megapixel, so scale it down first"
-    )

@@ -19,7 +19,8 @@ from WaveSpeed's side and what would be server-side request forgery from ours:
   unspecified and other special-purpose addresses are refused even then: no
   image host lives there;
 - ``data:image/<png|jpeg|webp|gif|bmp|tiff>;base64,<payload>`` with strict base64,
-  at most ``MAX_INLINE_IMAGE_BYTES`` once decoded.
+  at most ``MAX_INLINE_IMAGE_BYTES`` once decoded, whose header (``worker.image_header``)
+  is an image of an accepted type with at most ``MAX_IMAGE_PIXELS`` pixels.
 
 Names are judged by spelling only: validation does no DNS (a producer cannot
 resolve names the way the fetcher will, and an answer can change between the
@@ -30,6 +31,7 @@ redirect.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import unicodedata
@@ -99,6 +101,11 @@ def check_data_uri(uri: str) -> None:
         raise ImageReferenceError(
             "data URI payload is not valid base64 (no whitespace, padded to 4 characters)"
         )
+    # Read from its header as a local file is: an image WaveSpeed takes, within the
+    # pixel limit (a 48 KB data URI can be a 400 MP decompression bomb).
+    from worker.image_header import image_type  # noqa: PLC0415 - Pillow only when needed
+
+    image_type(base64.b64decode(payload), "the data URI")
 
 
 def data_uri_bytes(uri: str) -> int:

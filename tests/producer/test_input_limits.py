@@ -153,3 +153,29 @@ def test_batch_over_its_total_size_enqueues_nothing(
     assert len(errors) == 1
     assert errors[0].startswith("error: line 4: the requests so far hold more than")
     _assert_redis_untouched(redis_url)
+
+
+def _data_uri_of(path: Path, mime: str = "image/png") -> str:
+    import base64
+
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_data_uri_is_held_to_the_same_pixel_limit_and_must_decode(
+    wavequeue: Run, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue #15 item 2: a file was read from its header, a data URI not at all: a
+    48 KB bomb or a 12,000 x 12,000 picture given inline went on to WaveSpeed."""
+    bomb = _data_uri_of(write_bomb_png(tmp_path / "bomb.png", 20_000, 20_000))
+    big = _data_uri_of(write_bomb_png(tmp_path / "big.png", 12_000, 12_000))
+    garbage = "data:image/png;base64," + "QUJD" * 100  # valid base64, not an image
+
+    result = wavequeue("edit", bomb, big, garbage, "merge them")
+
+    lines = _errors(result)
+    assert lines[0].startswith("error: images[0]: the data URI has more than 40,000,000 pixels")
+    assert lines[1].startswith(
+        "error: images[1]: the data URI has more than 40,000,000 pixels (12000 x 12000)"
+    )
+    assert lines[2] == "error: images[2]: the data URI is not an image file Pillow can read"
+    _assert_redis_untouched(redis_url)

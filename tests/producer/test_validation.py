@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from producer import Edit, JobClient, TextToImage, ValidationError
 from producer.options import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_METADATA_BYTES
+from tests.support.images import image_data_uri
 from tests.support.url_strategies import never_v4, private_v4, public_v4, urls
 from worker import errors as worker_errors
 from worker.models import ENDPOINTS, Endpoint, EndpointKind, validate_request
@@ -266,7 +267,7 @@ good_images = st.one_of(
             URL,
             "https://cdn.example.org/a/b.webp?sig=abc&x=1",
             "https://[2606:4700:4700::1111]/x.png",
-            "data:image/png;base64,iVBORw0KGgo=",
+            image_data_uri(),
         ]
     ),
     urls(public_v4),
@@ -285,6 +286,7 @@ bad_images = st.one_of(
             "ftp://example.com/a.png",
             "data:image/svg+xml;base64,PHN2Zz4=",
             "data:image/png;base64,not base64!",
+            "data:image/png;base64,iVBORw0KGgo=",  # a PNG signature and nothing more
             "http:///no-host.png",
             "https://",
         ]
