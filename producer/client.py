@@ -33,6 +33,7 @@ from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
 from worker.errors import ConfigError
+from worker.inline_images import marker_ids, with_images
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
@@ -593,6 +594,7 @@ class JobClient:
                     f"chain {chain_id}: step {previous.number} has no output"
                 )
             body["image"] = previous.outputs[0]
+        body = self._with_stored_images(chain_id, failed.number, body)
         # The body was valid when enqueued; check again, now that the image is real.
         body = validate_request(
             old.model,
@@ -626,6 +628,21 @@ class JobClient:
         self._keep_alive(chain_id, run_ids, step_deadline)
         self._send_chain(run_ids, old.priority.queue)
         return new_job_id
+
+    def _with_stored_images(self, chain_id: str, step: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A step that failed before the worker uploaded its inline images still holds
+        markers: take the images back from their keys (the new record stores them again,
+        under keys of its own)."""
+        image_ids = marker_ids(body)
+        if not image_ids:
+            return body
+        stored = self.store.inline_images(image_ids)
+        if len(stored) < len(image_ids):
+            raise ChainNotRetryableError(
+                f"chain {chain_id}: step {step}'s inline image is no longer stored "
+                "(it expired with the record); submit the chain again"
+            )
+        return with_images(body, stored)
 
     # lookup by either kind of id ----------------------------------------------
 

@@ -16,6 +16,9 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
+#: One inline image (a ``data:`` URI) of a job, until the worker uploads it: the request
+#: holds a marker instead (``worker.inline_images``), so records never hold the bytes.
+INLINE_KEY: Final = KEY_PREFIX + "inline:{image_id}"
 #: One day's finished jobs (UTC date ``YYYY-MM-DD``), kept by the terminal transition long
 #: after the records expire. Fields ``<measure>|<model>``: a terminal status (completed,
 #: failed, timed_out) counts jobs, ``outputs`` counts images delivered, ``inference_ms``

@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
+from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
 
 MODEL_PREFIX = "wavespeed-ai/"
@@ -202,6 +203,32 @@ def validate_request(
             }
         )
     return body
+
+
+def image_reference_problems(
+    body: Mapping[str, Any], *, allow_private_image_urls: bool = False
+) -> dict[str, str]:
+    """The URL rule on every image of a stored request body, as the worker applies it
+    again before anything is sent on (a record written by an older producer, or straight
+    into Redis, or a chain step's image filled in at run time): ``{field: why}``, empty
+    when every image passes. An inline-image marker is not an image (it must have been
+    uploaded first)."""
+    problems: dict[str, str] = {}
+    for field in ("image", "images"):
+        value = body.get(field)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if item is None:
+                continue
+            name = field if index is None else f"{field}[{index}]"
+            if not isinstance(item, str) or is_marker(item):
+                problems[name] = "not an image reference"
+                continue
+            try:
+                check_image_reference(item, allow_private=allow_private_image_urls)
+            except ImageReferenceError as exc:
+                problems[name] = str(exc)
+    return problems
 
 
 def request_size(body: Mapping[str, Any]) -> int:

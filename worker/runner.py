@@ -53,8 +53,9 @@ from worker.errors import (
     UnreadableRecordError,
     WaveSpeedError,
 )
+from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
 from worker.latency import LatencyProfiles
-from worker.models import JobError, JobState, JobStatus
+from worker.models import JobError, JobState, JobStatus, image_reference_problems
 from worker.outside_text import printable
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
@@ -80,6 +81,10 @@ def _store_unavailable(exc: Exception) -> bool:
 
 
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: A request the worker refuses to send on (the URL rule, an unreadable inline image).
+INVALID_INPUT = "invalid_input"
+#: An inline image's key expired before the worker uploaded it.
+INLINE_IMAGE_MISSING = "inline_image_missing"
 #: The longest error message stored on a record (our words around WaveSpeed's 300).
 MAX_ERROR_MESSAGE_CHARS = 600
 
@@ -90,6 +95,8 @@ class PredictionAPI(Protocol):
     def submit(self, model: str, body: Mapping[str, Any]) -> Prediction: ...
 
     def result(self, prediction_id: str) -> Prediction: ...
+
+    def upload(self, data: bytes, content_type: str, filename: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,7 @@ class JobRunner:
                 return Finished(snap.state)
         if snap.field("prediction_id"):
             return self._poll(snap, poll_seq, now)
-        return self._submit(snap, now)
+        return self._upload_then_submit(snap, now)
 
     def _last_look(self, snap: JobSnapshot, poll_seq: int) -> Outcome:
         """The poll due at the deadline: a prediction that completed in the last interval
@@ -230,6 +237,57 @@ class JobRunner:
             )
         return self.store.snapshot(job_id)
 
+    def _upload_then_submit(self, snap: JobSnapshot, now: float) -> Outcome:
+        if snap.field(INLINE_FIELD) == "1":
+            uploaded = self._upload_inline_images(snap)
+            if not isinstance(uploaded, JobSnapshot):
+                return uploaded
+            snap = uploaded
+        return self._submit(snap, now)
+
+    def _upload_inline_images(self, snap: JobSnapshot) -> Outcome | JobSnapshot:
+        """Upload the request's inline images to WaveSpeed, write their URLs into the
+        request in place of the markers, and forget the bytes (``worker.inline_images``).
+        An upload is safe to repeat: failures are error retries on the job's budget."""
+        job_id = snap.state.id
+        no_submit_yet = {"prediction_id": "", "submit_token": ""}
+        request = self.store.request(job_id)
+        image_ids = marker_ids(request.input)
+        stored = self.store.inline_images(image_ids)
+        missing = [image_id for image_id in image_ids if image_id not in stored]
+        if missing:
+            return self._fail(
+                snap,
+                no_submit_yet,
+                INLINE_IMAGE_MISSING,
+                f"{len(missing)} inline image(s) of this job are no longer stored (expired)",
+            )
+        urls: dict[str, str] = {}
+        for image_id in image_ids:
+            try:
+                data, mime = decode_data_uri(stored[image_id])
+            except ValueError as exc:
+                return self._fail(snap, no_submit_yet, INVALID_INPUT, f"inline image: {exc}")
+            extension = mime.rpartition("/")[2] or "png"
+            try:
+                urls[image_id] = self.client.upload(data, mime, f"{image_id}.{extension}")
+            except TransientError as exc:
+                return self._error_retry(snap, exc, poll_seq=0)
+            except PermanentError as exc:
+                message = f"uploading an inline image: {exc.message}"
+                return self._fail(snap, no_submit_yet, exc.code, message)
+        moved = self.store.transition(
+            job_id,
+            expect={INLINE_FIELD: "1", **no_submit_yet},
+            updates={INLINE_FIELD: ""},
+            request=request.with_input(with_images(request.input, urls)),
+            count=[counter_field("inline_uploads", model=snap.state.model)] * len(urls),
+        )
+        if not moved:
+            return Duplicate(f"uploaded images not recorded ({moved.name.lower()})")
+        self.store.drop_inline_images(image_ids)
+        return self.store.snapshot(job_id)
+
     def _submit(self, snap: JobSnapshot, now: float) -> Outcome:
         state = snap.state
         holder = snap.field("submit_token")
@@ -261,6 +319,12 @@ class JobRunner:
             wait = permit.wait + self.rng.uniform(0, 0.25)
             wait = min(wait, self.settings.retry_max_delay, time_left)
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
+        return self._claim_and_send(snap, now)
+
+    def _claim_and_send(self, snap: JobSnapshot, now: float) -> Outcome:
+        """With a permit: take the right to POST (compare-and-set), check the request
+        once more, and send it."""
+        state = snap.state
         token = uuid.uuid4().hex
         lease = self.settings.submit_lease
         claimed, request = self.store.transition_and_read_request(
@@ -277,6 +341,15 @@ class JobRunner:
         )
         if not claimed or request is None:
             return Duplicate(f"submit not claimed ({claimed.name.lower()})")
+        # The URL rule again, with this worker's setting, before anything is sent on.
+        problems = image_reference_problems(
+            request.input, allow_private_image_urls=self.settings.allow_private_image_urls
+        )
+        if problems:
+            self.limiter.release(state.id)
+            reasons = "; ".join(f"{field}: {why}" for field, why in problems.items())
+            message = f"refused before submitting: {reasons}"
+            return self._fail(snap, {"submit_token": token}, INVALID_INPUT, message)
         # The claim changed only bookkeeping this run does not read again: no re-read.
         return self._send(snap, token, request.input)
 

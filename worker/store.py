@@ -38,6 +38,8 @@ Bookkeeping fields:
 - ``last_write``: a random id of the last applied ``transition``, so that redis-py retrying
   a script call whose reply was lost (a connection dropped mid-call) finds it applied
   instead of failing its own compare-and-set.
+- ``inline_images``: "1" while the request holds inline-image markers, whose images the
+  worker uploads before the first submit (``worker.inline_images``).
 - ``awaiting_image``: "1" while a chain step waits for the step before's output as its
   ``image`` ("0" once filled in at run time).
 """
@@ -67,6 +69,7 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
+    INLINE_KEY,
     JOB_EVENT_CHANNEL,
     JOB_KEY,
     LATENCY_KEY,
@@ -79,6 +82,7 @@ from worker.constants import (
     WAKING_KEY,
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
+from worker.inline_images import INLINE_FIELD, split_inline
 from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
 from worker.settings import Settings
@@ -247,9 +251,11 @@ class Moved(IntEnum):
 
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
---       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not '')
+--       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not ''),
+--       8.. the keys of the inline images (ARGV[9] of them)
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
---       7 live-count field, 8 message ('' = none), 9.. hash fields
+--       7 live-count field, 8 message ('' = none), 9 inline image count n, 10 their TTL,
+--       11..10+n the images, then the hash fields
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
@@ -257,7 +263,9 @@ end
 -- The same call again (redis-py retried it after its reply was lost): it was applied.
 if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
 if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+local inline = tonumber(ARGV[9])
+for i = 1, inline do redis.call('SET', KEYS[7 + i], ARGV[10 + i], 'EX', ARGV[10]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11 + inline))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
@@ -521,6 +529,13 @@ class JobStore:
     def _create_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
         record = job.record
         fields = {**encode_state(record), **(job.extra or {})}
+        # Inline images go under their own keys; the request holds markers (see
+        # worker.inline_images): no record ever holds the bytes.
+        body, inline = split_inline(record.input)
+        if inline:
+            fields[INLINE_FIELD] = "1"
+        # Until the deadline, then as long as an ended record: retry_chain may need it.
+        inline_ttl = max(1, math.ceil(record.deadline_at - record.created_at)) + self.record_ttl
         use_key = job.idempotency_key is not None
         keys = [
             JOB_KEY.format(job_id=record.id),
@@ -530,6 +545,7 @@ class JobStore:
             REQUEST_KEY.format(job_id=record.id),
             LIVE_KEY,
             job.message.list_key if job.message is not None else DEADLINES_KEY,
+            *(INLINE_KEY.format(image_id=image_id) for image_id in inline),
         ]
         args = [
             record.id,
@@ -537,9 +553,12 @@ class JobStore:
             self.record_ttl,
             "1" if use_key else "0",
             record.created_at,
-            Request(record.input, record.metadata).to_json(),
+            Request(body, record.metadata).to_json(),
             f"{record.status.value}|{record.model}",
             job.message.payload if job.message is not None else "",
+            len(inline),
+            inline_ttl,
+            *inline.values(),
             *(item for pair in fields.items() for item in pair),
         ]
         return keys, args
@@ -578,6 +597,19 @@ class JobStore:
         if text is None:
             raise JobNotFoundError(f"no request for job {job_id!r} (expired, or never created)")
         return Request.from_json(str(text), job_id)
+
+    def inline_images(self, image_ids: Sequence[str]) -> dict[str, str]:
+        """The data URIs of these inline images (one round trip); a missing one (uploaded
+        and deleted, or expired) is left out."""
+        if not image_ids:
+            return {}
+        found = self.client.mget([INLINE_KEY.format(image_id=i) for i in image_ids])
+        return {i: str(uri) for i, uri in zip(image_ids, found, strict=True) if uri is not None}
+
+    def drop_inline_images(self, image_ids: Sequence[str]) -> None:
+        """Forget inline images once uploaded (their URL is in the request now)."""
+        if image_ids:
+            self.client.delete(*(INLINE_KEY.format(image_id=i) for i in image_ids))
 
     def get(self, job_id: str) -> JobRecord:
         record = self.get_many([job_id])[0]

@@ -1,4 +1,4 @@
-"""The WaveSpeed HTTP client: ``submit()`` and ``result()``, nothing more.
+"""The WaveSpeed HTTP client: ``submit()``, ``result()`` and ``upload()``, nothing more.
 
 Every transport and HTTP failure is mapped to the tree in ``worker.errors``
 here, and the remote status is parsed here, into a closed set. The rule that
@@ -278,6 +278,35 @@ class WaveSpeedClient:
         except requests.exceptions.JSONDecodeError as exc:
             raise map_transport_error(exc, during_submit=False) from None
         return self._redacted(parse_prediction(envelope))
+
+    def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Store an image in WaveSpeed's media storage (``/api/v3/media/upload/binary``);
+        returns its download URL. Unlike a submit, an upload creates nothing billable, so
+        any failure to get an answer is safe to retry (``TransientError``)."""
+        url = f"{self.base_url}/api/v3/media/upload/binary"
+        try:
+            response = self.session.post(
+                url, files={"file": (filename, data, content_type)}, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            mapped = map_transport_error(exc, during_submit=False)
+            if isinstance(mapped, PermanentError):  # TLS, a malformed request: no retry helps
+                raise mapped from None
+            raise TransientError(
+                f"uploading an image to WaveSpeed failed ({type(exc).__name__})", code="upload"
+            ) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            data_field = response.json().get("data")
+            download_url = data_field.get("download_url") if isinstance(data_field, dict) else None
+        except (ValueError, AttributeError):
+            download_url = None
+        if not isinstance(download_url, str) or not download_url:
+            raise TransientError(
+                "WaveSpeed answered an upload without a download_url", code="upload"
+            )
+        return download_url
 
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""

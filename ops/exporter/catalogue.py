@@ -54,6 +54,8 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
     "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "inline_uploads": "Inline images (data URIs, local files) the workers uploaded to "
+    "WaveSpeed's media storage before a job's first submit, by model",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
 }

@@ -93,6 +93,7 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_resubmissions_total",
         "wavequeue_error_retries_total",
         "wavequeue_orphaned_predictions_total",
+        "wavequeue_inline_uploads_total",
     }
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from producer import JobClient, ValidationError
 from tests.support.images import write_bomb_png
+from worker.inline_images import marker_ids, with_images
 from worker.settings import Settings
 
 
@@ -31,11 +32,19 @@ def client(redis_url: str) -> Iterator[JobClient]:
         yield job_client
 
 
+def _stored_image(client: JobClient, job_id: str) -> str:
+    """The job's image as the worker will upload it: the record holds a marker, the
+    bytes are under the marker's own key (worker.inline_images)."""
+    body = client.get(job_id).input
+    return str(with_images(body, client.store.inline_images(marker_ids(body)))["image"])
+
+
 def test_a_local_file_is_stored_as_a_data_uri(client: JobClient, tmp_path: Path) -> None:
     # A misleading extension: the type comes from the content.
     data = _png(tmp_path / "cat.jpg")
     job_id = client.edit(tmp_path / "cat.jpg", "make it blue")
-    image = client.get(job_id).input["image"]
+    assert client.get(job_id).input["image"].startswith("wavequeue-inline:")
+    image = _stored_image(client, job_id)
     head, _, payload = image.partition(",")
     assert head == "data:image/png;base64"
     assert base64.b64decode(payload) == data
@@ -93,7 +102,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path, redis_u
         assert redis.Redis.from_url(redis_url).dbsize() == 0
 
         job_id = client.edit(fine, "make it blue")
-        assert client.get(job_id).input["image"].startswith("data:image/png;base64,")
+        assert _stored_image(client, job_id).startswith("data:image/png;base64,")
 
 
 def test_every_decoding_failure_is_a_validation_error(tmp_path: Path, redis_url: str) -> None:

@@ -22,6 +22,7 @@ from producer.options import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_METADATA_BYTES
 from tests.support.images import image_data_uri
 from tests.support.url_strategies import never_v4, private_v4, public_v4, urls
 from worker import errors as worker_errors
+from worker.inline_images import marker_ids, with_images
 from worker.models import ENDPOINTS, Endpoint, EndpointKind, validate_request
 from worker.settings import Settings
 
@@ -362,4 +363,6 @@ def test_the_producer_enqueues_exactly_what_the_registry_accepts(
         assert raw.dbsize() == 0
     else:
         job_id = client.submit(client.prepare(mapping))
-        assert client.get(job_id).input == expected
+        # Inline images are kept apart from the record (worker.inline_images).
+        stored = client.get(job_id).input
+        assert with_images(stored, client.store.inline_images(marker_ids(stored))) == expected

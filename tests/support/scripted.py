@@ -49,6 +49,11 @@ class ScriptedClient:
         self.calls.append(("result", prediction_id))
         return self._play(self.results.popleft())
 
+    def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Uploads always succeed: the races scripted here are about submits and polls."""
+        self.calls.append(("upload", filename))
+        return f"https://cdn.example/uploads/{filename}"
+
     @staticmethod
     def _play(step: Step) -> Prediction:
         if step.during is not None:
