@@ -1,12 +1,12 @@
 """Input images: http(s) URLs and ``data:`` URIs pass through; local files are inlined.
 
-Why inline instead of upload: uploading to WaveSpeed's media endpoint needs the
-WaveSpeed API key, and a producer never holds it (only workers do). So a local
-file becomes a base64 ``data:image/...`` URI stored in the job record, which
-WaveSpeed accepts wherever it accepts an image URL. Base64 grows the bytes by a
-third and the record lives in Redis, so files are capped (``max_bytes``, at most
-``worker.limits.MAX_INLINE_IMAGE_BYTES``); put bigger images on your own storage
-and pass their URL.
+Why inline instead of upload here: uploading to WaveSpeed's media endpoint needs
+the WaveSpeed API key, and a producer never holds it (only workers do). So a local
+file becomes a base64 ``data:image/...`` URI; the store keeps it under its own key
+(never in the job record) and the worker uploads it before the first submit
+(``worker.inline_images``). It waits in Redis until then, so files are capped
+(``max_bytes``, at most ``worker.limits.MAX_INLINE_IMAGE_BYTES``); put bigger images
+on your own storage and pass their URL.
 
 Which local files are read at all is the client's choice (``LocalFiles``): none
 (the Python API's default: a backend passes its users' strings, and any string
@@ -17,8 +17,9 @@ symlinks resolved (an upload folder a backend controls).
 A file is checked from its header only (Pillow reads the size without decoding
 the pixels): its type must be one WaveSpeed takes, and it must have at most
 ``MAX_IMAGE_PIXELS`` pixels, so a small file that would decode to gigabytes (a
-decompression bomb) is refused. URLs and data URIs are checked by the request
-model (``worker.image_refs``), the same rule the worker uses.
+decompression bomb) is refused (``worker.image_header``, which the request model
+applies to data URIs too). URLs and data URIs are checked by the request model
+(``worker.image_refs``), the same rule the worker applies again before submitting.
 """
 
 from __future__ import annotations
