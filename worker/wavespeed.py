@@ -225,11 +225,15 @@ class WaveSpeedClient:
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
-        """POST a prediction; returns it (normally ``created``)."""
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction:
+        """POST a prediction; returns it (normally ``created``). ``webhook``: the URL
+        WaveSpeed calls when it ends (the documented ``?webhook=`` query parameter)."""
         url = f"{self.base_url}/api/v3/{MODEL_PREFIX}{model.removeprefix(MODEL_PREFIX)}"
+        params = {"webhook": webhook} if webhook else None
         try:
-            response = self.session.post(url, json=dict(body), timeout=self.timeout)
+            response = self.session.post(url, json=dict(body), params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise map_transport_error(exc, during_submit=True) from None
         if response.status_code != 200:
@@ -261,6 +265,26 @@ class WaveSpeedClient:
         except requests.exceptions.JSONDecodeError as exc:
             raise map_transport_error(exc, during_submit=False) from None
         return self._redacted(parse_prediction(envelope))
+
+    def webhook_secret(self) -> str:
+        """The account's webhook signing secret (``whsec_...``), as WaveSpeed gives it."""
+        url = f"{self.base_url}/api/v3/webhook/secret"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            envelope = response.json()
+        except requests.exceptions.JSONDecodeError as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        secret = data.get("secret") if isinstance(data, Mapping) else None
+        if not isinstance(secret, str) or not secret:
+            # Never quote the answer: it would be the secret if only its shape were off.
+            raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
+        return secret
 
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""
