@@ -42,7 +42,7 @@ from worker.models import MODEL_PREFIX
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
 _TRANSIENT_TASK_CODES = range(5000, 6000)
 _SUBMIT_SAFE_HTTP = frozenset({429, 503})
-_MAX_ERROR_TEXT = 300
+MAX_ERROR_TEXT = 300
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
 REDACTED = "[redacted]"
 
@@ -152,7 +152,7 @@ def _server_message(response: requests.Response, secret: str) -> str:
         message = None
     text = str(message or response.text or response.reason or "")
     # Redact before cutting, so a secret straddling the cut cannot leave a readable half.
-    return redact(text, secret)[:_MAX_ERROR_TEXT]
+    return redact(text, secret)[:MAX_ERROR_TEXT]
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -290,7 +290,7 @@ class WaveSpeedClient:
         """A failed prediction's message is the server's text too."""
         if not prediction.error_message:
             return prediction
-        message = redact(prediction.error_message, self._secret)[:_MAX_ERROR_TEXT]
+        message = redact(prediction.error_message, self._secret)[:MAX_ERROR_TEXT]
         return dataclasses.replace(prediction, error_message=message)
 
     def _http_error(self, response: requests.Response, *, during_submit: bool) -> WaveSpeedError:
