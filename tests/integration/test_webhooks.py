@@ -54,6 +54,10 @@ NEAR_POLL = {
 }
 
 
+#: The receiver's body cap in these tests (a callback is a few hundred bytes).
+MAX_BODY = 4096
+
+
 @dataclass
 class HookedStack:
     stack: WorkerStack
@@ -73,7 +77,8 @@ def hooked_stack(
     ``WAVEQUEUE_WEBHOOK_URL``), then one worker."""
     shared = webhook_env()
     with worker_stack(tmp_path, latency=latency, settings=settings, workers=0) as stack:
-        receiver = WebhooksProcess({**stack.env, **shared}, tmp_path / "webhooks.log").start()
+        receiver_env = {**stack.env, **shared, "WAVEQUEUE_WEBHOOK_MAX_BODY": str(MAX_BODY)}
+        receiver = WebhooksProcess(receiver_env, tmp_path / "webhooks.log").start()
         try:
             stack.env.update(shared, WAVEQUEUE_WEBHOOK_URL=receiver.base_url, **worker_env)
             stack.start_worker()
@@ -185,6 +190,26 @@ def test_forged_stale_and_replayed_callbacks_change_nothing(hooked: HookedStack)
     assert raw(job_a) == completed_a
     assert raw(job_b) == before_b
     assert hooked.counter("jobs_completed", model=T2I) >= 1
+
+
+def test_a_body_over_the_cap_is_refused_with_413(hooked: HookedStack) -> None:
+    callbacks = hooked.callbacks
+    job_id = hooked.stack.jobs.create(T2I, prompt="big body")
+    data = completed_prediction("pred-big", url="https://cdn.example/" + "x" * MAX_BODY)
+    headers, body = callbacks.signed(data)
+    refused = hooked.counter("webhooks_rejected", reason="too_large")
+
+    declared = callbacks.post(callbacks.url(job_id), headers, body)
+    chunked = callbacks.session.post(
+        callbacks.url(job_id),
+        headers=headers,
+        data=(body[i : i + 1000] for i in range(0, len(body), 1000)),
+        timeout=10,
+    )
+
+    assert (declared.status_code, chunked.status_code) == (413, 413)
+    assert hooked.counter("webhooks_rejected", reason="too_large") == refused + 2
+    assert hooked.stack.jobs.store.get(job_id).status is JobStatus.QUEUED
 
 
 def test_a_lost_submit_answer_is_recovered_from_its_webhook(hooked: HookedStack) -> None:

@@ -120,7 +120,7 @@ class WebhookReceiver:
         return reply
 
     def too_large(self) -> Reply:
-        """A body over the cap, refused before it was read."""
+        """A body over the cap, refused unread (or unkept)."""
         self._count("webhooks_received")
         return self._rejected(413, "too_large")
 

@@ -6,9 +6,9 @@ thread pool (a few Redis round trips, milliseconds), so the IOLoop keeps accepti
 while Redis answers, and ``/health`` answers even while Redis does not.
 
 The body is capped (``WAVEQUEUE_WEBHOOK_MAX_BODY``; tornado's own default is 100 MB):
-a declared ``Content-Length`` above it is refused with 413 before the body is read,
-and a chunked body that grows past it is cut off by the server. Slow senders get
-``BODY_TIMEOUT`` seconds for a body.
+a declared ``Content-Length`` above it is refused with 413 before the body is read; a
+chunked body is kept only up to the cap and then refused with 413 (four times past it,
+tornado cuts the connection). Slow senders get ``BODY_TIMEOUT`` seconds for a body.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ BODY_TIMEOUT = 10.0
 IDLE_CONNECTION_TIMEOUT = 60.0
 
 
+@tornado.web.stream_request_body
 class CallbackHandler(tornado.web.RequestHandler):
     def initialize(
         self, receiver: WebhookReceiver, executor: ThreadPoolExecutor, max_body: int
@@ -39,19 +40,30 @@ class CallbackHandler(tornado.web.RequestHandler):
         self.receiver = receiver
         self.executor = executor
         self.max_body = max_body
+        self._chunks: list[bytes] = []
+        self._size = 0
 
     async def prepare(self) -> None:
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await self._run(self.receiver.too_large)
-            self._answer(Reply(413, "rejected: too_large"))
+        # Streamed: called once the headers are in, before any of the body is read.
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.max_body:
+            self._chunks.append(chunk)  # past the cap nothing more is kept
 
     async def post(self, job_id: str, mac: str) -> None:
-        request = self.request
-        reply = await self._run(
-            lambda: self.receiver.receive(job_id, mac, request.headers, request.body)
-        )
+        if self._size > self.max_body:
+            await self._too_large()
+            return
+        body, headers = b"".join(self._chunks), self.request.headers
+        reply = await self._run(lambda: self.receiver.receive(job_id, mac, headers, body))
         self._answer(reply)
+
+    async def _too_large(self) -> None:
+        self._answer(await self._run(self.receiver.too_large))
 
     async def _run(self, call: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
@@ -120,8 +132,9 @@ def serve_forever(
             loop.add_signal_handler(signum, stop.set)
         server = tornado.httpserver.HTTPServer(
             make_app(receiver, executor, max_body=max_body),
-            # The backstop for a chunked body (no Content-Length for prepare() to judge).
-            max_body_size=max_body,
+            # A chunked body (no Content-Length for prepare() to judge) is counted and
+            # dropped past the cap; far past it, tornado cuts the connection.
+            max_body_size=max_body * 4,
             body_timeout=BODY_TIMEOUT,
             idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
             xheaders=True,
