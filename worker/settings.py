@@ -229,10 +229,14 @@ class Settings(BaseModel):
         POST outlive its lease."""
         needed = self.longest_countdown + self.task_time_limit
         if self.visibility_timeout <= needed:
+            webhooks = ", WAVEQUEUE_WEBHOOK_POLL_MAX" if self.webhooks_enabled else ""
             raise ConfigError(
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "
-                f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
-                "redeliver messages that are only waiting for their countdown"
+                f"longest countdown ({self.longest_countdown:g}s, the largest of "
+                "WAVEQUEUE_POLL_MAX_INTERVAL, WAVEQUEUE_RETRY_MAX_DELAY, "
+                f"WAVEQUEUE_FIRST_POLL_DEFAULT{webhooks}) plus the task time limit "
+                f"({needed:g}s in all), or kombu will redeliver messages that are only "
+                "waiting for their countdown"
             )
         post = self.connect_timeout + self.read_timeout
         if post * 2 > self.submit_lease:
