@@ -71,9 +71,7 @@ def stack_env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def wavequeue_up(tmp_path: Path, **env: str) -> Iterator[Up]:
-    ports = {
-        name: free_port() for name in ("redis", "emulator", "webhooks", "flower", "exporter")
-    }
+    ports = {name: free_port() for name in ("redis", "emulator", "webhooks", "flower", "exporter")}
     data_dir = tmp_path / "data"
     argv = [WAVEQUEUE, "up", "--data-dir", str(data_dir), "--concurrency", "4"]
     for name, port in ports.items():
