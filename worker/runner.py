@@ -109,13 +109,23 @@ class Reschedule:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """The next poll is due further ahead than a countdown message is held
+    (``Settings.longest_held_poll``): no message now. The job waits in ``DUE_POLLS_KEY``
+    and a worker's dispatcher (``worker.due_polls``) sends its message when it is due."""
+
+    due_at: float
+    poll_seq: int
+
+
+@dataclass(frozen=True)
 class Parked:
     """Refused for the in-flight cap: the job waits in the limiter's parked set, with no
     message, until a run that frees a slot (or the sweeper, seeing free slots) sends it
     again. A line of thousands behind the cap costs nothing while it waits."""
 
 
-Outcome = Finished | Reschedule | Duplicate | Parked
+Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
 
 #: A parked job is sent again by the sweeper's usual re-send after this long at most, if
 #: no wake reached it (its parked entry lost with a failover, say).
@@ -126,6 +136,7 @@ _Tally = Tally
 _NOTHING = NOTHING
 
 __all__ = [
+    "Deferred",
     "Duplicate",
     "Finished",
     "JobRunner",
@@ -305,6 +316,7 @@ class JobRunner:
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
         now = self.clock()
+        due = now + delay
         moved = self._write_until(
             lease_ends,
             state.id,
@@ -316,10 +328,11 @@ class JobRunner:
                 "submit_token": "",
                 "submit_lease_until": "",
                 "poll_seq": 1,
-                "poll_due_at": now + delay,
-                "next_run_at": now + delay,
+                "poll_due_at": due,
+                "next_run_at": due,
             },
             count=[counter_field("submissions", model=state.model)],
+            defer_until=self._deferral(delay, due),
             claim=self._ownership(state, prediction.id, now),
         )
         if not moved:
@@ -334,7 +347,7 @@ class JobRunner:
             )
             return Duplicate(f"submit answer not applied ({moved.name.lower()})")
         log.debug("job %s submitted as prediction %s", state.id, prediction.id)
-        return Reschedule(delay, 1, "poll")
+        return self._next_poll(delay, due, 1, "poll")
 
     def _remote_rate_limited(self, snap: JobSnapshot, token: str, exc: RateLimitedError) -> Outcome:
         """A 429 on submit: the account's window is full, nothing was created. It is the
@@ -385,18 +398,21 @@ class JobRunner:
     def _await_orphan_webhook(self, snap: JobSnapshot, token: str) -> Outcome:
         """Keep the submit right (no copy may POST) and wait ``_orphan_window`` for the
         prediction's webhook: the receiver adopts the prediction only from a job marked
-        ``outcome_unknown_at`` that holds this token. This message comes back at the
-        window's end; if the job is still unproven, the policy applies then."""
+        ``outcome_unknown_at`` that holds this token. This job's next run comes at the
+        window's end (a deferred poll when the window is long); if the job is still
+        unproven then, the policy applies."""
         now = self.clock()
         window = self._orphan_window(snap.state, now)
+        due = now + window
         moved = self.store.transition(
             snap.state.id,
             expect={"submit_token": token, "prediction_id": ""},
             updates={
                 "outcome_unknown_at": now,
-                "submit_lease_until": now + window,
-                "next_run_at": now + window,
+                "submit_lease_until": due,
+                "next_run_at": due,
             },
+            defer_until=self._deferral(window, due),
         )
         if not moved:
             return Duplicate(f"orphan wait not recorded ({moved.name.lower()})")
@@ -407,7 +423,7 @@ class JobRunner:
             window,
             self.settings.ambiguous_submit_policy,
         )
-        return Reschedule(window, 0, "orphan_wait")
+        return self._next_poll(window, due, 0, "orphan_wait")
 
     # poll ---------------------------------------------------------------------
 
@@ -506,10 +522,20 @@ class JobRunner:
             },
             increments=tally.increments,
             count=tally.count,
+            defer_until=self._deferral(delay, due),
         )
         if not claimed:
             return Duplicate(f"poll {my_seq + 1} not scheduled ({claimed.name.lower()})")
-        return Reschedule(delay, my_seq + 1, reason)
+        return self._next_poll(delay, due, my_seq + 1, reason)
+
+    def _deferral(self, delay: float, due: float) -> float | None:
+        """When a poll this far ahead waits in Redis instead of in a held message."""
+        return due if delay > self.settings.longest_held_poll else None
+
+    def _next_poll(self, delay: float, due: float, poll_seq: int, reason: str) -> Outcome:
+        if self._deferral(delay, due) is not None:
+            return Deferred(due, poll_seq)
+        return Reschedule(delay, poll_seq, reason)
 
     # errors and endings -------------------------------------------------------
 

@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
     "WAVESPEED_BASE_URL": "base_url",
     "WAVEQUEUE_POLL_MIN_INTERVAL": "poll_min_interval",
     "WAVEQUEUE_POLL_MAX_INTERVAL": "poll_max_interval",
+    "WAVEQUEUE_DEFER_POLLS_AFTER": "defer_polls_after",
     "WAVEQUEUE_POLL_BACKOFF": "poll_backoff",
     "WAVEQUEUE_FIRST_POLL_DEFAULT": "first_poll_default",
     "WAVEQUEUE_JOB_DEADLINE": "job_deadline",
@@ -78,7 +79,13 @@ class Settings(BaseModel):
 
     # Poll schedule (seconds). WaveSpeed asks for >= 2 s between image polls.
     poll_min_interval: float = Field(2.0, gt=0)
+    #: Longest gap between two polls once a job is past every point of its model's
+    #: latency history (those points themselves may be further apart: see ``schedule``).
     poll_max_interval: float = Field(30.0, gt=0)
+    #: A poll due further ahead than this (or than ``poll_max_interval``, if smaller) is not
+    #: held as a countdown message: the job waits in Redis (``DUE_POLLS_KEY``) and a
+    #: worker's dispatcher sends its message when it is due.
+    defer_polls_after: float = Field(15.0, gt=0)
     poll_backoff: float = Field(1.5, ge=1.0)
     #: First-poll delay for a model with no completions recorded yet.
     first_poll_default: float = Field(5.0, gt=0)
@@ -157,7 +164,8 @@ class Settings(BaseModel):
     #: With webhooks on, a job's first poll comes this many times the model's typical
     #: latency after its submit (the poll is then only the safety net).
     webhook_poll_factor: float = Field(4.0, ge=1.0)
-    #: ... but never later than this (s): it is a countdown the visibility timeout must cover.
+    #: ... but never later than this (s). A poll this far ahead is deferred (it waits in
+    #: Redis, not in a held message), so it costs no worker memory while it waits.
     webhook_poll_max: float = Field(300.0, gt=0)
     #: How long a job whose submit outcome is unknown waits for a webhook to prove its
     #: prediction before the ambiguous-submit policy applies (s). Unset: the same delay as
@@ -208,13 +216,14 @@ class Settings(BaseModel):
         return self.webhook_url is not None
 
     @property
+    def longest_held_poll(self) -> float:
+        """The longest countdown a poll is held with; later polls are deferred."""
+        return min(self.defer_polls_after, self.poll_max_interval)
+
+    @property
     def longest_countdown(self) -> float:
         """The longest delay any task reschedules itself with."""
-        longest = max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
-        if self.webhooks_enabled:
-            # The first poll and the orphan window of webhook mode.
-            longest = max(longest, self.webhook_poll_max)
-        return longest
+        return max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
 
     @property
     def submit_lease(self) -> float:
@@ -229,14 +238,10 @@ class Settings(BaseModel):
         POST outlive its lease."""
         needed = self.longest_countdown + self.task_time_limit
         if self.visibility_timeout <= needed:
-            webhooks = ", WAVEQUEUE_WEBHOOK_POLL_MAX" if self.webhooks_enabled else ""
             raise ConfigError(
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "
-                f"longest countdown ({self.longest_countdown:g}s, the largest of "
-                "WAVEQUEUE_POLL_MAX_INTERVAL, WAVEQUEUE_RETRY_MAX_DELAY, "
-                f"WAVEQUEUE_FIRST_POLL_DEFAULT{webhooks}) plus the task time limit "
-                f"({needed:g}s in all), or kombu will redeliver messages that are only "
-                "waiting for their countdown"
+                f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
+                "redeliver messages that are only waiting for their countdown"
             )
         post = self.connect_timeout + self.read_timeout
         if post * 2 > self.submit_lease:

@@ -25,7 +25,7 @@ from worker.constants import COUNTERS_KEY, JOB_EVENTS_PATTERN, QUEUE_NORMAL
 from worker.errors import SubmitOutcomeUnknownError
 from worker.models import JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
-from worker.runner import Duplicate, Finished, JobRunner, Reschedule
+from worker.runner import Deferred, Duplicate, Finished, JobRunner, Reschedule
 from worker.settings import Settings
 from worker.store import JobStore, counter_field
 from worker.webhooks.receiver import Reply, Sender, WebhookReceiver
@@ -131,10 +131,11 @@ def harness(redis_url: str) -> Iterator[Harness]:
     running.app.close()
 
 
-def _submitted(harness: Harness, job_id: str, prediction_id: str = "p1") -> Reschedule:
+def _submitted(harness: Harness, job_id: str, prediction_id: str = "p1") -> Deferred:
+    """Submitted with webhooks on: the safety-net poll, 20 s ahead, is deferred."""
     harness.wavespeed.on_submit(processing(prediction_id))
     outcome = harness.runner.run(job_id, previous_output="https://x.example/in.png")
-    assert isinstance(outcome, Reschedule) and outcome.poll_seq == 1
+    assert isinstance(outcome, Deferred) and outcome.poll_seq == 1
     return outcome
 
 
@@ -145,7 +146,8 @@ def test_a_submit_passes_the_jobs_callback_url_and_polls_far_out(harness: Harnes
     [url] = harness.wavespeed.webhooks
     assert url == f"https://hooks.example/wavespeed/{job_id}/{job_mac(URL_KEY.encode(), job_id)}"
     # No latency history: 4 x the first-poll default (5 s), not the default itself.
-    assert outcome.countdown == pytest.approx(4 * harness.settings.first_poll_default)
+    wait = outcome.due_at - harness.clock()
+    assert wait == pytest.approx(4 * harness.settings.first_poll_default)
     assert harness.store.prediction_owner("p1") == job_id
 
 
@@ -226,13 +228,15 @@ def test_an_unknown_submit_waits_for_its_webhook_then_the_policy_applies(
 
     waiting = harness.runner.run(job_id)
 
-    assert isinstance(waiting, Reschedule) and waiting.reason == "orphan_wait"
-    assert waiting.countdown == pytest.approx(4 * harness.settings.first_poll_default)
+    # The window (20 s: as long as the first poll would wait) is a deferred run.
+    assert isinstance(waiting, Deferred) and waiting.poll_seq == 0
+    window = waiting.due_at - harness.clock()
+    assert window == pytest.approx(4 * harness.settings.first_poll_default)
     snap = harness.store.snapshot(job_id)
     assert snap.field("outcome_unknown_at") and snap.field("submit_token")
     # Another copy of the message during the window does not POST.
     assert isinstance(harness.runner.run(job_id), Duplicate)
-    harness.clock.advance(waiting.countdown + 0.1)
+    harness.clock.advance(window + 0.1)
     ended = harness.runner.run(job_id)
 
     assert isinstance(ended, Finished)
@@ -247,7 +251,7 @@ def test_an_unknown_submit_adopts_the_prediction_its_webhook_proves(harness: Har
     first, second = harness.chain()
     harness.wavespeed.on_submit(SubmitOutcomeUnknownError("dropped", code="x"))
     waiting = harness.runner.run(first, previous_output="https://x.example/in.png")
-    assert isinstance(waiting, Reschedule) and waiting.reason == "orphan_wait"
+    assert isinstance(waiting, Deferred)
 
     reply = harness.webhook(first, completed_prediction("p9"))
 
@@ -258,7 +262,7 @@ def test_an_unknown_submit_adopts_the_prediction_its_webhook_proves(harness: Har
     assert harness.counter("orphans_adopted", model=MODEL) == 1
     assert harness.queued_messages() == [f"job {second} poll 0"]
     # The message that waited out the window finds the job ended by its webhook.
-    harness.clock.advance(waiting.countdown + 0.1)
+    harness.clock.advance(waiting.due_at - harness.clock() + 0.1)
     assert isinstance(harness.runner.run(first, poll_seq=0), Duplicate)
     assert [call[0] for call in harness.wavespeed.calls] == ["submit"]
 
