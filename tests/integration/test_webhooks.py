@@ -40,15 +40,16 @@ T2I = "flux-kontext-max/text-to-image"
 EDIT = "flux-kontext-pro"
 
 #: The safety-net poll a minute after submit (far beyond a 0.3 s prediction and its
-#: webhook, however loaded the machine): the visibility timeout is sized to hold it.
+#: webhook, however loaded the machine); a deferred poll, as any poll over 1 s here.
 FAR_POLL = {
-    "WAVEQUEUE_VISIBILITY_TIMEOUT": "120",
     "WAVEQUEUE_WEBHOOK_POLL_FACTOR": "1000",
     "WAVEQUEUE_WEBHOOK_POLL_MAX": "60",
 }
-#: The safety-net poll 2 s after submit: lost (or late) webhooks are caught quickly.
+#: The safety-net poll 2 s after submit: lost (or late) webhooks are caught quickly. Held
+#: as a countdown message (polls up to 5 s are held here), which carries a chain's next
+#: steps: a step its webhook ended must not send them again when that message comes.
 NEAR_POLL = {
-    "WAVEQUEUE_VISIBILITY_TIMEOUT": "60",
+    "WAVEQUEUE_POLL_MAX_INTERVAL": "5",
     "WAVEQUEUE_WEBHOOK_POLL_FACTOR": "1000",
     "WAVEQUEUE_WEBHOOK_POLL_MAX": "2",
 }

@@ -57,8 +57,8 @@ class Up:
 def stack_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WAVESPEED_"))}
     # The user's real key is in the environment: it must never reach the emulator.
-    # The webhook-mode safety-net poll at 10 s (beyond the emulator's ~3 s latency), which
-    # fits FAST_SETTINGS' short visibility timeout.
+    # The webhook-mode safety-net poll at 10 s, beyond the emulator's ~3 s latency: the
+    # job completes by its webhook with no poll.
     return {
         **env,
         **FAST_SETTINGS,
