@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "status": "producer.commands.inspect:status_command",
     "up": "ops.localstack.stack:up_command",
     "wait": "producer.commands.inspect:wait_command",
+    "webhooks": "worker.webhooks.cli:webhooks_command",
     "worker": "worker.cli:worker_command",
 }
 

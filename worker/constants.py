@@ -69,6 +69,16 @@ DUE_POLLS_KEY: Final = KEY_PREFIX + "due_polls"
 QUARANTINE_KEY: Final = KEY_PREFIX + "quarantine"
 #: Held by the one worker that sweeps at a time.
 SWEEPER_LOCK_KEY: Final = KEY_PREFIX + "sweeper:lock"
+#: Which job a WaveSpeed prediction belongs to (its id -> the job id), written with the
+#: prediction id when webhooks are on: a callback can prove an unknown submit's prediction
+#: to its own job only, never hand one job's prediction to another.
+PREDICTION_OWNER_KEY: Final = KEY_PREFIX + "prediction:{prediction_id}"
+#: A ``webhook-id`` the receiver has taken (kept ``WEBHOOK_SEEN_TTL``): a replay is
+#: answered 200 and applied once, whatever job URL it is sent to.
+WEBHOOK_SEEN_KEY: Final = KEY_PREFIX + "webhook:seen:{webhook_id}"
+#: Longer than any replay can verify: a signature is good from 300 s before its timestamp
+#: to 300 s after, so 600 s after first sight, plus room for clock skew.
+WEBHOOK_SEEN_TTL: Final = 900
 
 #: The one task name producers send by; they never import worker.tasks.
 RUN_JOB_TASK: Final = "wavequeue.run_job"

@@ -61,6 +61,13 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_REDIS_CONNECT_TIMEOUT": "redis_connect_timeout",
     "WAVEQUEUE_REDIS_SOCKET_TIMEOUT": "redis_socket_timeout",
     "WAVEQUEUE_REDIS_RETRY_WINDOW": "redis_retry_window",
+    "WAVEQUEUE_WEBHOOK_URL": "webhook_url",
+    "WAVEQUEUE_WEBHOOK_SECRET": "webhook_secret",
+    "WAVEQUEUE_WEBHOOK_URL_KEY": "webhook_url_key",
+    "WAVEQUEUE_WEBHOOK_POLL_FACTOR": "webhook_poll_factor",
+    "WAVEQUEUE_WEBHOOK_POLL_MAX": "webhook_poll_max",
+    "WAVEQUEUE_WEBHOOK_ORPHAN_WINDOW": "webhook_orphan_window",
+    "WAVEQUEUE_WEBHOOK_MAX_BODY": "webhook_max_body",
 }
 
 #: The proxy variables requests honours; when none is set, WaveSpeed calls skip
@@ -173,6 +180,41 @@ class Settings(BaseModel):
             return value
         raise ValueError("must be refuse, any or an absolute directory path")
 
+    # WaveSpeed webhooks (``worker.webhooks``). Off unless ``webhook_url`` is set.
+    #: The public base URL of ``wavequeue webhooks``; every submit then asks WaveSpeed to
+    #: call ``<webhook_url>/wavespeed/<job id>/<MAC>`` when the prediction ends.
+    webhook_url: str | None = None
+    #: The account's webhook signing secret (``whsec_...``); unset, the receiver fetches it
+    #: once at start from ``GET /api/v3/webhook/secret`` with the API key.
+    webhook_secret: SecretStr | None = None
+    #: A local secret that MACs the job id in each callback URL, so nobody can guess the
+    #: URL of a job they were not told about. Workers and the receiver share it.
+    webhook_url_key: SecretStr | None = None
+    #: With webhooks on, a job's first poll comes this many times the model's typical
+    #: latency after its submit (the poll is then only the safety net).
+    webhook_poll_factor: float = Field(4.0, ge=1.0)
+    #: ... but never later than this (s). A poll this far ahead is deferred (it waits in
+    #: Redis, not in a held message), so it costs no worker memory while it waits.
+    webhook_poll_max: float = Field(300.0, gt=0)
+    #: How long a job whose submit outcome is unknown waits for a webhook to prove its
+    #: prediction before the ambiguous-submit policy applies (s). Unset: the same delay as
+    #: its first poll in webhook mode.
+    webhook_orphan_window: float | None = Field(None, gt=0)
+    #: The receiver refuses bodies larger than this (bytes): WaveSpeed's callback is the
+    #: bare prediction (output URLs, not images).
+    webhook_max_body: int = Field(1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        if self.webhook_url is not None:
+            scheme = self.webhook_url.partition("://")[0].lower()
+            if scheme not in ("http", "https") or "://" not in self.webhook_url:
+                raise ValueError("webhook_url must be an http(s) URL")
+        window = self.webhook_orphan_window
+        if window is not None and window > self.webhook_poll_max:
+            raise ValueError("webhook_orphan_window must be <= webhook_poll_max")
+        return self
+
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.poll_max_interval < self.poll_min_interval:
@@ -197,6 +239,10 @@ class Settings(BaseModel):
                 "(TLS through Sentinel is not supported)"
             )
         return self
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.webhook_url is not None
 
     @property
     def longest_held_poll(self) -> float:
@@ -240,10 +286,21 @@ class Settings(BaseModel):
             raise ConfigError("WAVESPEED_API_KEY is not set: the worker cannot call WaveSpeed")
         return self.api_key.get_secret_value()
 
+    def require_webhook_url_key(self) -> bytes:
+        """The key that MACs callback URLs, or a ConfigError naming the variable to set."""
+        if self.webhook_url_key is None or not self.webhook_url_key.get_secret_value():
+            raise ConfigError(
+                "WAVEQUEUE_WEBHOOK_URL_KEY is not set: with WAVEQUEUE_WEBHOOK_URL, workers and "
+                "`wavequeue webhooks` need the same secret to sign and check callback URLs"
+            )
+        return self.webhook_url_key.get_secret_value().encode()
+
     def check_for_worker(self) -> None:
         """Everything a worker needs before its first job; ConfigError otherwise."""
         self.require_api_key()
         self.validate_timings()
+        if self.webhooks_enabled:
+            self.require_webhook_url_key()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

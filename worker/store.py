@@ -42,6 +42,11 @@ Bookkeeping fields:
   worker uploads before the first submit (``worker.inline_images``).
 - ``awaiting_image``: "1" while a chain step waits for the step before's output as its
   ``image`` ("0" once filled in at run time).
+- ``outcome_unknown_at``: with webhooks on, when the job's submit outcome was found
+  unknown: the job then waits for a webhook to prove its prediction (the receiver adopts
+  it) before the ambiguous-submit policy applies. Cleared when the policy applies.
+- ``ended_by``: "webhook" when a WaveSpeed callback ended the job (the receiver then
+  continued its chain, so the job's own pending message must not).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ from worker.constants import (
     LIVE_KEY,
     NEXT_RUN_KEY,
     PARKED_KEY,
+    PREDICTION_OWNER_KEY,
     QUARANTINE_KEY,
     REQUEST_KEY,
     WAKING_KEY,
@@ -132,11 +138,12 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
 --       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs, 11 due polls,
---       12.. keys of the side effects
+--       12.. keys of the side effects, then the claimed key (if any)
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
---       13 when the deferred poll is due ('' = its message is sent by the caller)
+--       13 when the deferred poll is due ('' = its message is sent by the caller),
+--       14 claim ('' = none): [key index, value, TTL]
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
@@ -173,6 +180,13 @@ end
 local updates = cjson.decode(ARGV[2])
 local new = updates['status']
 if new and new ~= status and not allowed[new] then return -3 end
+-- A key this job takes for itself (a prediction id it owns): refused if another holds it.
+local claim = nil
+if ARGV[14] ~= '' then
+  claim = cjson.decode(ARGV[14])
+  local holder = redis.call('GET', KEYS[claim[1]])
+  if holder and holder ~= claim[2] then return -5 end
+end
 local flat = {'last_write', ARGV[9]}
 local empty = {}
 for field, value in pairs(updates) do
@@ -188,6 +202,7 @@ for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
+if claim then redis.call('SET', KEYS[claim[1]], claim[2], 'EX', claim[3]) end
 if new and new ~= status then
   local model = got[3] or ''
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
@@ -270,6 +285,8 @@ class Moved(IntEnum):
     ILLEGAL = -3
     #: The record's status is unknown to this version (a newer one wrote it).
     UNKNOWN_STATUS = -4
+    #: The key the write claims (``Claim``) is held by another job.
+    CLAIMED = -5
 
     def __bool__(self) -> bool:
         return self is Moved.APPLIED
@@ -435,6 +452,17 @@ class Effect:
     key: str
     a: Any
     b: Any
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A key a ``transition()`` takes for its job: checked before the write (held by
+    another value: ``Moved.CLAIMED``, nothing written) and set, with a TTL, with it. A
+    prediction id's owner (``PREDICTION_OWNER_KEY``) is one: one job per prediction."""
+
+    key: str
+    value: str
+    ttl: int
 
 
 @dataclass(frozen=True)
@@ -618,6 +646,11 @@ class JobStore:
             snap.number(name)  # a corrupt one is UnreadableRecordError now, not mid-decision
         return snap
 
+    def prediction_owner(self, prediction_id: str) -> str | None:
+        """The job that claimed ``prediction_id`` (``PREDICTION_OWNER_KEY``), if any."""
+        owner = self.client.get(PREDICTION_OWNER_KEY.format(prediction_id=prediction_id))
+        return None if owner is None else str(owner)
+
     def request(self, job_id: str) -> Request:
         """The job's request (what is sent to WaveSpeed, and the producer's metadata)."""
         text = self.client.get(REQUEST_KEY.format(job_id=job_id))
@@ -710,9 +743,11 @@ class JobStore:
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
         defer_until: float | None = None,
+        claim: Claim | None = None,
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
-        matches and the status change (if any) is one ``MOVES`` allows.
+        matches, the status change (if any) is one ``MOVES`` allows and ``claim``'s key
+        is free or already this job's.
 
         ``count`` are global counter fields (``counter_field``) bumped whatever happens
         (an HTTP call that was made); ``count_if_applied`` only when the change is applied,
@@ -735,6 +770,7 @@ class JobStore:
             effects=effects,
             write_id=write_id,
             defer_until=defer_until,
+            claim=claim,
         )
         return Moved(int(self._transition(keys=keys, args=args)))
 
@@ -770,6 +806,7 @@ class JobStore:
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
         defer_until: float | None = None,
+        claim: Claim | None = None,
     ) -> tuple[list[str], list[Any]]:
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
         keys = [
@@ -789,6 +826,10 @@ class JobStore:
         for effect in effects:
             keys.append(effect.key)
             ops.append([effect.op, len(keys), effect.a, effect.b])
+        claimed = ""
+        if claim is not None:
+            keys.append(claim.key)
+            claimed = json.dumps([len(keys), claim.value, claim.ttl])
         args = [
             json.dumps(dict(expect or {})),
             json.dumps(fields),
@@ -804,6 +845,7 @@ class JobStore:
             json.dumps(ops),
             DAILY_TTL,
             repr(defer_until) if defer_until is not None else "",
+            claimed,
         ]
         return keys, args
 

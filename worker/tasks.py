@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -16,8 +15,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import parking
 from worker.app import app, settings
-from worker.chains import send_job_chain
+from worker.chains import send_job_and_rest
 from worker.constants import RUN_JOB_TASK
 from worker.due_polls import DuePollDispatcher
 from worker.errors import (
@@ -184,27 +184,14 @@ def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
 
 def wake_parked(count: int) -> int:
     """Send again up to ``count`` jobs parked behind the in-flight cap (a slot freed).
-    Never fails the run that calls it: a job taken but not sent stays in the limiter's
-    waking set, and the sweeper parks it again (``requeue_stale_wakes``)."""
-    sent = 0
-    try:
-        for snap in job_runner().unparked(count):
-            resend(snap, {})
-            sent += 1
-    except Exception as exc:  # noqa: BLE001 - a wake is best effort; the sweeper repairs it
-        log.warning("could not wake parked jobs (%s); the sweeper will", exc)
-    return sent
+    Never fails the run that calls it (``worker.parking.wake_parked``)."""
+    runner = job_runner()
+    return parking.wake_parked(runner.store, runner.limiter, count, lambda snap: resend(snap, {}))
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     """Send a job's message again; a chain step takes the steps after it along."""
-    record = snap.state
-    job_ids = [record.id]
-    if record.chain_id and record.step:
-        # If the chain record expired, finish this step at least.
-        with contextlib.suppress(JobNotFoundError):
-            job_ids += job_runner().store.get_chain(record.chain_id).step_job_ids[record.step :]
-    send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs)
+    send_job_and_rest(app, job_runner().store, snap.state, first_kwargs)
 
 
 def send_due_poll(job_id: str) -> None:

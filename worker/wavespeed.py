@@ -47,7 +47,7 @@ from worker.outside_text import printable
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
 _TRANSIENT_TASK_CODES = range(5000, 6000)
 _SUBMIT_SAFE_HTTP = frozenset({429, 503})
-_MAX_ERROR_TEXT = 300
+MAX_ERROR_TEXT = 300
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
 #: A prediction id, as WaveSpeed writes them (hex); it becomes part of our poll URL.
 _PREDICTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -169,7 +169,7 @@ def _server_message(response: requests.Response, secret: str) -> str:
         message = None
     text = str(message or response.text or response.reason or "")
     # Redact before cutting, so a secret straddling the cut cannot leave a readable half.
-    return printable(redact(text, secret), _MAX_ERROR_TEXT)
+    return printable(redact(text, secret), MAX_ERROR_TEXT)
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -242,11 +242,15 @@ class WaveSpeedClient:
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
-        """POST a prediction; returns it (normally ``created``)."""
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction:
+        """POST a prediction; returns it (normally ``created``). ``webhook``: the URL
+        WaveSpeed calls when it ends (the documented ``?webhook=`` query parameter)."""
         url = f"{self.base_url}/api/v3/{MODEL_PREFIX}{model.removeprefix(MODEL_PREFIX)}"
+        params = {"webhook": webhook} if webhook else None
         try:
-            response = self.session.post(url, json=dict(body), timeout=self.timeout)
+            response = self.session.post(url, json=dict(body), params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise map_transport_error(exc, during_submit=True) from None
         if response.status_code != 200:
@@ -308,11 +312,33 @@ class WaveSpeedClient:
             )
         return download_url
 
+    def webhook_secret(self) -> str:
+        """The account's webhook signing secret (``whsec_...``), as WaveSpeed gives it."""
+        url = f"{self.base_url}/api/v3/webhook/secret"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            envelope = response.json()
+        except requests.exceptions.JSONDecodeError as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        secret = data.get("secret") if isinstance(data, Mapping) else None
+        if not isinstance(secret, str) or not secret:
+            # Never quote the answer: it would be the secret if only its shape were off.
+            raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
+        return secret
+
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""
         if not prediction.error_message:
             return prediction
-        message = printable(redact(prediction.error_message, self._secret), _MAX_ERROR_TEXT)
+        message = printable(redact(prediction.error_message, self._secret), MAX_ERROR_TEXT)
+
+        message = redact(prediction.error_message, self._secret)[:MAX_ERROR_TEXT]
         return dataclasses.replace(prediction, error_message=message)
 
     def _http_error(self, response: requests.Response, *, during_submit: bool) -> WaveSpeedError:

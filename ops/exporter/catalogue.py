@@ -62,6 +62,22 @@ COUNTERS: Final[dict[str, str]] = {
     "WaveSpeed's media storage before a job's first submit, by model",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
+    "jobs_ended_by": "Jobs a prediction's end finished (completed, or failed remotely), by "
+    "how they learnt it: path=webhook or path=poll",
+    "polls_before_end": "Result polls made by the jobs of jobs_ended_by, by the same path "
+    "(divide by jobs_ended_by: polls per job by completion path)",
+    "webhooks_received": "WaveSpeed callbacks that reached wavequeue webhooks",
+    "webhooks_rejected": "Callbacks refused, by reason: bad_url (wrong MAC), missing_headers, "
+    "bad_id, bad_timestamp, stale, bad_signature, malformed, too_large, prediction_owned",
+    "webhooks_duplicate": "Verified callbacks whose webhook-id was already taken (a replay or "
+    "a repeated delivery): answered 200, applied once",
+    "webhooks_applied": "Verified callbacks that ended their job",
+    "webhooks_ignored": "Verified callbacks with nothing to do, by reason: job_ended, "
+    "other_prediction, left_to_poll, no_prediction, unknown_job, not_adoptable",
+    "webhooks_deferred": "Callbacks that came while their job's submit POST was in flight: "
+    "answered 503 for a retry",
+    "orphans_adopted": "Jobs whose submit outcome was unknown that adopted the prediction "
+    "their webhook proved (no second POST), by model",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -77,6 +93,10 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_catch_ups",
         "parked",
         "sweeper_woken",
+        "webhooks_received",
+        "webhooks_duplicate",
+        "webhooks_applied",
+        "webhooks_deferred",
     }
 )
 

@@ -94,6 +94,11 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_error_retries_total",
         "wavequeue_orphaned_predictions_total",
         "wavequeue_inline_uploads_total",
+        "wavequeue_jobs_ended_by_total",
+        "wavequeue_polls_before_end_total",
+        "wavequeue_webhooks_rejected_total",
+        "wavequeue_webhooks_ignored_total",
+        "wavequeue_orphans_adopted_total",
     }
 
 

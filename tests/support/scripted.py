@@ -28,6 +28,8 @@ class ScriptedClient:
         self.submits: deque[Step] = deque()
         self.results: deque[Step] = deque()
         self.calls: list[tuple[str, str]] = []
+        #: The callback URL each submit passed (None: webhooks off).
+        self.webhooks: list[str | None] = []
 
     def on_submit(
         self, answer: Prediction | Exception, during: Callable[[], object] | None = None
@@ -41,8 +43,11 @@ class ScriptedClient:
         self.results.append(Step(answer, during))
         return self
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction:
         self.calls.append(("submit", model))
+        self.webhooks.append(webhook)
         return self._play(self.submits.popleft())
 
     def result(self, prediction_id: str) -> Prediction:
