@@ -25,6 +25,8 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
+    "waiting for their next attempt or being attempted",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }
@@ -38,6 +40,12 @@ COUNTERS: Final[dict[str, str]] = {
     "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
     "or submit_outcome_unknown)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "jobs_cancelled": "Jobs cancelled (JobClient.cancel, wavequeue cancel), by model and stage "
+    "(queued: never submitted; submitting, submitted: WaveSpeed may still bill it)",
+    "callbacks_delivered": "Callbacks a backend answered with 2xx, by kind (job, chain)",
+    "callbacks_failed": "Callbacks given up on after WAVEQUEUE_CALLBACK_RETRY_FOR, by kind",
+    "callback_attempts_failed": "Callback attempts answered with a non-2xx status, by status "
+    "(0: no answer: refused, timed out, dropped)",
     "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
     "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
@@ -56,6 +64,8 @@ COUNTERS: Final[dict[str, str]] = {
     "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
+    "sweeper_callbacks": "Callback deliveries the sweeper sent (an attempt due after a long "
+    "wait, or a delivery message lost)",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -71,6 +81,7 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_catch_ups",
         "parked",
         "sweeper_woken",
+        "sweeper_callbacks",
     }
 )
 

@@ -102,6 +102,9 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        callbacks = _gauge("callbacks_pending")
+        callbacks.add_metric([], snap.callbacks_pending)
+        yield callbacks
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}

@@ -20,13 +20,14 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from ops.exporter.catalogue import HISTOGRAMS
 from worker.constants import (
+    CALLBACKS_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
     PARKED_KEY,
-    QUEUES,
+    WORKER_QUEUES,
 )
 from worker.store import parse_counter_field
 
@@ -94,11 +95,15 @@ class Snapshot:
     inflight: int
     #: Jobs parked behind the in-flight cap, waiting for a slot.
     parked: int
+    #: Callbacks owed (the outbox): not yet delivered, nor given up on.
+    callbacks_pending: int
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
 
-def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUES) -> Snapshot:
+def read_snapshot(
+    client: redis.Redis, now: float, queues: Sequence[str] = WORKER_QUEUES
+) -> Snapshot:
     """Everything in one pipeline: O(1) commands in the number of live jobs."""
     lists = [(queue, step) for queue in queues for step in PRIORITY_STEPS]
     pipe = client.pipeline(transaction=False)
@@ -110,6 +115,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
     pipe.zcard(PARKED_KEY)
+    pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
     for name in HISTOGRAMS:
@@ -117,9 +123,8 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     replies = pipe.execute()
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    unacked, oldest, past_deadline, earliest, inflight, parked, live, counters, *hists = replies[
-        len(lists) :
-    ]
+    (unacked, oldest, past_deadline, earliest, inflight, parked, callbacks, live, counters,
+     *hists) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -130,6 +135,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
         earliest_deadline=float(earliest[0][1]) if earliest else None,
         inflight=int(inflight),
         parked=int(parked),
+        callbacks_pending=int(callbacks),
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},
         histograms={
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
