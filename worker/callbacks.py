@@ -86,7 +86,8 @@ def retry_delay(attempts: int, settings: Settings, rng: random.Random) -> float:
 def safe_target(url: str) -> str:
     """The URL for logs: scheme and host only (its path or query may carry a token)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
 class CallbackDelivery:
@@ -118,11 +119,19 @@ class CallbackDelivery:
         )
         if claim.verdict is not ClaimVerdict.CLAIMED:
             log.debug("callback %s: %s", member, claim.verdict.value)
+            if claim.verdict in (ClaimVerdict.DONE, ClaimVerdict.BUSY):
+                # A copy of a delivery message (a redelivery, a sweeper's resend): dropped.
+                self.store.count("callback_copies_ignored")
             return None
         record = self._final_record(member)
         if record is None or record.message_id == claim.delivered_ending:
             # A chain still running (a step completed), or an ending already delivered.
-            self.store.finish_callback(member, token, outcome="skip")
+            self.store.finish_callback(
+                member,
+                token,
+                outcome="skip",
+                count=[counter_field("callback_copies_ignored")] if record is not None else (),
+            )
             return None
         attempts, first_at = claim.attempts_made(record.message_id)
         status = self._post(member, claim.url, record)

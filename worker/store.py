@@ -355,6 +355,7 @@ _FINISH_CALLBACK_LUA = """
 if redis.call('HGET', KEYS[1], 'callback_token') ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], 'callback_token', 'callback_lease_until')
 local outcome = ARGV[3]
+for _, field in ipairs(cjson.decode(ARGV[9])) do redis.call('HINCRBY', KEYS[3], field, 1) end
 if outcome == 'skip' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 1
@@ -381,7 +382,6 @@ else
   redis.call('HDEL', KEYS[1], 'callback_due_at')
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-for _, field in ipairs(cjson.decode(ARGV[9])) do redis.call('HINCRBY', KEYS[3], field, 1) end
 return 1
 """
 
@@ -1241,8 +1241,8 @@ class JobStore:
         return [m for m, score in zip(members, scores, strict=True) if score is not None]
 
     def callbacks_sent(self, members: Sequence[str], until: float) -> None:
-        """The sweeper sent these members' messages: not again before ``until`` (XX: an
-        entry delivered meanwhile stays gone)."""
+        """The sweeper is sending these members' messages: not again before ``until`` (XX:
+        an entry delivered meanwhile stays gone). Called before sending, never after."""
         if members:
             self.client.zadd(CALLBACKS_KEY, dict.fromkeys(members, until), xx=True)
 

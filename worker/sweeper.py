@@ -140,8 +140,10 @@ class Sweeper:
             return 0
         members = self.store.callbacks_due(now, self.budget)
         if members:
-            self.send_callbacks(members)
+            # Marked before sending: a delivery that runs at once sets its own next time,
+            # which a mark made after it would overwrite.
             self.store.callbacks_sent(members, now + max(self.grace, CALLBACK_SEND_GRACE))
+            self.send_callbacks(members)
         return len(members)
 
     def _ended(self, outcome: object) -> bool:

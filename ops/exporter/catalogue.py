@@ -66,6 +66,8 @@ COUNTERS: Final[dict[str, str]] = {
     "from the run that freed a slot was lost, or a slot expired)",
     "sweeper_callbacks": "Callback deliveries the sweeper sent (an attempt due after a long "
     "wait, or a delivery message lost)",
+    "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
+    "already or being attempted, and did nothing",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -82,6 +84,7 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "parked",
         "sweeper_woken",
         "sweeper_callbacks",
+        "callback_copies_ignored",
     }
 )
 
