@@ -27,6 +27,10 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
     "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
     "waiting for their next attempt or being attempted",
+    "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
+    "in Redis for a worker's dispatcher",
+    "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
+    "poll still waits (stays near 0 while any worker's dispatcher runs)",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }

@@ -23,6 +23,7 @@ from worker.constants import (
     CALLBACKS_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
+    DUE_POLLS_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
@@ -97,6 +98,9 @@ class Snapshot:
     parked: int
     #: Callbacks owed (the outbox): not yet delivered, nor given up on.
     callbacks_pending: int
+    #: Jobs whose next poll waits in Redis (deferred), and when the earliest is due.
+    deferred_polls: int
+    earliest_deferred_poll: float | None
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
@@ -115,6 +119,8 @@ def read_snapshot(
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
     pipe.zcard(PARKED_KEY)
+    pipe.zcard(DUE_POLLS_KEY)
+    pipe.zrange(DUE_POLLS_KEY, 0, 0, withscores=True)
     pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
@@ -123,8 +129,9 @@ def read_snapshot(
     replies = pipe.execute()
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    (unacked, oldest, past_deadline, earliest, inflight, parked, callbacks, live, counters,
-     *hists) = replies[len(lists) :]  # fmt: skip
+    (unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
+     callbacks) = replies[len(lists) : len(lists) + 9]  # fmt: skip
+    live, counters, *hists = replies[len(lists) + 9 :]
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -136,6 +143,8 @@ def read_snapshot(
         inflight=int(inflight),
         parked=int(parked),
         callbacks_pending=int(callbacks),
+        deferred_polls=int(deferred),
+        earliest_deferred_poll=float(first_deferred[0][1]) if first_deferred else None,
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},
         histograms={
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
