@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from producer import JobClient, TextToImage
+from producer.cli import main
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.stack import WorkerStack, worker_stack
 from worker.chains import send_callback_deliveries
@@ -112,6 +114,9 @@ def test_a_target_down_for_a_while_gets_each_final_record_once(
         assert _counter(stack, "callbacks_delivered", kind="job") == 4
         assert _counter(stack, "callbacks_delivered", kind="chain") == 1
         assert stack.jobs.store.client.zcard("wq:callbacks") == 0
+        shown = CliRunner().invoke(main, ["status", jobs[0]], env=stack.env)
+        assert "callback http://127.0.0.1:" in shown.stdout
+        assert "delivered (" in shown.stdout and "last status 200)" in shown.stdout
         assert SECRET not in stack.worker_logs()
         assert "token=t0k" not in stack.worker_logs()
     finally:
