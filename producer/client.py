@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 STEP_DEADLINE_FIELD = "step_deadline"
 #: Bookkeeping field the worker reads: this step's ``image`` is the previous output.
 AWAITING_IMAGE_FIELD = "awaiting_image"
+#: Bookkeeping field the store reads: the step's chain has a callback.
+CHAIN_CALLBACK_FIELD = "chain_callback"
 #: Default extra time ``wait`` allows past the last deadline of what it waits for.
 DEFAULT_WAIT_GRACE = 60.0
 #: Each priority's queue, looked up once (``Priority.queue`` is an enum property: slow).
@@ -102,6 +104,7 @@ class JobOptionsInput(NamedTuple):
     deadline: float | None
     metadata: Mapping[str, Any] | None
     idempotency_key: str | None
+    callback_url: str | None = None
 
 
 class JobClient:
@@ -201,6 +204,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
         ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
@@ -212,7 +216,7 @@ class JobClient:
             "num_images": num_images,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
     def edit(
@@ -229,6 +233,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -241,7 +246,7 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
     def multi_edit(
@@ -257,6 +262,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -266,7 +272,7 @@ class JobClient:
             "guidance_scale": guidance_scale,
             "aspect_ratio": aspect_ratio,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
     def _enqueue(
@@ -285,6 +291,7 @@ class JobClient:
             deadline=options.deadline,
             metadata=options.metadata,
             idempotency_key=options.idempotency_key,
+            callback_url=options.callback_url,
         )
         return self.submit(prepared)
 
@@ -297,6 +304,7 @@ class JobClient:
             image_base=image_base,
             allow_private_image_urls=self.settings.allow_private_image_urls,
             local_files=self.local_files,
+            callbacks_signed=self.settings.callback_secret is not None,
         )
 
     def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:
@@ -392,6 +400,7 @@ class JobClient:
             deadline_at=now + options.deadline,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
+            callback_url=options.callback_url,
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority])
         job = NewJob(record, options.idempotency_key, message=message.outgoing)
@@ -484,6 +493,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -492,7 +502,8 @@ class JobClient:
         Each edit is a prompt, an ``Edit``, or a mapping of its fields; its input image
         is the previous step's first output. ``deadline`` is per step: step N must end
         within N x deadline of enqueueing. Every step is checked before anything is
-        written; problems are named ``stepN.field``.
+        written; problems are named ``stepN.field``. ``callback_url``: the chain's final
+        record is POSTed there when it ends (its steps call nothing back themselves).
         """
         limits = self.limits()
         prepared = prepare_chain(
@@ -504,6 +515,7 @@ class JobClient:
             deadline=deadline,
             metadata=metadata,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
@@ -515,14 +527,18 @@ class JobClient:
             job_id, created = self.store.create_job(
                 record,
                 idempotency_key=key,
-                extra=self._step_extra(step.awaiting_image, options.deadline),
+                extra=self._step_extra(
+                    step.awaiting_image, options.deadline, chain_callback=bool(options.callback_url)
+                ),
             )
             if not created:
                 # The key was used before: this chain exists already (its first step
                 # carries the key). Nothing has been written for this call yet.
                 return self._chain_of_existing_job(job_id)
             job_ids.append(job_id)
-        self.store.create_chain(chain_id, job_ids, metadata=options.metadata)
+        self.store.create_chain(
+            chain_id, job_ids, metadata=options.metadata, callback_url=options.callback_url
+        )
         self._keep_alive(chain_id, job_ids, options.deadline)
         self._send_chain(job_ids, options.queue)
         return chain_id
@@ -603,11 +619,12 @@ class JobClient:
         )
         now = self.store.clock()
         record = self._fresh_step(old, body, now=now, deadline_at=now + step_deadline)
+        chain_callback = bool(status.callback.get("callback_url"))
         new_job_id, created = self.store.create_job(
             record,
             # One retry per failed record, however many callers ask at once.
             idempotency_key=f"wavequeue.retry:{old.id}",
-            extra={STEP_DEADLINE_FIELD: repr(step_deadline)},
+            extra=self._step_extra(False, step_deadline, chain_callback=chain_callback),
         )
         if not created:
             return new_job_id
@@ -619,7 +636,10 @@ class JobClient:
                 stale = self.store.get(step.job_id)
                 awaiting = {k: v for k, v in stale.input.items() if k != "image"}
                 fresh = self._fresh_step(stale, awaiting, now=now, deadline_at=deadline_at)
-                self.store.create_job(fresh, extra=self._step_extra(True, step_deadline))
+                self.store.create_job(
+                    fresh,
+                    extra=self._step_extra(True, step_deadline, chain_callback=chain_callback),
+                )
                 self.store.replace_chain_step(chain_id, step.number, fresh.id)
                 step_id = fresh.id
             else:
@@ -643,6 +663,60 @@ class JobClient:
                 "(it expired with the record); submit the chain again"
             )
         return with_images(body, stored)
+
+    # cancelling ---------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job; returns its record as it ended (``cancelled``, or how it had ended
+        already: cancel is idempotent and never changes a finished job).
+
+        Not yet submitted: it never will be (nothing is sent, nothing billed). Already at
+        WaveSpeed (or its submit in flight): it ends ``cancelled`` at once and its result
+        is ignored when it arrives, but WaveSpeed has no cancel endpoint, so the prediction
+        may still run and be billed (the record's error says which case it was). A chain
+        step is cancelled with the steps after it (they could never run without it).
+        ``JobNotFoundError`` if there is no such job."""
+        state = self.store.get_states([job_id])[0]
+        if state is None:
+            raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
+        job_ids = [job_id]
+        if state.chain_id and state.step:
+            with contextlib.suppress(JobNotFoundError):
+                job_ids += self.store.get_chain(state.chain_id).step_job_ids[state.step :]
+        self._cancel(job_ids, state.chain_id)
+        return self.store.get(job_id)
+
+    @_redis_errors_mapped
+    def cancel_chain(self, chain_id: str) -> ChainStatus:
+        """Cancel every step of a chain that has not ended (all in one atomic step); returns
+        the chain's status: ``cancelled``, or ``completed`` if it had completed already.
+        Steps that ended keep their ending; a cancelled chain cannot be retried."""
+        snapshot = self.store.get_chain(chain_id)
+        self._cancel(snapshot.step_job_ids, chain_id)
+        return self.chain_status(chain_id)
+
+    def _cancel(self, job_ids: list[str], chain_id: str | None) -> None:
+        results = self.store.cancel(job_ids)
+        ended = [result.job_id for result in results if result.cancelled_now]
+        if not ended:
+            return
+        log.info("cancelled %d job(s): %s", len(ended), ", ".join(ended))
+        # The endings put their callbacks in the outbox: send them now (the workers'
+        # sweeper sends any that this could not).
+        candidates = [f"job:{job_id}" for job_id in ended]
+        if chain_id:
+            candidates.append(f"chain:{chain_id}")
+        owed = self.store.callbacks_owed(candidates)
+        if owed:
+            from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+            from worker.chains import send_callback_deliveries  # noqa: PLC0415 - same
+
+            try:
+                send_callback_deliveries(self._celery(), owed)
+            except (OperationalError, redis.RedisError) as exc:
+                log.warning("callbacks of cancelled jobs not sent (%s); the workers will", exc)
 
     # lookup by either kind of id ----------------------------------------------
 
@@ -732,10 +806,15 @@ class JobClient:
         )
 
     @staticmethod
-    def _step_extra(awaiting_image: bool, deadline: float) -> dict[str, str]:
+    def _step_extra(
+        awaiting_image: bool, deadline: float, *, chain_callback: bool
+    ) -> dict[str, str]:
         extra = {STEP_DEADLINE_FIELD: repr(deadline)}
         if awaiting_image:
             extra[AWAITING_IMAGE_FIELD] = "1"
+        if chain_callback:
+            # The step's ending puts the chain in the callbacks outbox (worker.store).
+            extra[CHAIN_CALLBACK_FIELD] = "1"
         return extra
 
     def _chain_of_existing_job(self, job_id: str) -> str:

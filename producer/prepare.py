@@ -40,7 +40,7 @@ DEFAULT_MODEL_FOR_KIND: Mapping[EndpointKind, str] = {
 }
 
 #: Keys of a request mapping (a batch line, a chain step) that are options, not fields.
-OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key")
+OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key", "callback_url")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class Limits:
     allow_private_image_urls: bool = False
     #: Which local files may be read (none unless the client says so).
     local_files: LocalFiles = NO_LOCAL_FILES
+    #: ``Settings.callback_secret`` is set: callbacks can be asked for.
+    callbacks_signed: bool = False
 
 
 def models_of_kind(kind: EndpointKind) -> list[str]:
@@ -161,6 +163,7 @@ def prepare_job(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
+    callback_url: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
     problems: dict[str, str] = {}
@@ -174,6 +177,8 @@ def prepare_job(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
+        callback_url=callback_url,
+        callbacks_signed=limits.callbacks_signed,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
@@ -190,7 +195,8 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``; every other key is a WaveSpeed field of that model.
+    ``idempotency_key``, ``callback_url``; every other key is a WaveSpeed field of that
+    model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

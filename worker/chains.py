@@ -1,4 +1,4 @@
-"""Celery chains of ``run_job`` steps, built by task name.
+"""Celery chains of ``run_job`` steps, and callback deliveries, sent by task name.
 
 Each step's return value (its first output URL) becomes the next step's
 ``previous_output``. Used by the producer to start and resume chains, by the
@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery, chain
 
-from worker.constants import RUN_JOB_TASK
+from worker.constants import DELIVER_CALLBACK_TASK, QUEUE_CALLBACKS, RUN_JOB_TASK
 from worker.errors import JobNotFoundError
 from worker.models import JobState
 from worker.store import JobStore
@@ -72,3 +72,16 @@ def continue_chain(app: Celery, store: JobStore, state: JobState) -> bool:
     first_kwargs = {"previous_output": state.outputs[0]}
     send_job_chain(app, rest, state.priority.queue, first_kwargs=first_kwargs)
     return True
+
+
+def send_callback_deliveries(app: Celery, members: Sequence[str]) -> None:
+    """Send ``deliver_callback`` for each outbox member (``job:<id>``, ``chain:<id>``)."""
+    with app.producer_or_acquire() as producer:
+        for member in members:
+            app.send_task(
+                DELIVER_CALLBACK_TASK,
+                kwargs={"target": member},
+                queue=QUEUE_CALLBACKS,
+                ignore_result=True,
+                producer=producer,
+            )

@@ -67,6 +67,13 @@ DUE_POLLS_KEY: Final = KEY_PREFIX + "due_polls"
 #: found): kept out of the sweeper's batches, looked at again now and then (a newer
 #: version may read them), listed for operators.
 QUARANTINE_KEY: Final = KEY_PREFIX + "quarantine"
+#: Callbacks owed (``worker.callbacks``): members ``job:<id>`` / ``chain:<id>``, scored by
+#: when the sweeper should send a delivery message for it (none was sent, or it was lost,
+#: or the next attempt is further off than a countdown may wait).
+CALLBACKS_KEY: Final = KEY_PREFIX + "callbacks"
+#: How long a new ending's callback waits for the message its ender sends before the
+#: sweeper sends one (the ender crashed in between, or could not reach the broker).
+CALLBACK_SEND_GRACE: Final = 60.0
 #: Held by the one worker that sweeps at a time.
 SWEEPER_LOCK_KEY: Final = KEY_PREFIX + "sweeper:lock"
 #: Which job a WaveSpeed prediction belongs to (its id -> the job id), written with the
@@ -82,10 +89,17 @@ WEBHOOK_SEEN_TTL: Final = 900
 
 #: The one task name producers send by; they never import worker.tasks.
 RUN_JOB_TASK: Final = "wavequeue.run_job"
+#: Delivers one callback (``worker.callbacks``); sent by name like ``run_job``.
+DELIVER_CALLBACK_TASK: Final = "wavequeue.deliver_callback"
 
 QUEUE_HIGH: Final = "wavequeue.high"
 QUEUE_NORMAL: Final = "wavequeue.normal"
 QUEUES: Final = (QUEUE_HIGH, QUEUE_NORMAL)
+#: Callback deliveries have a queue of their own: a slow backend never holds up jobs,
+#: and operators may run workers that only deliver (``wavequeue worker -Q``).
+QUEUE_CALLBACKS: Final = "wavequeue.callbacks"
+#: What a worker consumes by default: the job queues and the callbacks.
+WORKER_QUEUES: Final = (*QUEUES, QUEUE_CALLBACKS)
 
 #: How many recent completions per model feed the poll schedule (``schedule.LatencyProfile``).
 LATENCY_SAMPLE_SIZE: Final = 200

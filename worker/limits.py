@@ -40,6 +40,8 @@ MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 #: The longest deadline a job may ask for (records of live jobs do not expire).
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
+#: Characters in a callback URL (where the worker POSTs a job's final record).
+MAX_CALLBACK_URL_CHARS = 2048
 #: Steps in one chain.
 MAX_CHAIN_STEPS = 20
 #: Requests in one ``wavequeue batch`` file. At ~300 jobs/s and ~3 KB of Redis per

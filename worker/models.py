@@ -254,6 +254,9 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    #: Stopped by ``JobClient.cancel`` (or with its chain): never submitted if it was not
+    #: yet, its remote result ignored if it was (WaveSpeed has no cancel endpoint).
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
@@ -264,7 +267,9 @@ class JobStatus(StrEnum):
         return _RANK[self]
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+)
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.SUBMITTING: 1,
@@ -273,6 +278,7 @@ _RANK = {
     JobStatus.COMPLETED: 4,
     JobStatus.FAILED: 4,
     JobStatus.TIMED_OUT: 4,
+    JobStatus.CANCELLED: 4,
 }
 
 
@@ -322,6 +328,14 @@ class JobState(BaseModel):
     chain_id: str | None = None
     step: int | None = None
     idempotency_key: str | None = None
+    #: Where the worker POSTs the final record once the job ends (``worker.callbacks``),
+    #: and how that delivery went: attempts made, the last HTTP status answered (0: no
+    #: answer), when a 2xx came back, and when the worker gave up.
+    callback_url: str | None = None
+    callback_attempts: int = 0
+    callback_status: int | None = None
+    callback_delivered_at: float | None = None
+    callback_failed_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:

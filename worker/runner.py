@@ -349,9 +349,11 @@ class JobRunner:
                 "next_run_at": now + lease,
             },
             increments={"attempts": 1},
+            # Never submit past the deadline, however long the limiter or the queue took.
+            live_at=self.clock(),
         )
         if not claimed or request is None:
-            return Duplicate(f"submit not claimed ({claimed.name.lower()})")
+            return self._not_claimed(state.id, claimed)
         # The URL rule again, with this worker's setting, before anything is sent on.
         problems = image_reference_problems(
             request.input, allow_private_image_urls=self.settings.allow_private_image_urls
@@ -363,6 +365,15 @@ class JobRunner:
             return self._fail(snap, {"submit_token": token}, INVALID_INPUT, message)
         # The claim changed only bookkeeping this run does not read again: no re-read.
         return self._send(snap, token, request.input)
+
+    def _not_claimed(self, job_id: str, claimed: Moved) -> Outcome:
+        if claimed in (Moved.FINISHED, Moved.PAST_DEADLINE):
+            # Ended meanwhile (cancelled, timed out), or must end now: the slot just taken
+            # is nobody's.
+            self.limiter.release(job_id)
+        if claimed is Moved.PAST_DEADLINE:
+            return self._time_out(self.store.snapshot(job_id))
+        return Duplicate(f"submit not claimed ({claimed.name.lower()})")
 
     def _send(self, snap: JobSnapshot, token: str, body: Mapping[str, Any]) -> Outcome:
         state = snap.state

@@ -7,6 +7,8 @@ printing, logging or repr-ing a ``Settings`` never shows it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -68,6 +70,11 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_WEBHOOK_POLL_MAX": "webhook_poll_max",
     "WAVEQUEUE_WEBHOOK_ORPHAN_WINDOW": "webhook_orphan_window",
     "WAVEQUEUE_WEBHOOK_MAX_BODY": "webhook_max_body",
+    "WAVEQUEUE_CALLBACK_SECRET": "callback_secret",
+    "WAVEQUEUE_CALLBACK_TIMEOUT": "callback_timeout",
+    "WAVEQUEUE_CALLBACK_RETRY_BASE_DELAY": "callback_retry_base_delay",
+    "WAVEQUEUE_CALLBACK_RETRY_MAX_DELAY": "callback_retry_max_delay",
+    "WAVEQUEUE_CALLBACK_RETRY_FOR": "callback_retry_for",
 }
 
 #: The proxy variables requests honours; when none is set, WaveSpeed calls skip
@@ -75,6 +82,24 @@ ENV_VARS: dict[str, str] = {
 PROXY_VARS = tuple(
     name for base in ("https_proxy", "http_proxy", "all_proxy") for name in (base, base.upper())
 )
+
+
+#: Standard Webhooks secrets start with this; the rest is the key, base64-encoded.
+CALLBACK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+def callback_key(secret: SecretStr) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64 of 24-64 bytes)."""
+    text = secret.get_secret_value()
+    if not text.startswith(CALLBACK_SECRET_PREFIX):
+        raise ValueError("must start with whsec_ (a Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(text.removeprefix(CALLBACK_SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("must encode 24 to 64 random bytes")
+    return key
 
 
 class Settings(BaseModel):
@@ -215,6 +240,30 @@ class Settings(BaseModel):
             raise ValueError("webhook_orphan_window must be <= webhook_poll_max")
         return self
 
+    # Callbacks to the backend (worker.callbacks).
+    #: The key callbacks are signed with (Standard Webhooks: ``whsec_`` + base64 of 24 to
+    #: 64 random bytes). Shared with the backends that verify them; never stored.
+    callback_secret: SecretStr | None = None
+    #: Connect and read timeout of one callback POST (each).
+    callback_timeout: float = Field(10.0, gt=0)
+    #: Delay before the second attempt; each next one doubles, up to the max delay.
+    callback_retry_base_delay: float = Field(10.0, gt=0)
+    callback_retry_max_delay: float = Field(3600.0, gt=0)
+    #: Attempts stop (``callback_failed_at``) once this long has passed since the first.
+    callback_retry_for: float = Field(8 * 3600.0, gt=0)
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The value is never echoed: a refused secret is still a secret.
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            callback_key(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.poll_max_interval < self.poll_min_interval:
@@ -239,6 +288,21 @@ class Settings(BaseModel):
                 "(TLS through Sentinel is not supported)"
             )
         return self
+
+    def require_callback_secret(self) -> bytes:
+        """The HMAC key of the callback secret, or a ConfigError naming the variable."""
+        if self.callback_secret is None:
+            raise ConfigError(
+                "WAVEQUEUE_CALLBACK_SECRET is not set: callbacks cannot be signed "
+                "(a Standard Webhooks secret, whsec_ followed by base64)"
+            )
+        return callback_key(self.callback_secret)
+
+    @property
+    def callback_lease(self) -> float:
+        """How long the right to POST one callback lasts: two full POSTs (connect and read
+        timeouts) and a margin, so no second copy POSTs while the first may still."""
+        return 4 * self.callback_timeout + 5.0
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -271,6 +335,12 @@ class Settings(BaseModel):
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "
                 f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
                 "redeliver messages that are only waiting for their countdown"
+            )
+        if self.callback_retry_for > self.record_ttl:
+            raise ConfigError(
+                f"WAVEQUEUE_CALLBACK_RETRY_FOR={self.callback_retry_for:g}s must not exceed "
+                f"WAVEQUEUE_RECORD_TTL={self.record_ttl}s: the record a callback delivers "
+                "would expire while it is still being retried"
             )
         post = self.connect_timeout + self.read_timeout
         if post * 2 > self.submit_lease:

@@ -25,6 +25,8 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
+    "waiting for their next attempt or being attempted",
     "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
     "in Redis for a worker's dispatcher",
     "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
@@ -42,6 +44,12 @@ COUNTERS: Final[dict[str, str]] = {
     "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
     "or submit_outcome_unknown)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "jobs_cancelled": "Jobs cancelled (JobClient.cancel, wavequeue cancel), by model and stage "
+    "(queued: never submitted; submitting, submitted: WaveSpeed may still bill it)",
+    "callbacks_delivered": "Callbacks a backend answered with 2xx, by kind (job, chain)",
+    "callbacks_failed": "Callbacks given up on after WAVEQUEUE_CALLBACK_RETRY_FOR, by kind",
+    "callback_attempts_failed": "Callback attempts answered with a non-2xx status, by status "
+    "(0: no answer: refused, timed out, dropped)",
     "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
     "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
@@ -78,6 +86,10 @@ COUNTERS: Final[dict[str, str]] = {
     "answered 503 for a retry",
     "orphans_adopted": "Jobs whose submit outcome was unknown that adopted the prediction "
     "their webhook proved (no second POST), by model",
+    "sweeper_callbacks": "Callback deliveries the sweeper sent (an attempt due after a long "
+    "wait, or a delivery message lost)",
+    "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
+    "already or being attempted, and did nothing",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -97,6 +109,8 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "webhooks_duplicate",
         "webhooks_applied",
         "webhooks_deferred",
+        "sweeper_callbacks",
+        "callback_copies_ignored",
     }
 )
 

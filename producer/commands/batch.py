@@ -221,6 +221,7 @@ def _summary(
         "completed": counts["completed"],
         "failed": counts["failed"],
         "timed_out": counts["timed_out"],
+        "cancelled": counts["cancelled"],
         "unfinished": counts["unfinished"],
         "seconds": round(elapsed, 3),
         "jobs": jobs,
@@ -231,7 +232,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rate = summary["total"] / summary["seconds"] if summary["seconds"] else 0.0
     click.echo(
         f"{summary['total']} jobs: {summary['completed']} completed, {summary['failed']} failed, "
-        f"{summary['timed_out']} timed out, {summary['unfinished']} unfinished "
+        f"{summary['timed_out']} timed out, {summary['cancelled']} cancelled, "
+        f"{summary['unfinished']} unfinished "
         f"in {summary['seconds']:.1f}s ({rate:.1f} jobs/s)"
     )
     for job in summary["jobs"]:

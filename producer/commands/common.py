@@ -3,13 +3,15 @@
 Exit codes (the README lists them too):
 
 - 0: done: the job or chain completed (or was enqueued, without ``--wait``)
-- 1: the job or chain ended failed or timed out (past its deadline)
+- 1: the job or chain ended failed
 - 2: bad input: one line per problem on stderr, nothing enqueued; also an unknown id
-- 3: ``--wait``/``wait`` gave up: the timeout passed first (the job keeps running)
+- 3: it ended timed out (past its deadline), or ``--wait``/``wait`` gave up: the timeout
+  passed first (the job keeps running)
 - 4: infrastructure: Redis unreachable (after WAVEQUEUE_REDIS_RETRY_WINDOW seconds of
   retrying) or refusing the password, a download failed
 - 78: the configuration is refused (a malformed ``REDIS_URL``, a bad ``WAVEQUEUE_*``
   value): one line naming the variable, as the worker says it (EX_CONFIG)
+- 5: the job or chain ended cancelled
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ EXIT_BAD_INPUT = 2
 EXIT_TIMED_OUT = 3
 EXIT_UNAVAILABLE = 4
 EXIT_CONFIG = 78  # EX_CONFIG, as `wavequeue worker` exits on a refused configuration
+EXIT_CANCELLED = 5
 
 # An image over the pixel limit is one "error:" line (producer.images refuses it);
 # Pillow warns first about images between its own two ceilings, which would print
@@ -150,7 +153,28 @@ def describe_record(record: JobRecord) -> str:
         lines.append(f"  error {error_text(record.error.code, record.error.message)}")
     if record.metadata:
         lines.append(f"  metadata {json.dumps(record.metadata, sort_keys=True)}")
+    callback = describe_callback(record.model_dump())
+    if callback:
+        lines.append(callback)
     return "\n".join(lines)
+
+
+def describe_callback(fields: Mapping[str, Any]) -> str:
+    """The callback's delivery in one line ("" when there is no callback): where to, the
+    attempts so far and the last HTTP status, delivered or given up or pending."""
+    url = fields.get("callback_url")
+    if not url:
+        return ""
+    attempts = int(fields.get("callback_attempts") or 0)
+    status = fields.get("callback_status")
+    if fields.get("callback_delivered_at") is not None:
+        state = "delivered"
+    elif fields.get("callback_failed_at") is not None:
+        state = "given up"
+    else:
+        state = "pending"
+    last = f", last status {status if status else 'no answer'}" if attempts else ""
+    return f"  callback {short_reference(str(url))} {state} ({attempts} attempt(s){last})"
 
 
 def describe_chain(status: ChainStatus) -> str:
@@ -158,6 +182,8 @@ def describe_chain(status: ChainStatus) -> str:
     total = len(status.steps)
     if status.state is ChainState.FAILED:
         headline = f"failed at step {status.current_step} of {total}"
+    elif status.state is ChainState.CANCELLED:
+        headline = f"cancelled at step {status.current_step} of {total}"
     elif status.state is ChainState.RUNNING:
         headline = f"running step {status.current_step} of {total}"
     else:
@@ -170,6 +196,9 @@ def describe_chain(status: ChainStatus) -> str:
         lines.append(
             f"  step {step.number}  {step.status.value:<10} {step.model:<32} {detail}".rstrip()
         )
+    callback = describe_callback(status.callback)
+    if callback:
+        lines.append(callback)
     return "\n".join(lines)
 
 
@@ -180,15 +209,23 @@ def error_text(code: object, message: object) -> str:
 
 def exit_code_of(result: JobRecord | ChainStatus) -> int:
     """0 completed (or still running), 1 ended failed, 3 ended timed out (its deadline
-    passed): "timed out" means the same exit code whether the job or the wait ran out."""
+    passed), 5 ended cancelled: "timed out" means the same exit code whether the job or
+    the wait ran out."""
     if isinstance(result, ChainStatus):
+        if result.state is ChainState.CANCELLED:
+            return EXIT_CANCELLED
         step = result.failed_step
         if step is None:
             return EXIT_COMPLETED
         return EXIT_TIMED_OUT if step.status is JobStatus.TIMED_OUT else EXIT_FAILED
-    if result.status is JobStatus.TIMED_OUT:
-        return EXIT_TIMED_OUT
-    return EXIT_FAILED if result.status is JobStatus.FAILED else EXIT_COMPLETED
+    return _EXIT_OF_STATUS.get(result.status, EXIT_COMPLETED)
+
+
+_EXIT_OF_STATUS = {
+    JobStatus.FAILED: EXIT_FAILED,
+    JobStatus.TIMED_OUT: EXIT_TIMED_OUT,
+    JobStatus.CANCELLED: EXIT_CANCELLED,
+}
 
 
 def show(result: JobRecord | ChainStatus, *, as_json: bool) -> None:
@@ -233,6 +270,12 @@ job_options = [
         "--idempotency-key",
         default=None,
         help="Submitting again with the same key returns the first job; nothing new runs.",
+    ),
+    click.option(
+        "--callback-url",
+        default=None,
+        help="POST the final record here (http/https, signed) once it ends; needs "
+        "WAVEQUEUE_CALLBACK_SECRET.",
     ),
 ]
 
