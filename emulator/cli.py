@@ -38,6 +38,7 @@ def build_config(
     max_concurrency: int | None,
     image_scale: float,
     public_url: str | None = None,
+    webhook_resign_retries: bool = True,
 ) -> EmulatorConfig:
     """Turn the flags into the same partial-config mapping ``POST /_emulator/config`` takes."""
     per_model: dict[str, str] = {}
@@ -60,6 +61,7 @@ def build_config(
         "max_concurrency": max_concurrency,
         "image_scale": image_scale,
         "public_url": public_url,
+        "webhook_resign_retries": webhook_resign_retries,
     }
     return EmulatorConfig(api_key=api_key or None).updated(changes)
 
@@ -117,6 +119,13 @@ def build_config(
     "clients reach it by another name (env WAVESPEED_EMULATOR_PUBLIC_URL); unset: the "
     "scheme and host each client used.",
 )
+@click.option(
+    "--webhook-resign-retries/--webhook-keep-first-signature",
+    default=True,
+    show_default=True,
+    help="Whether a webhook retry gets a new timestamp and signature, or repeats the first "
+    "attempt's (then a retry sent over 5 minutes later fails a receiver's freshness check).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off: it slows polling).")
 def emulator_command(
     *,
@@ -132,6 +141,7 @@ def emulator_command(
     max_concurrency: int | None,
     image_scale: float,
     public_url: str | None,
+    webhook_resign_retries: bool,
     access_log: bool,
 ) -> None:
     """Run a WaveSpeed v3 API emulator (submit, result, media, uploads, webhooks, faults)."""
@@ -147,6 +157,7 @@ def emulator_command(
             max_concurrency=max_concurrency,
             image_scale=image_scale,
             public_url=public_url,
+            webhook_resign_retries=webhook_resign_retries,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

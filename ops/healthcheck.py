@@ -1,13 +1,13 @@
 """``python -m ops.healthcheck [COMMAND...]``: the Docker HEALTHCHECK of every service.
 
-One image runs the worker, Flower, the exporter and the emulator; they differ
-only by command. With no arguments this reads the command of the container's
-main process (PID 1) and checks what that command runs; given a command line,
-it checks that instead (handy outside Docker). Exit 0 healthy, 1 not.
+One image runs the worker, Flower, the exporter, the emulator and the webhook
+receiver; they differ only by command. With no arguments this reads the command of
+the container's main process (PID 1) and checks what that command runs; given a
+command line, it checks that instead (handy outside Docker). Exit 0 healthy, 1 not.
 
 - worker: answers a Celery ping (by its node name, ``celery@<hostname>`` unless
   ``--hostname`` says otherwise);
-- flower, exporter, emulator: their HTTP server answers on the command's port.
+- flower, exporter, emulator, webhooks: their HTTP server answers on the command's port.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ ROLES: dict[str, tuple[str, int]] = {
     "flower": ("flower", 5555),
     "exporter": ("exporter", 9808),
     "emulator": ("emulator", 8765),
+    "webhooks": ("webhooks", 8780),
 }
+#: The path each HTTP service answers its health on.
+HEALTH_PATHS = {"emulator": "/_emulator/health", "webhooks": "/health"}
 TIMEOUT = 5.0
 
 
@@ -83,8 +86,7 @@ def healthy(argv: Sequence[str]) -> bool:
         raise SystemExit(f"healthcheck: no wavequeue service in {' '.join(argv)!r}")
     if role == "worker":
         return worker_answers(argv)
-    path = "/_emulator/health" if role == "emulator" else "/"
-    return http_answers(port_of(argv, role), path)
+    return http_answers(port_of(argv, role), HEALTH_PATHS.get(role, "/"))
 
 
 def main(args: Sequence[str]) -> int:

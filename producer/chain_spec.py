@@ -89,6 +89,7 @@ def prepare_chain(
     metadata: object = None,
     idempotency_key: object = None,
     tenant: object = None,
+    callback_url: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -130,6 +131,8 @@ def prepare_chain(
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
         tenant=tenant,
+        callback_url=callback_url,
+        callbacks_signed=limits.callbacks_signed,
     )
     if problems:
         raise ValidationError(problems)

@@ -15,7 +15,7 @@ from celery import Celery
 # (a signal handler), and kombu reuses one redis-py client per channel.
 import worker.kombu_clients
 import worker.messages  # noqa: F401
-from worker.constants import QUEUE_NORMAL, RUN_JOB_TASK
+from worker.constants import DELIVER_CALLBACK_TASK, QUEUE_CALLBACKS, QUEUE_NORMAL, RUN_JOB_TASK
 from worker.redis_connection import celery_options
 from worker.settings import Settings
 
@@ -88,7 +88,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_soft_shutdown_on_idle": True,
         # Redis queues are plain lists: naming them is enough (task_create_missing_queues).
         "task_default_queue": QUEUE_NORMAL,
-        "task_routes": {RUN_JOB_TASK: {"queue": QUEUE_NORMAL}},
+        "task_routes": {
+            RUN_JOB_TASK: {"queue": QUEUE_NORMAL},
+            DELIVER_CALLBACK_TASK: {"queue": QUEUE_CALLBACKS},
+        },
         "worker_hijack_root_logger": True,
         "include": ["worker.tasks"],
     }

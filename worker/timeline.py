@@ -23,6 +23,7 @@ TIMELINE_STATUS_CODES: Mapping[str, str] = {
     JobStatus.COMPLETED.value: "C",
     JobStatus.FAILED.value: "F",
     JobStatus.TIMED_OUT.value: "T",
+    JobStatus.CANCELLED.value: "X",
 }
 #: Counters a write bumps on the record, each an event of its own.
 TIMELINE_INCREMENT_CODES: Mapping[str, str] = {

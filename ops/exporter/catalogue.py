@@ -25,6 +25,8 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
+    "waiting for their next attempt or being attempted",
     "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
     "in Redis for a worker's dispatcher",
     "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
@@ -46,6 +48,12 @@ COUNTERS: Final[dict[str, str]] = {
     "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
     "or submit_outcome_unknown)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "jobs_cancelled": "Jobs cancelled (JobClient.cancel, wavequeue cancel), by model and stage "
+    "(queued: never submitted; submitting, submitted: WaveSpeed may still bill it)",
+    "callbacks_delivered": "Callbacks a backend answered with 2xx, by kind (job, chain)",
+    "callbacks_failed": "Callbacks given up on after WAVEQUEUE_CALLBACK_RETRY_FOR, by kind",
+    "callback_attempts_failed": "Callback attempts answered with a non-2xx status, by status "
+    "(0: no answer: refused, timed out, dropped)",
     "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
     "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
@@ -62,8 +70,30 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
     "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "inline_uploads": "Inline images (data URIs, local files) the workers uploaded to "
+    "WaveSpeed's media storage before a job's first submit, by model",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
+    "jobs_ended_by": "Jobs a prediction's end finished (completed, or failed remotely), by "
+    "how they learnt it: path=webhook or path=poll",
+    "polls_before_end": "Result polls made by the jobs of jobs_ended_by, by the same path "
+    "(divide by jobs_ended_by: polls per job by completion path)",
+    "webhooks_received": "WaveSpeed callbacks that reached wavequeue webhooks",
+    "webhooks_rejected": "Callbacks refused, by reason: bad_url (wrong MAC), missing_headers, "
+    "bad_id, bad_timestamp, stale, bad_signature, malformed, too_large, prediction_owned",
+    "webhooks_duplicate": "Verified callbacks whose webhook-id was already taken (a replay or "
+    "a repeated delivery): answered 200, applied once",
+    "webhooks_applied": "Verified callbacks that ended their job",
+    "webhooks_ignored": "Verified callbacks with nothing to do, by reason: job_ended, "
+    "other_prediction, left_to_poll, no_prediction, unknown_job, not_adoptable",
+    "webhooks_deferred": "Callbacks that came while their job's submit POST was in flight: "
+    "answered 503 for a retry",
+    "orphans_adopted": "Jobs whose submit outcome was unknown that adopted the prediction "
+    "their webhook proved (no second POST), by model",
+    "sweeper_callbacks": "Callback deliveries the sweeper sent (an attempt due after a long "
+    "wait, or a delivery message lost)",
+    "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
+    "already or being attempted, and did nothing",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -79,6 +109,12 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_catch_ups",
         "parked",
         "sweeper_woken",
+        "webhooks_received",
+        "webhooks_duplicate",
+        "webhooks_applied",
+        "webhooks_deferred",
+        "sweeper_callbacks",
+        "callback_copies_ignored",
     }
 )
 

@@ -102,6 +102,9 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        callbacks = _gauge("callbacks_pending")
+        callbacks.add_metric([], snap.callbacks_pending)
+        yield callbacks
         deferred = _gauge("polls_deferred")
         deferred.add_metric([], snap.deferred_polls)
         yield deferred

@@ -31,6 +31,7 @@ class PageFigures:
     completed_last_hour: int
     failed_last_hour: int
     timed_out_last_hour: int
+    cancelled_last_hour: int
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,4 +56,5 @@ def page_figures(snap: Snapshot) -> PageFigures:
         completed_last_hour=ended.get(JobStatus.COMPLETED.value, 0),
         failed_last_hour=ended.get(JobStatus.FAILED.value, 0),
         timed_out_last_hour=ended.get(JobStatus.TIMED_OUT.value, 0),
+        cancelled_last_hour=ended.get(JobStatus.CANCELLED.value, 0),
     )

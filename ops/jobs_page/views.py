@@ -49,6 +49,7 @@ FIGURE_LABELS = {
     "completed_last_hour": "completed, last hour",
     "failed_last_hour": "failed, last hour",
     "timed_out_last_hour": "timed out, last hour",
+    "cancelled_last_hour": "cancelled, last hour",
 }
 
 
@@ -233,6 +234,7 @@ class JobView(PageHandler):
             retried_as=retried_as,
             chain=chain,
             retryable=record.status in (JobStatus.FAILED, JobStatus.TIMED_OUT),
+            cancellable=not record.is_terminal,
             created=datetime.datetime.fromtimestamp(record.created_at, datetime.UTC),
         )
 
@@ -251,6 +253,18 @@ class RetryJob(PageHandler):
         except WavequeueError:
             raise tornado.web.HTTPError(503, "could not retry now") from None
         self.redirect(f"/jobs/{new_id}", status=303)
+
+
+class CancelJob(PageHandler):
+    async def post(self, job_id: str) -> None:
+        client = self.context.client
+        try:
+            await self.blocking(lambda: client.cancel(job_id))
+        except JobNotFoundError:
+            raise tornado.web.HTTPError(404, "no such job") from None
+        except WavequeueError:
+            raise tornado.web.HTTPError(503, "could not cancel now") from None
+        self.redirect(f"/jobs/{job_id}", status=303)
 
 
 class InputThumbnail(PageHandler):
@@ -315,6 +329,7 @@ def handlers(
         (rf"/jobs/api/job/({_JOB_ID})", JobApi, args),
         (rf"/jobs/({_JOB_ID})", JobView, args),
         (rf"/jobs/({_JOB_ID})/retry", RetryJob, args),
+        (rf"/jobs/({_JOB_ID})/cancel", CancelJob, args),
         (rf"/jobs/({_JOB_ID})/input/(\d+)\.png", InputThumbnail, args),
         (r"/jobs/static/(.*)", StaticFiles, {"path": str(STATIC)}),
     ]

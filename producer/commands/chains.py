@@ -101,6 +101,7 @@ def chain_command(
     metadata: str | None,
     idempotency_key: str | None,
     tenant: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -139,6 +140,7 @@ def chain_command(
         "metadata": chain_metadata,
         "idempotency_key": idempotency_key,
         "tenant": tenant,
+        "callback_url": callback_url,
     }
     with make_client() as client:
         if problems:

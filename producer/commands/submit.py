@@ -93,6 +93,7 @@ def generate_command(
     metadata: str | None,
     idempotency_key: str | None,
     tenant: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -114,6 +115,7 @@ def generate_command(
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
                 "tenant": tenant,
+                "callback_url": callback_url,
             },
             metadata,
         )
@@ -159,6 +161,7 @@ def edit_command(
     metadata: str | None,
     idempotency_key: str | None,
     tenant: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -185,6 +188,7 @@ def edit_command(
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
                 "tenant": tenant,
+                "callback_url": callback_url,
             },
             metadata,
         )

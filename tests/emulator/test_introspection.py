@@ -139,6 +139,7 @@ def test_config_get_shows_the_current_config_without_the_key(emulator: EmulatorH
         "image_scale": 1.0,
         "faults": {},
         "public_url": None,
+        "webhook_resign_retries": True,
         "fault_counts_remaining": {},
     }
     assert "test-key" not in requests.get(emulator.url("/_emulator/config"), timeout=10).text

@@ -206,7 +206,7 @@ def test_figures_oldest_waiting_and_ended_in_the_last_hour(
     clock.advance(3000)
     figures = index_figures(store.client, clock())
     assert figures.oldest_queued_at == pytest.approx(start + 10, abs=1e-5)
-    assert figures.ended == {"completed": 2, "failed": 1, "timed_out": 0}
+    assert figures.ended == {"completed": 2, "failed": 1, "timed_out": 0, "cancelled": 0}
 
 
 def test_the_record_keeps_a_short_timeline(store: JobStore, clock: ManualClock) -> None:

@@ -93,6 +93,16 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_resubmissions_total",
         "wavequeue_error_retries_total",
         "wavequeue_orphaned_predictions_total",
+        "wavequeue_inline_uploads_total",
+        "wavequeue_jobs_ended_by_total",
+        "wavequeue_polls_before_end_total",
+        "wavequeue_webhooks_rejected_total",
+        "wavequeue_webhooks_ignored_total",
+        "wavequeue_orphans_adopted_total",
+        "wavequeue_jobs_cancelled_total",
+        "wavequeue_callbacks_delivered_total",
+        "wavequeue_callbacks_failed_total",
+        "wavequeue_callback_attempts_failed_total",
     }
 
 

@@ -191,7 +191,18 @@ def test_the_jobs_page_shows_the_exporters_figures_and_its_retry_runs_a_job(  # 
             assert "submitted" in whats and "poll 1" in whats
             browser.screenshot(tmp_path / "failed-job.png")
 
+            # Cancel a waiting job with its button: it never reaches WaveSpeed.
+            doomed = waiting[0]
+            browser.open(f"{base}/jobs/{doomed}")
+            browser.click("#cancel")
+            assert browser.evaluate("document.getElementById('job-status').textContent") == (
+                "cancelled"
+            )
+            assert client.get(doomed).status is JobStatus.CANCELLED
+            assert browser.evaluate("document.getElementById('cancel') === null")
+
             # Press the button: the failed job runs again, as a new job.
+            browser.open(f"{base}/jobs/{failed_id}")
             start_worker(stack_env, tmp_path / "worker2.log", workers)
             browser.click("#retry")
             path = browser.evaluate("window.location.pathname")
@@ -202,6 +213,12 @@ def test_the_jobs_page_shows_the_exporters_figures_and_its_retry_runs_a_job(  # 
             )
             assert client.retried_as(failed_id) == new_id
             retried = client.wait(new_id, timeout=60)
+            # The cancelled job was never submitted: the jobs queued behind it ran, its own
+            # message came first (one normal queue, in order) and was dropped.
+            rest = client.wait_all([*waiting[1:], late], timeout=60)
+            assert {r.status for r in rest} == {JobStatus.COMPLETED}
+            submitted_prompts = {p["input"].get("prompt") for p in secret_emulator.predictions()}
+            assert "jobs page: waiting 0" not in submitted_prompts
             assert retried.status is JobStatus.COMPLETED and retried.retry_of == failed_id
             # The page follows the job to its end by itself, then shows the output image.
             browser.wait_until(

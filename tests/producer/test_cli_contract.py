@@ -60,7 +60,7 @@ def test_without_redis_url_the_cli_refuses_and_writes_nowhere(
     monkeypatch.chdir(tmp_path)  # no local stack here
     before = _job_keys(stack.redis_url)
     refused = wavequeue("generate", "nobody named a redis", REDIS_URL=None)
-    assert refused.exit_code == 2
+    assert refused.exit_code == 78  # EX_CONFIG: the configuration is refused
     assert refused.stderr.startswith("error: REDIS_URL is not set")
     assert "wavequeue up" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
