@@ -77,8 +77,8 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_CALLBACK_RETRY_FOR": "callback_retry_for",
 }
 
-#: The proxy variables requests honours; when none is set, WaveSpeed calls skip
-#: reading the environment on every request.
+#: The standard proxy variables; when none is set at start, WaveSpeed calls and
+#: callbacks connect directly and nothing reads proxy settings from the environment.
 PROXY_VARS = tuple(
     name for base in ("https_proxy", "http_proxy", "all_proxy") for name in (base, base.upper())
 )
@@ -166,9 +166,10 @@ class Settings(BaseModel):
     #: Celery task events from the start. Off by default: they cost a Redis PUBLISH and
     #: CPU per run, and Flower turns them on by itself while it watches.
     task_events: bool = False
-    #: Whether requests may read proxy settings from the environment for WaveSpeed
-    #: calls. ``from_env`` sets it when a standard proxy variable is set; otherwise
-    #: the session skips requests' per-call environment and .netrc lookups.
+    #: Whether outgoing HTTP may go through a proxy named in the environment: WaveSpeed
+    #: calls (``worker.http_pool`` reads the variables once, at start) and callbacks
+    #: (requests' ``trust_env``). ``from_env`` sets it when a standard proxy variable is
+    #: set; it holds no proxy URL, so proxy credentials never sit in ``Settings``.
     proxy_from_env: bool = False
     #: The producer publishes Celery's ``task-sent`` event for every job it enqueues (a
     #: monitor then sees jobs from the moment they are queued); off, one Redis PUBLISH per

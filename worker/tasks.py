@@ -47,7 +47,7 @@ BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, 
 
 @dataclass(frozen=True)
 class _Parts:
-    """What one worker process builds once: its runner (Redis pool, HTTP session), its
+    """What one worker process builds once: its runner (Redis pool, HTTP pools), its
     sweeper, its nudger and its dispatcher of deferred polls."""
 
     runner: JobRunner
@@ -68,8 +68,7 @@ def _build_parts() -> _Parts:
         per_minute=settings.rate_limit_per_minute,
         max_in_flight=settings.max_in_flight,
     )
-    # One requests.Session per process; urllib3's pool is thread-safe and sized for
-    # the threads pool, and WaveSpeed sets no cookies for threads to race on.
+    # One urllib3 pool manager per process: thread-safe, and sized for the threads pool.
     client = WaveSpeedClient(
         base_url=settings.base_url,
         api_key=settings.require_api_key(),
