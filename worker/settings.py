@@ -1,7 +1,10 @@
 """Every knob of wavequeue, read from the environment in one place.
 
 ``Settings.from_env()`` is the only reader of ``os.environ`` in the project;
-everything else receives a ``Settings``. The API key is a ``SecretStr`` so that
+everything else receives a ``Settings``. The proxy variables are the exception: they
+say only ``proxy_from_env`` here, and ``worker.http_pool`` (WaveSpeed calls) and
+requests (callbacks) read the rest, so that proxy credentials never sit in a
+``Settings``. The API key is a ``SecretStr`` so that
 printing, logging or repr-ing a ``Settings`` never shows it.
 """
 
