@@ -434,7 +434,10 @@ class JobRunner:
             updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
             increments=polled.increments,
             count=polled.count,
-            count_if_applied=[counter_field("jobs_completed", model=state.model)],
+            count_if_applied=[
+                counter_field("jobs_completed", model=state.model),
+                counter_field("jobs_ended", model=state.model, outcome="completed"),
+            ],
             # The completion's bookkeeping, in the same step: counted once, one round trip.
             effects=self._completion_effects(finished, prediction, now),
         )
@@ -653,6 +656,8 @@ class JobRunner:
             ending = counter_field("jobs_timed_out", model=state.model)
         else:
             ending = counter_field("jobs_failed", model=state.model, code=str(error.code))
+        # Every ending by outcome in one counter: the denominator of failure ratios.
+        ended = counter_field("jobs_ended", model=state.model, outcome=status.value)
         now = self.clock()
         done = self.store.transition(
             state.id,
@@ -660,7 +665,7 @@ class JobRunner:
             updates={"status": status.value, "error": error.model_dump(), "completed_at": now},
             increments=tally.increments,
             count=tally.count,
-            count_if_applied=[ending],
+            count_if_applied=[ending, ended],
         )
         if not done:
             return Duplicate(f"{status.value} not applied ({done.name.lower()})")

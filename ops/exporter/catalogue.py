@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
+from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS, WORKER_SILENT_AFTER
+from worker.models import ENDPOINTS
 
 PREFIX: Final = "wavequeue_"
 
@@ -25,6 +26,14 @@ GAUGES: Final[dict[str, str]] = {
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
     "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "unacked_expected_max_age_seconds": "The longest a healthy worker holds a message "
+    "(the longest countdown plus the task time limit): an older unacked message is held "
+    "by a hung or dead worker until the visibility timeout",
+    "workers_alive": f"Workers whose last heartbeat is at most {WORKER_SILENT_AFTER:g} s old",
+    "workers_silent": f"Workers whose last heartbeat is over {WORKER_SILENT_AFTER:g} s old "
+    "(killed, hung or frozen without a clean stop); forgotten after an hour",
+    "sweeper_interval_seconds": "How often a worker's sweeper times out jobs past their "
+    "deadline and sends lost messages again",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }
@@ -36,8 +45,11 @@ COUNTERS: Final[dict[str, str]] = {
     "polls": "Result polls answered by WaveSpeed, by model",
     "jobs_completed": "Jobs completed, by model",
     "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
-    "or submit_outcome_unknown)",
+    "or the worker's own code such as submit_outcome_unknown; a code not in the known list "
+    "is counted as other)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "jobs_ended": "Jobs that ended, by model and outcome (completed, failed, timed_out): "
+    "the denominator of failure ratios",
     "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
     "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
@@ -56,6 +68,44 @@ COUNTERS: Final[dict[str, str]] = {
     "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
+}
+
+#: Every error code a failed job can carry that gets a series of its own; any other code
+#: is exported as ``other``. Known codes are exported from 0, so the first failure with a
+#: code is an increase Prometheus sees (a series that appears at 1 counts 0 in rate()),
+#: and the label cannot grow without bound whatever WaveSpeed answers.
+FAILURE_CODES: Final = (
+    # WaveSpeed task codes (DESIGN.md); 5xxx end a job once its retry budget is spent.
+    "1200", "1400", "1401", "1402", "1403", "1405", "5000", "5003", "5004",
+    # A failed, cancelled or timed-out prediction that carried no code.
+    "failed", "cancelled", "timeout",
+    # HTTP statuses: 4xx end a job at once, 429 and 5xx once its retry budget is spent.
+    "400", "401", "403", "404", "413", "422", "429", "500", "502", "503", "504",
+    # The worker's own codes (worker/wavespeed.py, worker/runner.py).
+    "submit_outcome_unknown", "connect", "transport", "tls", "client", "malformed",
+    "unknown_status", "missing_input", "unknown",
+)  # fmt: skip
+OTHER_CODE: Final = "other"
+OUTCOMES: Final = ("completed", "failed", "timed_out")
+
+#: Label names of the labelled counters. Every combination of known values (the models of
+#: the endpoint registry, ``FAILURE_CODES`` and ``other``, ``OUTCOMES``) is exported from 0.
+COUNTER_LABELS: Final[dict[str, tuple[str, ...]]] = {
+    "submissions": ("model",),
+    "polls": ("model",),
+    "jobs_completed": ("model",),
+    "jobs_failed": ("model", "code"),
+    "jobs_timed_out": ("model",),
+    "jobs_ended": ("model", "outcome"),
+    "submit_outcome_unknown": ("model",),
+    "resubmissions": ("model",),
+    "error_retries": ("model",),
+    "orphaned_predictions": ("model",),
+}
+KNOWN_LABEL_VALUES: Final[dict[str, tuple[str, ...]]] = {
+    "model": tuple(ENDPOINTS),
+    "code": (*FAILURE_CODES, OTHER_CODE),
+    "outcome": OUTCOMES,
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first

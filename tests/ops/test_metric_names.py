@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ops.exporter.catalogue import COUNTERS
 from ops.exporter.collector import WavequeueCollector
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
+from worker.settings import Settings
 from worker.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,7 @@ def exporter_metric_names(redis_url: str) -> set[str]:
     store.client.hset("wq:job:j1", mapping={"status": "queued", "model": "m"})
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     registry = CollectorRegistry()
-    registry.register(WavequeueCollector(client, visibility_timeout=600))
+    registry.register(WavequeueCollector(client, Settings(visibility_timeout=600)))
     text = generate_latest(registry).decode()
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
