@@ -11,11 +11,13 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from ops.healthcheck import healthy
 from ops.localstack.supervisor import ProcessService
 from producer import JobClient
 from tests.ops.conftest import scrape, start_exporter
@@ -148,5 +150,16 @@ def test_redis_down_is_reported_not_an_error(stack_env: dict[str, str], tmp_path
     try:
         found = samples(service)
         assert total(found, "wavequeue_redis_up") == 0
+        # The container's healthcheck: an exporter that cannot read Redis is unhealthy
+        # (it answered HTTP, which the check used to take as healthy).
+        assert not healthy(["wavequeue", "exporter", "--port", port_of_url(service.address)])
     finally:
         service.stop()
+
+
+def test_an_exporter_that_reads_redis_is_healthy(exporter: ProcessService) -> None:
+    assert healthy(["wavequeue", "exporter", "--port", port_of_url(exporter.address)])
+
+
+def port_of_url(url: str) -> str:
+    return str(urlsplit(url).port)
