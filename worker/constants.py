@@ -54,6 +54,12 @@ DEADLINES_KEY: Final = KEY_PREFIX + "deadlines"
 #: Sorted set of jobs scored by when their next message is due; the sweeper re-sends
 #: the ones long overdue (a message lost to a worker killed mid-fetch).
 NEXT_RUN_KEY: Final = KEY_PREFIX + "next_run"
+#: Sorted set of jobs whose next poll is due too far ahead to hold as a countdown message
+#: (``Settings.defer_polls_after``), scored by when it is due: no message exists until a
+#: worker's dispatcher (``worker.due_polls``) takes the job from here and sends it. A held
+#: countdown costs ~700 bytes of Redis (kombu's ``unacked`` entry and index) and worker
+#: memory for its whole wait; an entry here ~130 bytes.
+DUE_POLLS_KEY: Final = KEY_PREFIX + "due_polls"
 #: Sorted set of job ids whose record this version could not read (scored by when it was
 #: found): kept out of the sweeper's batches, looked at again now and then (a newer
 #: version may read them), listed for operators.

@@ -110,6 +110,16 @@ class Reschedule:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """The next poll is due further ahead than a countdown message is held
+    (``Settings.longest_held_poll``): no message now. The job waits in ``DUE_POLLS_KEY``
+    and a worker's dispatcher (``worker.due_polls``) sends its message when it is due."""
+
+    due_at: float
+    poll_seq: int
+
+
+@dataclass(frozen=True)
 class Duplicate:
     reason: str
 
@@ -121,7 +131,7 @@ class Parked:
     again. A line of thousands behind the cap costs nothing while it waits."""
 
 
-Outcome = Finished | Reschedule | Duplicate | Parked
+Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
 
 #: A parked job is sent again by the sweeper's usual re-send after this long at most, if
 #: no wake reached it (its parked entry lost with a failover, say).
@@ -298,6 +308,7 @@ class JobRunner:
         except PermanentError as exc:
             return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
         now = self.clock()
+        due = now + delay
         moved = self._write_until(
             lease_ends,
             state.id,
@@ -309,10 +320,11 @@ class JobRunner:
                 "submit_token": "",
                 "submit_lease_until": "",
                 "poll_seq": 1,
-                "poll_due_at": now + delay,
-                "next_run_at": now + delay,
+                "poll_due_at": due,
+                "next_run_at": due,
             },
             count=[counter_field("submissions", model=state.model)],
+            defer_until=self._deferral(delay, due),
         )
         if not moved:
             # The job ended (or another copy took over) while the POST was in flight: the
@@ -326,7 +338,7 @@ class JobRunner:
             )
             return Duplicate(f"submit answer not applied ({moved.name.lower()})")
         log.debug("job %s submitted as prediction %s", state.id, prediction.id)
-        return Reschedule(delay, 1, "poll")
+        return self._next_poll(delay, due, 1, "poll")
 
     def _remote_rate_limited(self, snap: JobSnapshot, token: str, exc: RateLimitedError) -> Outcome:
         """A 429 on submit: the account's window is full, nothing was created. It is the
@@ -519,10 +531,20 @@ class JobRunner:
             },
             increments=tally.increments,
             count=tally.count,
+            defer_until=self._deferral(delay, due),
         )
         if not claimed:
             return Duplicate(f"poll {my_seq + 1} not scheduled ({claimed.name.lower()})")
-        return Reschedule(delay, my_seq + 1, reason)
+        return self._next_poll(delay, due, my_seq + 1, reason)
+
+    def _deferral(self, delay: float, due: float) -> float | None:
+        """When a poll this far ahead waits in Redis instead of in a held message."""
+        return due if delay > self.settings.longest_held_poll else None
+
+    def _next_poll(self, delay: float, due: float, poll_seq: int, reason: str) -> Outcome:
+        if self._deferral(delay, due) is not None:
+            return Deferred(due, poll_seq)
+        return Reschedule(delay, poll_seq, reason)
 
     # errors and endings -------------------------------------------------------
 

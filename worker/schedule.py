@@ -8,8 +8,10 @@ and the polls sit where completions are dense. Past the last of them (a job
 slower than almost any seen), and for a model with no history yet (first poll at
 ``first_poll_default``), each interval is a fraction of the time already waited
 (``backoff - 1`` of it), so a long job is not polled every 2 s. Every interval is at
-least the minimum (2 s by default: WaveSpeed's guidance for images), at most the
-maximum, and never past the job's deadline.
+least the minimum (2 s by default: WaveSpeed's guidance for images) and never past the
+job's deadline; the intervals of that fallback are at most the maximum (30 s by default).
+The percentiles themselves are not capped: a model whose jobs take two minutes is first
+polled at about two minutes, not every 30 s on the way.
 
 Errors: exponential backoff with full jitter (AWS architecture blog), but never
 sooner than the server's ``Retry-After``.
@@ -70,10 +72,12 @@ def poll_delay(
     targets = profile.targets if profile is not None else (first_poll_default,)
     upcoming = [t - elapsed for t in targets if t - elapsed >= min_interval * 0.5]
     if upcoming:
-        delay = upcoming[0]
+        # Not capped by ``max_interval``: a model that takes minutes is polled where its
+        # jobs end, not every 30 s on the way there (a poll that far ahead waits in Redis,
+        # not in a held message: ``Settings.defer_polls_after``).
+        delay = max(upcoming[0], min_interval)
     else:  # past every target: wait a growing share of the time already waited
-        delay = elapsed * (backoff - 1)
-    delay = min(max(delay, min_interval), max_interval)
+        delay = min(max(elapsed * (backoff - 1), min_interval), max_interval)
     if not math.isfinite(delay):
         delay = max_interval
     return round(max(MIN_COUNTDOWN, min(delay, time_left)), 3)

@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
     "WAVESPEED_BASE_URL": "base_url",
     "WAVEQUEUE_POLL_MIN_INTERVAL": "poll_min_interval",
     "WAVEQUEUE_POLL_MAX_INTERVAL": "poll_max_interval",
+    "WAVEQUEUE_DEFER_POLLS_AFTER": "defer_polls_after",
     "WAVEQUEUE_POLL_BACKOFF": "poll_backoff",
     "WAVEQUEUE_FIRST_POLL_DEFAULT": "first_poll_default",
     "WAVEQUEUE_JOB_DEADLINE": "job_deadline",
@@ -71,7 +72,13 @@ class Settings(BaseModel):
 
     # Poll schedule (seconds). WaveSpeed asks for >= 2 s between image polls.
     poll_min_interval: float = Field(2.0, gt=0)
+    #: Longest gap between two polls once a job is past every point of its model's
+    #: latency history (those points themselves may be further apart: see ``schedule``).
     poll_max_interval: float = Field(30.0, gt=0)
+    #: A poll due further ahead than this (or than ``poll_max_interval``, if smaller) is not
+    #: held as a countdown message: the job waits in Redis (``DUE_POLLS_KEY``) and a
+    #: worker's dispatcher sends its message when it is due.
+    defer_polls_after: float = Field(15.0, gt=0)
     poll_backoff: float = Field(1.5, ge=1.0)
     #: First-poll delay for a model with no completions recorded yet.
     first_poll_default: float = Field(5.0, gt=0)
@@ -161,6 +168,11 @@ class Settings(BaseModel):
                 "(TLS through Sentinel is not supported)"
             )
         return self
+
+    @property
+    def longest_held_poll(self) -> float:
+        """The longest countdown a poll is held with; later polls are deferred."""
+        return min(self.defer_polls_after, self.poll_max_interval)
 
     @property
     def longest_countdown(self) -> float:

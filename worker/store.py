@@ -64,6 +64,7 @@ from worker.constants import (
     DAILY_KEY,
     DAILY_TTL,
     DEADLINES_KEY,
+    DUE_POLLS_KEY,
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
@@ -126,11 +127,12 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
---       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs,
---       11.. keys of the side effects
+--       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs, 11 due polls,
+--       12.. keys of the side effects
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
---       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL
+--       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
+--       13 when the deferred poll is due ('' = its message is sent by the caller)
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
@@ -205,10 +207,17 @@ if new and TERMINAL[new] then
   -- An ended job waits for no in-flight slot: a wake must not be spent on it.
   redis.call('ZREM', KEYS[9], ARGV[8])
   redis.call('ZREM', KEYS[10], ARGV[8])
+  redis.call('ZREM', KEYS[11], ARGV[8])
   redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
 else
   if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
   if updates['deadline_at'] then redis.call('ZADD', KEYS[4], updates['deadline_at'], ARGV[8]) end
+  -- No message for this poll: it waits in the due set, not in the next-run index (there
+  -- is no message to lose); the dispatcher's claim moves it back when it sends it.
+  if ARGV[13] ~= '' then
+    redis.call('ZADD', KEYS[11], ARGV[13], ARGV[8])
+    redis.call('ZREM', KEYS[5], ARGV[8])
+  end
 end
 for _, field in ipairs(cjson.decode(ARGV[5])) do redis.call('HINCRBY', KEYS[6], field, 1) end
 for _, e in ipairs(cjson.decode(ARGV[11])) do
@@ -224,6 +233,23 @@ return 1
 """.replace("__MOVES__", _lua_table(MOVES)).replace(
     "__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}"
 )
+
+
+_CLAIM_DUE_POLLS_LUA = """
+-- KEYS: 1 due polls, 2 next-run index. ARGV: 1 take those due by, 2 how many at most, 3 now.
+-- Takes the polls due out of the set (each taken by exactly one caller, which sends its
+-- message) into the next-run index, due now: if the message is never sent (the caller
+-- died), the sweeper finds the job overdue there. Answers them, then the next due time
+-- ('' = none left).
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, job in ipairs(due) do
+  redis.call('ZREM', KEYS[1], job)
+  redis.call('ZADD', KEYS[2], ARGV[3], job)
+end
+local following = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+table.insert(due, following[2] or '')
+return due
+"""
 
 
 class Moved(IntEnum):
@@ -452,6 +478,7 @@ class JobStore:
         #: The one "now" for records, leases and deadlines on every host (see worker.clock).
         self.clock: Clock = clock or RedisClock(client)
         self._transition = client.register_script(_TRANSITION_LUA)
+        self._claim_due_polls = client.register_script(_CLAIM_DUE_POLLS_LUA)
         self._create = client.register_script(_CREATE_LUA)
 
     @classmethod
@@ -650,6 +677,7 @@ class JobStore:
         request: Request | None = None,
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
+        defer_until: float | None = None,
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
         matches and the status change (if any) is one ``MOVES`` allows.
@@ -660,7 +688,9 @@ class JobStore:
         ``effects`` (histogram and latency-sample writes). ``request`` replaces the job's
         request body (a chain step's input image, filled in at run time). An update of
         ``next_run_at``/``deadline_at`` also updates the sweeper's indexes; a move into a
-        terminal status expires, unindexes and announces the record.
+        terminal status expires, unindexes and announces the record. ``defer_until``: the
+        caller sends no message for the job's next poll; it goes into ``DUE_POLLS_KEY`` with
+        this score, for a dispatcher (``claim_due_polls``) to send when due.
         """
         keys, args = self._transition_call(
             job_id,
@@ -672,6 +702,7 @@ class JobStore:
             request=request,
             effects=effects,
             write_id=write_id,
+            defer_until=defer_until,
         )
         return Moved(int(self._transition(keys=keys, args=args)))
 
@@ -706,6 +737,7 @@ class JobStore:
         request: Request | None = None,
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
+        defer_until: float | None = None,
     ) -> tuple[list[str], list[Any]]:
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
         keys = [
@@ -719,6 +751,7 @@ class JobStore:
             DAILY_KEY.format(day=utc_day(self.clock())),
             PARKED_KEY,
             WAKING_KEY,
+            DUE_POLLS_KEY,
         ]
         ops = []
         for effect in effects:
@@ -738,6 +771,7 @@ class JobStore:
             request.to_json() if request is not None else "",
             json.dumps(ops),
             DAILY_TTL,
+            repr(defer_until) if defer_until is not None else "",
         ]
         return keys, args
 
@@ -821,6 +855,20 @@ class JobStore:
         )
         return entries
 
+    def claim_due_polls(
+        self, now: float, limit: int, *, due_by: float | None = None
+    ) -> tuple[list[str], float | None]:
+        """Deferred polls due by ``now`` (or ``due_by``; at most ``limit``), taken: the caller
+        must send their messages (if it cannot, the sweeper finds them overdue in the
+        next-run index, where they are put, due ``now``). Also when the next one left is
+        due (None: none left)."""
+        upto = now if due_by is None else due_by
+        reply = self._claim_due_polls(
+            keys=[DUE_POLLS_KEY, NEXT_RUN_KEY], args=[repr(upto), limit, repr(now)]
+        )
+        *job_ids, following = [str(item) for item in reply]
+        return job_ids, float(following) if following else None
+
     def forget(self, job_ids: Iterable[str]) -> None:
         """Drop index entries of jobs whose record is gone or terminal: a record that
         expired while live (a chain step that never ran) must not fill every batch."""
@@ -829,6 +877,7 @@ class JobStore:
             pipe = self.client.pipeline(transaction=False)
             pipe.zrem(DEADLINES_KEY, *ids)
             pipe.zrem(NEXT_RUN_KEY, *ids)
+            pipe.zrem(DUE_POLLS_KEY, *ids)
             pipe.execute()
 
     def quarantine(self, job_id: str, now: float) -> None:
@@ -838,6 +887,7 @@ class JobStore:
         pipe.zadd(QUARANTINE_KEY, {job_id: now})
         pipe.zrem(DEADLINES_KEY, job_id)
         pipe.zrem(NEXT_RUN_KEY, job_id)
+        pipe.zrem(DUE_POLLS_KEY, job_id)
         pipe.execute()
 
     def quarantined(self, limit: int) -> list[str]:

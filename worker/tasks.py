@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.app import app, settings
 from worker.chains import send_job_chain
 from worker.constants import RUN_JOB_TASK
+from worker.due_polls import DuePollDispatcher
 from worker.errors import (
     BrokerUnavailableError,
     JobFailedError,
@@ -28,7 +29,7 @@ from worker.errors import (
 from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
 from worker.reconnect import after_reconnect
-from worker.runner import Duplicate, Finished, JobRunner, Parked
+from worker.runner import Deferred, Duplicate, Finished, JobRunner, Parked
 from worker.store import JobSnapshot, JobStore
 from worker.sweeper import Sweeper
 from worker.wavespeed import WaveSpeedClient
@@ -42,11 +43,12 @@ BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, 
 @dataclass(frozen=True)
 class _Parts:
     """What one worker process builds once: its runner (Redis pool, HTTP session), its
-    sweeper and its nudger."""
+    sweeper, its nudger and its dispatcher of deferred polls."""
 
     runner: JobRunner
     sweeper: Sweeper
     nudger: Nudger
+    due_polls: DuePollDispatcher
 
 
 _parts_lock = threading.Lock()
@@ -79,7 +81,9 @@ def _build_parts() -> _Parts:
         interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
     )
-    return _Parts(runner, sweeper, Nudger(sweeper.bring_back))
+    nudger = Nudger(sweeper.bring_back)
+    due_polls = DuePollDispatcher(store, send_due_poll, nudger.add, clock=store.clock)
+    return _Parts(runner, sweeper, nudger, due_polls)
 
 
 def _process_parts() -> _Parts:
@@ -143,8 +147,9 @@ def run_job(
                 error.message if error else "",
             )
         return outcome.output
-    if isinstance(outcome, Parked):
-        # No next message: a run that frees a slot (or the sweeper) sends it again.
+    if isinstance(outcome, Parked | Deferred):
+        # No next message: a run that frees a slot (or the sweeper) sends a parked job
+        # again; a worker's dispatcher sends a deferred poll when it is due.
         self.request.chain = None
         self.request.callbacks = None
         return None
@@ -202,6 +207,16 @@ def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs)
 
 
+def send_due_poll(job_id: str) -> None:
+    """Send the message of a deferred poll that is due (unless the job ended meanwhile)."""
+    try:
+        snap = job_runner().store.snapshot(job_id)
+    except (JobNotFoundError, UnreadableRecordError):
+        return  # expired or unreadable: the sweeper's rules deal with the record
+    if not snap.state.is_terminal:
+        resend(snap, {"poll_seq": int(snap.number("poll_seq"))})
+
+
 _sweeper_stop = threading.Event()
 
 
@@ -213,6 +228,9 @@ def _start_sweeper(**_: object) -> None:
         target=parts.sweeper.run, args=(_sweeper_stop,), name="wavequeue-sweeper", daemon=True
     ).start()
     parts.nudger.start(_sweeper_stop)
+    threading.Thread(
+        target=parts.due_polls.run, args=(_sweeper_stop,), name="wavequeue-due-polls", daemon=True
+    ).start()
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -34,6 +34,10 @@ GAUGES: Final[dict[str, str]] = {
     "(killed, hung or frozen without a clean stop); forgotten after an hour",
     "sweeper_interval_seconds": "How often a worker's sweeper times out jobs past their "
     "deadline and sends lost messages again",
+    "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
+    "in Redis for a worker's dispatcher",
+    "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
+    "poll still waits (stays near 0 while any worker's dispatcher runs)",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }

@@ -131,6 +131,13 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        deferred = _gauge("polls_deferred")
+        deferred.add_metric([], snap.deferred_polls)
+        yield deferred
+        overdue = _gauge("polls_deferred_max_overdue_seconds")
+        first = snap.earliest_deferred_poll
+        overdue.add_metric([], max(0.0, snap.taken_at - first) if first is not None else 0.0)
+        yield overdue
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}

@@ -24,6 +24,7 @@ from ops.exporter.catalogue import HISTOGRAMS
 from worker.constants import (
     COUNTERS_KEY,
     DEADLINES_KEY,
+    DUE_POLLS_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
@@ -97,6 +98,9 @@ class Snapshot:
     inflight: int
     #: Jobs parked behind the in-flight cap, waiting for a slot.
     parked: int
+    #: Jobs whose next poll waits in Redis (deferred), and when the earliest is due.
+    deferred_polls: int
+    earliest_deferred_poll: float | None
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
     #: Redis ``TIME`` when the snapshot was read (the workers' heartbeat clock).
@@ -122,6 +126,8 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
     pipe.zcard(PARKED_KEY)
+    pipe.zcard(DUE_POLLS_KEY)
+    pipe.zrange(DUE_POLLS_KEY, 0, 0, withscores=True)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
     pipe.time()
@@ -132,8 +138,8 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
     (
-        unacked, oldest, past_deadline, earliest, inflight, parked, live, counters,
-        (seconds, micros), beats, *hists,
+        unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
+        live, counters, (seconds, micros), beats, *hists,
     ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
@@ -145,6 +151,8 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
         earliest_deadline=float(earliest[0][1]) if earliest else None,
         inflight=int(inflight),
         parked=int(parked),
+        deferred_polls=int(deferred),
+        earliest_deferred_poll=float(first_deferred[0][1]) if first_deferred else None,
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},
         histograms={
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})

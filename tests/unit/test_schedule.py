@@ -65,6 +65,18 @@ def test_polls_follow_the_latency_distribution() -> None:
     assert polls[int(len(polls) * 0.95)] <= 3
 
 
+def test_a_slow_model_is_polled_where_its_jobs_end_not_every_max_interval() -> None:
+    """Two-minute jobs: the first poll near two minutes (a poll that far ahead waits in
+    Redis, not in a held message), not at 30, 60, 90 and 120 s; median one poll."""
+    history = _lognormal(120.0, 0.15, 200)
+    profile = LatencyProfile.of(history)
+    assert profile is not None
+    assert poll_delay(0.0, profile=profile, **SCHEDULE) > 100.0
+    polls = sorted(_polls_for(latency, profile) for latency in _lognormal(120.0, 0.15, 2000, 9))
+    assert polls[len(polls) // 2] == 1
+    assert polls[int(len(polls) * 0.95)] <= 3
+
+
 def test_never_past_the_deadline() -> None:
     assert poll_delay(5.0, profile=None, **{**SCHEDULE, "time_left": 1.5}) == 1.5
     assert poll_delay(5.0, profile=None, **{**SCHEDULE, "time_left": -3}) == MIN_COUNTDOWN
