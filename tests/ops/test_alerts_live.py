@@ -6,7 +6,7 @@ jobs against the emulator and the test induces each alert's condition in the pro
 
 1. a workload with faults: 429s, 503s, failures with codes Prometheus has never seen
    (1403, a code outside the known list, a 401 after a key change, an unknown submit
-   outcome) and timeouts, 15% of the jobs in all -> WavequeueHighFailureRate,
+   outcome) and timeouts, 11 of 81 jobs (14%) -> WavequeueHighFailureRate,
    WavequeueRemoteRateLimited; then every panel's query against the truth (5%);
 2. one worker SIGSTOPped while it holds poll countdowns -> WavequeueHeldMessagesOverdue
    (and not WavequeueNoWorkers: the other worker is alive);
@@ -202,7 +202,7 @@ def warm_up(live: Live) -> None:
 
 
 def workload(live: Live) -> list[str]:
-    """71 jobs, 11 of them failing or timing out, with 25 429s and 3 503s on the way."""
+    """81 jobs, 11 of them failing or timing out, with 25 429s and 3 503s on the way."""
     emulator = live.stack.emulator
     ids: list[str] = []
     # 429s that pause nobody (Retry-After: 0) and 503s: retried, the jobs complete.
@@ -356,12 +356,20 @@ def test_every_alert_fires_and_every_panel_tells_the_truth(live: Live) -> None:
     check_panels(live, facts)
     prometheus.wait_for_alert("WavequeueHighFailureRate", timeout=60)
     prometheus.wait_for_alert("WavequeueRemoteRateLimited", timeout=60)
-    assert prometheus.alert_state("WavequeueNoWorkers") == "inactive"
+    # Nothing else is wrong yet, and no other alert says so.
+    quiet = {
+        "WavequeueNoWorkers", "WavequeueHeldMessagesOverdue", "WavequeueQueueBacklogGrowing",
+        "WavequeueJobsStuckPastDeadline", "WavequeueExporterCannotReadRedis",
+    }  # fmt: skip
+    assert {name: prometheus.alert_state(name) for name in quiet} == dict.fromkeys(
+        quiet, "inactive"
+    )
 
     # 2. One worker hangs while it holds poll countdowns.
     live.stack.emulator.configure(latency="fixed:60")
     settings = Settings.from_env(live.stack.env)
-    polling = [live.client.text_to_image(f"a long lantern {i}", model=FAST) for i in range(8)]
+    for i in range(8):
+        live.client.text_to_image(f"a long lantern {i}", model=FAST)
     deadline = time.monotonic() + 60
     while held_by(alpha, settings) == 0:
         assert time.monotonic() < deadline, "alpha never held a poll countdown"
@@ -377,14 +385,13 @@ def test_every_alert_fires_and_every_panel_tells_the_truth(live: Live) -> None:
     # 3. The last worker dies; a backlog with short deadlines waits for nobody.
     beta.kill()
     killed = time.monotonic()
-    backlog = [live.client.text_to_image(f"queued lantern {i}", model=FAST, deadline=2)
-               for i in range(120)]  # fmt: skip
+    for i in range(120):
+        live.client.text_to_image(f"queued lantern {i}", model=FAST, deadline=2)
     fired = prometheus.wait_for_alert("WavequeueNoWorkers", timeout=NO_WORKERS_BOUND + 30)
     no_workers_after = fired - killed
     assert no_workers_after < NO_WORKERS_BOUND, f"NoWorkers fired {no_workers_after:.0f}s after"
     prometheus.wait_for_alert("WavequeueQueueBacklogGrowing", timeout=60)
     prometheus.wait_for_alert("WavequeueJobsStuckPastDeadline", timeout=60)
-    assert len(backlog) == 120 and len(polling) == 8
 
     # 4. The exporter loses its path to Redis (Redis itself runs on).
     assert prometheus.alert_state("WavequeueExporterCannotReadRedis") == "inactive"
