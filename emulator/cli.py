@@ -37,6 +37,7 @@ def build_config(
     rate_limit_per_minute: int | None,
     max_concurrency: int | None,
     image_scale: float,
+    webhook_resign_retries: bool = True,
 ) -> EmulatorConfig:
     """Turn the flags into the same partial-config mapping ``POST /_emulator/config`` takes."""
     per_model: dict[str, str] = {}
@@ -58,6 +59,7 @@ def build_config(
         "rate_limit_per_minute": rate_limit_per_minute,
         "max_concurrency": max_concurrency,
         "image_scale": image_scale,
+        "webhook_resign_retries": webhook_resign_retries,
     }
     return EmulatorConfig(api_key=api_key or None).updated(changes)
 
@@ -108,6 +110,13 @@ def build_config(
     type=float,
     help="Scale generated image sizes (e.g. 0.25 for load tests); sizes stay multiples of 16.",
 )
+@click.option(
+    "--webhook-resign-retries/--webhook-keep-first-signature",
+    default=True,
+    show_default=True,
+    help="Whether a webhook retry gets a new timestamp and signature, or repeats the first "
+    "attempt's (then a retry sent over 5 minutes later fails a receiver's freshness check).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off: it slows polling).")
 def emulator_command(
     *,
@@ -122,6 +131,7 @@ def emulator_command(
     rate_limit_per_minute: int | None,
     max_concurrency: int | None,
     image_scale: float,
+    webhook_resign_retries: bool,
     access_log: bool,
 ) -> None:
     """Run a WaveSpeed v3 API emulator (submit, result, media, uploads, webhooks, faults)."""
@@ -136,6 +146,7 @@ def emulator_command(
             rate_limit_per_minute=rate_limit_per_minute,
             max_concurrency=max_concurrency,
             image_scale=image_scale,
+            webhook_resign_retries=webhook_resign_retries,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

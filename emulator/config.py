@@ -44,6 +44,10 @@ FAULT_KINDS: Final[Mapping[str, str]] = {
     "result_malformed": "a result poll answers 200 with truncated JSON",
     "prediction_failed": "the prediction ends `failed` with `code` (default 1403) and `message`",
     "nsfw": "the prediction completes with has_nsfw_contents [true, ...]",
+    "webhook_drop": "the prediction's webhook is never sent (every attempt lost on the way)",
+    "webhook_delay": "the prediction's webhook waits `delay` seconds before its first attempt",
+    "webhook_duplicate": "the prediction's webhook is delivered twice: the same webhook-id "
+    "and body, the second once the first was answered",
 }
 
 #: Knobs every fault takes (targeting), and the extra ones particular kinds take.
@@ -54,6 +58,7 @@ KIND_KNOBS: Final[Mapping[str, frozenset[str]]] = {
     "submit_slow": frozenset({"delay"}),
     "result_slow": frozenset({"delay"}),
     "prediction_failed": frozenset({"code", "message"}),
+    "webhook_delay": frozenset({"delay"}),
 }
 
 #: Task codes (DESIGN.md) and the message a failure carries when none is configured.
@@ -181,6 +186,10 @@ class EmulatorConfig:
     max_concurrency: int | None = None
     image_scale: float = 1.0
     faults: Mapping[str, FaultSpec] = field(default_factory=dict)
+    #: Whether each webhook retry gets a new timestamp and signature (WaveSpeed's own
+    #: behaviour is not documented). Off, a retry repeats the first attempt's headers, so
+    #: one sent more than 5 minutes after the first fails a receiver's freshness check.
+    webhook_resign_retries: bool = True
 
     def latency_for(self, model: str) -> LatencySpec:
         return self.model_latency.get(model, self.latency)
@@ -213,6 +222,7 @@ class EmulatorConfig:
             "max_concurrency": self.max_concurrency,
             "image_scale": self.image_scale,
             "faults": {kind: spec.to_json(kind) for kind, spec in self.faults.items()},
+            "webhook_resign_retries": self.webhook_resign_retries,
         }
 
 
@@ -258,6 +268,14 @@ def _integer(name: str, raw: Any, *, minimum: int = 0) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}")
     return value
+
+
+def _boolean(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
+        return raw.lower() in ("true", "1")
+    raise ConfigError(f"{name} must be true or false")
 
 
 def _optional_integer(name: str, raw: Any, *, minimum: int) -> int | None:
@@ -347,4 +365,5 @@ _TOP_LEVEL_PARSERS: Final[Mapping[str, Callable[[EmulatorConfig, Any], object]]]
     "max_concurrency": lambda _config, raw: _optional_integer("max_concurrency", raw, minimum=1),
     "image_scale": lambda _config, raw: _number("image_scale", raw, minimum=0.01, maximum=4.0),
     "faults": _merge_faults,
+    "webhook_resign_retries": lambda _config, raw: _boolean("webhook_resign_retries", raw),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import re
 import threading
 import urllib.error
@@ -98,7 +99,10 @@ def _download(url: str) -> bytes:
             data: bytes = response.read(MAX_FETCH_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise MediaUnreachableError(f"input image {_short(url)} answered HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException covers InvalidURL (control characters or spaces in the URL, refused
+        # before connecting) and a server that breaks the protocol: the image cannot be
+        # fetched, which WaveSpeed reports as 1402, never as an internal error.
         raise MediaUnreachableError(
             f"input image {_short(url)} could not be fetched: {exc}"
         ) from exc

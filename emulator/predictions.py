@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from emulator.limits import ConcurrencyGate
 from emulator.media import MEDIA_PATH, MediaStore, fetch_media
 from emulator.registry import ModelSpec
 from emulator.stats import Stats
-from emulator.webhooks import WebhookSender
+from emulator.webhooks import DeliveryPlan, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +186,14 @@ class PredictionService:
         media: MediaStore,
         executor: Executor,
         webhooks: WebhookSender,
+        delivery_plan: Callable[[str, str], DeliveryPlan] | None = None,
         max_concurrency: int | None,
     ) -> None:
         self._stats = stats
         self._media = media
         self._executor = executor
         self._webhooks = webhooks
+        self._delivery_plan = delivery_plan or (lambda _model, _prompt: DeliveryPlan())
         self.gate = ConcurrencyGate(max_concurrency)
         self._table: dict[str, Prediction] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -261,9 +263,10 @@ class PredictionService:
         else:
             self._stats.predictions_failed += 1
         if prediction.webhook_url:
+            plan = self._delivery_plan(prediction.model.path, prediction.prompt)
             self._spawn(
                 self._webhooks.deliver(
-                    prediction.webhook_url, prediction.data(), prediction.webhook_log
+                    prediction.webhook_url, prediction.data(), prediction.webhook_log, plan
                 )
             )
 

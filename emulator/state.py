@@ -24,7 +24,7 @@ from emulator.media import MediaStore
 from emulator.predictions import PredictionPlan, PredictionService
 from emulator.registry import canonical_model
 from emulator.stats import Stats
-from emulator.webhooks import WebhookSender, new_secret
+from emulator.webhooks import DeliveryPlan, WebhookSender, new_secret
 
 RENDER_THREADS = min(8, (os.cpu_count() or 2) + 2)
 
@@ -69,6 +69,7 @@ class EmulatorState:
             media=self.media,
             executor=self.executor,
             webhooks=self.webhooks,
+            delivery_plan=self.delivery_plan,
             max_concurrency=config.max_concurrency,
         )
 
@@ -103,11 +104,19 @@ class EmulatorState:
         self.predictions.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _count_webhook(self, delivered: bool) -> None:
-        if delivered:
-            self.stats.webhooks_delivered += 1
-        else:
-            self.stats.webhooks_failed += 1
+    def _count_webhook(self, outcome: str) -> None:
+        self.stats.webhooks[outcome] += 1
+
+    def delivery_plan(self, model: str, prompt: str) -> DeliveryPlan:
+        """Draw the webhook faults for a prediction that just ended."""
+        faults = self.faults
+        delayed = faults.fire("webhook_delay", model, prompt)
+        return DeliveryPlan(
+            drop=faults.fire("webhook_drop", model, prompt) is not None,
+            delay=delayed.delay if delayed is not None else 0.0,
+            duplicate=faults.fire("webhook_duplicate", model, prompt) is not None,
+            resign_retries=self.config.webhook_resign_retries,
+        )
 
 
 def key_owner(api_key: str) -> str:

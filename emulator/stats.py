@@ -56,8 +56,9 @@ class Stats:
     sync_timeouts: int = 0
     uploads: int = 0
     media_served: int = 0
-    webhooks_delivered: int = 0
-    webhooks_failed: int = 0
+    #: Webhook deliveries by outcome: delivered, failed (every attempt refused or
+    #: unanswered), dropped (``webhook_drop``), duplicated (``webhook_duplicate``).
+    webhooks: Counter[str] = field(default_factory=Counter)
 
     def started_processing(self) -> None:
         self.processing_now += 1
@@ -105,5 +106,8 @@ class Stats:
             "sync_timeouts": self.sync_timeouts,
             "uploads": self.uploads,
             "media_served": self.media_served,
-            "webhooks": {"delivered": self.webhooks_delivered, "failed": self.webhooks_failed},
+            "webhooks": {
+                outcome: self.webhooks[outcome]
+                for outcome in ("delivered", "failed", "dropped", "duplicated")
+            },
         }

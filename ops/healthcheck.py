@@ -1,13 +1,13 @@
 """``python -m ops.healthcheck [COMMAND...]``: the Docker HEALTHCHECK of every service.
 
-One image runs the worker, Flower, the exporter and the emulator; they differ
-only by command. With no arguments this reads the command of the container's
-main process (PID 1) and checks what that command runs; given a command line,
-it checks that instead (handy outside Docker). Exit 0 healthy, 1 not.
+One image runs the worker, Flower, the exporter, the emulator and the webhook
+receiver; they differ only by command. With no arguments this reads the command of
+the container's main process (PID 1) and checks what that command runs; given a
+command line, it checks that instead (handy outside Docker). Exit 0 healthy, 1 not.
 
 - worker: answers a Celery ping (by its node name, ``celery@<hostname>`` unless
   ``--hostname`` says otherwise);
-- flower, emulator: their HTTP server answers on the command's port;
+- flower, emulator, webhooks: their HTTP server answers on the command's port;
 - exporter: its ``/metrics`` answers and says it could read Redis
   (``wavequeue_redis_up 1``): an exporter cut off from Redis serves only that 0.
 """
@@ -27,7 +27,10 @@ ROLES: dict[str, tuple[str, int]] = {
     "flower": ("flower", 5555),
     "exporter": ("exporter", 9808),
     "emulator": ("emulator", 8765),
+    "webhooks": ("webhooks", 8780),
 }
+#: The path each HTTP service answers its health on.
+HEALTH_PATHS = {"emulator": "/_emulator/health", "webhooks": "/health"}
 TIMEOUT = 5.0
 
 
@@ -103,8 +106,7 @@ def healthy(argv: Sequence[str]) -> bool:
         return worker_answers(argv)
     if role == "exporter":
         return exporter_reads_redis(port_of(argv, role))
-    path = "/_emulator/health" if role == "emulator" else "/"
-    return http_answers(port_of(argv, role), path)
+    return http_answers(port_of(argv, role), HEALTH_PATHS.get(role, "/"))
 
 
 def main(args: Sequence[str]) -> int:

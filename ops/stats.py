@@ -24,6 +24,7 @@ _COLUMNS = (
     ("completed", "completed"),
     ("failed", "failed"),
     ("timed_out", "timed_out"),
+    ("cancelled", "cancelled"),
     ("outputs", "images"),
 )
 
@@ -39,7 +40,7 @@ _COLUMNS = (
 @json_option
 @reports_errors
 def stats_command(days: int, as_json: bool) -> None:
-    """Finished jobs per day (UTC) and model: completed, failed, timed out, images
+    """Finished jobs per day (UTC) and model: completed, failed, timed out, cancelled, images
     delivered and WaveSpeed inference time. Kept 400 days, long after the job records."""
     store = JobStore.from_settings(Settings.from_env())
     try:

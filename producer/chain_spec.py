@@ -88,6 +88,7 @@ def prepare_chain(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
+    callback_url: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -128,6 +129,8 @@ def prepare_chain(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
+        callback_url=callback_url,
+        callbacks_signed=limits.callbacks_signed,
     )
     if problems:
         raise ValidationError(problems)

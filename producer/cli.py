@@ -31,6 +31,7 @@ class LazyGroup(click.Group):
 #: Subcommand -> where it lives. Later issues add producer, worker and ops commands.
 COMMANDS: dict[str, str] = {
     "batch": "producer.commands.batch:batch_command",
+    "cancel": "producer.commands.cancel:cancel_command",
     "chain": "producer.commands.chains:chain_command",
     "download": "producer.commands.download:download_command",
     "edit": "producer.commands.submit:edit_command",
@@ -42,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "status": "producer.commands.inspect:status_command",
     "up": "ops.localstack.stack:up_command",
     "wait": "producer.commands.inspect:wait_command",
+    "webhooks": "worker.webhooks.cli:webhooks_command",
     "worker": "worker.cli:worker_command",
 }
 

@@ -27,11 +27,13 @@ import redis
 from producer.chain_spec import EditSpec, FirstStep, PreparedStep, prepare_chain
 from producer.chain_status import ChainStatus, derive_chain_status
 from producer.errors import ChainNotRetryableError, JobNotFoundError, ValidationError
-from producer.images import DEFAULT_MAX_INLINE_BYTES
+from producer.images import DEFAULT_MAX_INLINE_BYTES, REFUSE, LocalFiles
 from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.errors import ConfigError
+from worker.inline_images import marker_ids, with_images
 from worker.models import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MULTI_MODEL,
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 STEP_DEADLINE_FIELD = "step_deadline"
 #: Bookkeeping field the worker reads: this step's ``image`` is the previous output.
 AWAITING_IMAGE_FIELD = "awaiting_image"
+#: Bookkeeping field the store reads: the step's chain has a callback.
+CHAIN_CALLBACK_FIELD = "chain_callback"
 #: Default extra time ``wait`` allows past the last deadline of what it waits for.
 DEFAULT_WAIT_GRACE = 60.0
 #: Each priority's queue, looked up once (``Priority.queue`` is an enum property: slow).
@@ -100,6 +104,7 @@ class JobOptionsInput(NamedTuple):
     deadline: float | None
     metadata: Mapping[str, Any] | None
     idempotency_key: str | None
+    callback_url: str | None = None
 
 
 class JobClient:
@@ -114,6 +119,12 @@ class JobClient:
     reconnecting for ``WAVEQUEUE_REDIS_RETRY_WINDOW`` seconds (10 by default) and then
     raises ``BrokerUnavailableError``: against a Redis that stays down it blocks at most
     that window plus one connect timeout (see ``worker.redis_connection``).
+
+    Local image files: by default a client reads none, and a string that is not an
+    http(s) URL or a data URI is refused rather than read from this machine's disk (a
+    backend passes its users' strings on). ``local_images="any"`` reads any file the
+    process can; a directory (``local_images=Path("/srv/uploads")``) reads only files
+    under it, symlinks resolved; ``WAVEQUEUE_LOCAL_IMAGES`` sets the same.
     """
 
     def __init__(
@@ -126,6 +137,7 @@ class JobClient:
         max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES,
         reread_interval: float = DEFAULT_REREAD_INTERVAL,
         wait_grace: float = DEFAULT_WAIT_GRACE,
+        local_images: str | os.PathLike[str] | None = None,
     ) -> None:
         base = settings if settings is not None else Settings()
         overrides = {
@@ -134,11 +146,17 @@ class JobClient:
                 ("redis_url", redis_url),
                 ("job_deadline", job_deadline),
                 ("record_ttl", record_ttl),
+                ("local_images", None if local_images is None else os.fspath(local_images)),
             )
             if value is not None
         }
         # The API key is left out on purpose: only workers talk to WaveSpeed.
         self.settings = Settings(**{**base.model_dump(exclude={"api_key"}), **overrides})
+        try:
+            # Unset, a client refuses local paths: its strings may be its users' input.
+            self.local_files = LocalFiles.parse(self.settings.local_images or REFUSE)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: WAVEQUEUE_LOCAL_IMAGES: {exc}") from None
         self.store = JobStore.from_settings(self.settings)
         self.max_inline_bytes = max_inline_bytes
         self.reread_interval = reread_interval
@@ -186,6 +204,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
         ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
@@ -197,7 +216,7 @@ class JobClient:
             "num_images": num_images,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
     def edit(
@@ -214,6 +233,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -226,7 +246,7 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
     def multi_edit(
@@ -242,6 +262,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -251,7 +272,7 @@ class JobClient:
             "guidance_scale": guidance_scale,
             "aspect_ratio": aspect_ratio,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key)
+        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
     def _enqueue(
@@ -270,6 +291,7 @@ class JobClient:
             deadline=options.deadline,
             metadata=options.metadata,
             idempotency_key=options.idempotency_key,
+            callback_url=options.callback_url,
         )
         return self.submit(prepared)
 
@@ -281,6 +303,8 @@ class JobClient:
             max_inline_bytes=self.max_inline_bytes,
             image_base=image_base,
             allow_private_image_urls=self.settings.allow_private_image_urls,
+            local_files=self.local_files,
+            callbacks_signed=self.settings.callback_secret is not None,
         )
 
     def prepare(self, request: Mapping[str, Any], *, image_base: Path | None = None) -> PreparedJob:
@@ -376,6 +400,7 @@ class JobClient:
             deadline_at=now + options.deadline,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
+            callback_url=options.callback_url,
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority])
         job = NewJob(record, options.idempotency_key, message=message.outgoing)
@@ -468,6 +493,7 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -476,7 +502,8 @@ class JobClient:
         Each edit is a prompt, an ``Edit``, or a mapping of its fields; its input image
         is the previous step's first output. ``deadline`` is per step: step N must end
         within N x deadline of enqueueing. Every step is checked before anything is
-        written; problems are named ``stepN.field``.
+        written; problems are named ``stepN.field``. ``callback_url``: the chain's final
+        record is POSTed there when it ends (its steps call nothing back themselves).
         """
         limits = self.limits()
         prepared = prepare_chain(
@@ -488,6 +515,7 @@ class JobClient:
             deadline=deadline,
             metadata=metadata,
             idempotency_key=idempotency_key,
+            callback_url=callback_url,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
@@ -499,14 +527,18 @@ class JobClient:
             job_id, created = self.store.create_job(
                 record,
                 idempotency_key=key,
-                extra=self._step_extra(step.awaiting_image, options.deadline),
+                extra=self._step_extra(
+                    step.awaiting_image, options.deadline, chain_callback=bool(options.callback_url)
+                ),
             )
             if not created:
                 # The key was used before: this chain exists already (its first step
                 # carries the key). Nothing has been written for this call yet.
                 return self._chain_of_existing_job(job_id)
             job_ids.append(job_id)
-        self.store.create_chain(chain_id, job_ids, metadata=options.metadata)
+        self.store.create_chain(
+            chain_id, job_ids, metadata=options.metadata, callback_url=options.callback_url
+        )
         self._keep_alive(chain_id, job_ids, options.deadline)
         self._send_chain(job_ids, options.queue)
         return chain_id
@@ -578,6 +610,7 @@ class JobClient:
                     f"chain {chain_id}: step {previous.number} has no output"
                 )
             body["image"] = previous.outputs[0]
+        body = self._with_stored_images(chain_id, failed.number, body)
         # The body was valid when enqueued; check again, now that the image is real.
         body = validate_request(
             old.model,
@@ -586,11 +619,12 @@ class JobClient:
         )
         now = self.store.clock()
         record = self._fresh_step(old, body, now=now, deadline_at=now + step_deadline)
+        chain_callback = bool(status.callback.get("callback_url"))
         new_job_id, created = self.store.create_job(
             record,
             # One retry per failed record, however many callers ask at once.
             idempotency_key=f"wavequeue.retry:{old.id}",
-            extra={STEP_DEADLINE_FIELD: repr(step_deadline)},
+            extra=self._step_extra(False, step_deadline, chain_callback=chain_callback),
         )
         if not created:
             return new_job_id
@@ -602,7 +636,10 @@ class JobClient:
                 stale = self.store.get(step.job_id)
                 awaiting = {k: v for k, v in stale.input.items() if k != "image"}
                 fresh = self._fresh_step(stale, awaiting, now=now, deadline_at=deadline_at)
-                self.store.create_job(fresh, extra=self._step_extra(True, step_deadline))
+                self.store.create_job(
+                    fresh,
+                    extra=self._step_extra(True, step_deadline, chain_callback=chain_callback),
+                )
                 self.store.replace_chain_step(chain_id, step.number, fresh.id)
                 step_id = fresh.id
             else:
@@ -611,6 +648,75 @@ class JobClient:
         self._keep_alive(chain_id, run_ids, step_deadline)
         self._send_chain(run_ids, old.priority.queue)
         return new_job_id
+
+    def _with_stored_images(self, chain_id: str, step: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A step that failed before the worker uploaded its inline images still holds
+        markers: take the images back from their keys (the new record stores them again,
+        under keys of its own)."""
+        image_ids = marker_ids(body)
+        if not image_ids:
+            return body
+        stored = self.store.inline_images(image_ids)
+        if len(stored) < len(image_ids):
+            raise ChainNotRetryableError(
+                f"chain {chain_id}: step {step}'s inline image is no longer stored "
+                "(it expired with the record); submit the chain again"
+            )
+        return with_images(body, stored)
+
+    # cancelling ---------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job; returns its record as it ended (``cancelled``, or how it had ended
+        already: cancel is idempotent and never changes a finished job).
+
+        Not yet submitted: it never will be (nothing is sent, nothing billed). Already at
+        WaveSpeed (or its submit in flight): it ends ``cancelled`` at once and its result
+        is ignored when it arrives, but WaveSpeed has no cancel endpoint, so the prediction
+        may still run and be billed (the record's error says which case it was). A chain
+        step is cancelled with the steps after it (they could never run without it).
+        ``JobNotFoundError`` if there is no such job."""
+        state = self.store.get_states([job_id])[0]
+        if state is None:
+            raise JobNotFoundError(f"no job {job_id!r} (never created, or expired)")
+        job_ids = [job_id]
+        if state.chain_id and state.step:
+            with contextlib.suppress(JobNotFoundError):
+                job_ids += self.store.get_chain(state.chain_id).step_job_ids[state.step :]
+        self._cancel(job_ids, state.chain_id)
+        return self.store.get(job_id)
+
+    @_redis_errors_mapped
+    def cancel_chain(self, chain_id: str) -> ChainStatus:
+        """Cancel every step of a chain that has not ended (all in one atomic step); returns
+        the chain's status: ``cancelled``, or ``completed`` if it had completed already.
+        Steps that ended keep their ending; a cancelled chain cannot be retried."""
+        snapshot = self.store.get_chain(chain_id)
+        self._cancel(snapshot.step_job_ids, chain_id)
+        return self.chain_status(chain_id)
+
+    def _cancel(self, job_ids: list[str], chain_id: str | None) -> None:
+        results = self.store.cancel(job_ids)
+        ended = [result.job_id for result in results if result.cancelled_now]
+        if not ended:
+            return
+        log.info("cancelled %d job(s): %s", len(ended), ", ".join(ended))
+        # The endings put their callbacks in the outbox: send them now (the workers'
+        # sweeper sends any that this could not).
+        candidates = [f"job:{job_id}" for job_id in ended]
+        if chain_id:
+            candidates.append(f"chain:{chain_id}")
+        owed = self.store.callbacks_owed(candidates)
+        if owed:
+            from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+            from worker.chains import send_callback_deliveries  # noqa: PLC0415 - same
+
+            try:
+                send_callback_deliveries(self._celery(), owed)
+            except (OperationalError, redis.RedisError) as exc:
+                log.warning("callbacks of cancelled jobs not sent (%s); the workers will", exc)
 
     # lookup by either kind of id ----------------------------------------------
 
@@ -700,10 +806,15 @@ class JobClient:
         )
 
     @staticmethod
-    def _step_extra(awaiting_image: bool, deadline: float) -> dict[str, str]:
+    def _step_extra(
+        awaiting_image: bool, deadline: float, *, chain_callback: bool
+    ) -> dict[str, str]:
         extra = {STEP_DEADLINE_FIELD: repr(deadline)}
         if awaiting_image:
             extra[AWAITING_IMAGE_FIELD] = "1"
+        if chain_callback:
+            # The step's ending puts the chain in the callbacks outbox (worker.store).
+            extra[CHAIN_CALLBACK_FIELD] = "1"
         return extra
 
     def _chain_of_existing_job(self, job_id: str) -> str:

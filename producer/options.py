@@ -1,5 +1,5 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key; and the queue a priority routes to.
+idempotency key, callback URL; and the queue a priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -16,8 +16,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from worker.limits import MAX_DEADLINE_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_METADATA_BYTES
+from worker.limits import (
+    MAX_CALLBACK_URL_CHARS,
+    MAX_DEADLINE_SECONDS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_METADATA_BYTES,
+)
 from worker.models import Priority
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
@@ -39,6 +45,8 @@ class JobOptions:
     deadline: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    #: Where the worker POSTs the final record (``worker.callbacks``).
+    callback_url: str | None = None
 
     @property
     def queue(self) -> str:
@@ -53,13 +61,18 @@ def check_options(
     metadata: object,
     idempotency_key: object,
     default_deadline: float,
+    callback_url: object = None,
+    callbacks_signed: bool = True,
 ) -> JobOptions | None:
+    """``callbacks_signed``: the client has ``WAVEQUEUE_CALLBACK_SECRET`` (a backend that
+    asks for callbacks verifies them with it): without it, a ``callback_url`` is refused."""
     """Options as a ``JobOptions``, or None with every problem added to ``problems``."""
     before = len(problems)
     checked_priority = _priority(problems, priority)
     checked_deadline = _deadline(problems, default_deadline if deadline is None else deadline)
     checked_metadata = _metadata(problems, {} if metadata is None else metadata)
     checked_key = _idempotency_key(problems, idempotency_key)
+    checked_callback = _callback_url(problems, callback_url, callbacks_signed)
     if len(problems) > before:
         return None
     assert checked_priority is not None and checked_deadline is not None
@@ -68,6 +81,7 @@ def check_options(
         deadline=checked_deadline,
         metadata=checked_metadata or {},
         idempotency_key=checked_key,
+        callback_url=checked_callback,
     )
 
 
@@ -121,3 +135,54 @@ def _idempotency_key(problems: dict[str, str], value: object) -> str | None:
         problems["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         return None
     return value
+
+
+def _callback_url(problems: dict[str, str], value: object, signed: bool) -> str | None:
+    """An absolute http(s) URL with a host, no credentials, no whitespace. Private hosts
+    are allowed on purpose: a backend usually sits inside the same network as the workers
+    (so only trusted code should choose a callback URL; see the README)."""
+    if value is None:
+        return None
+    why = _callback_url_problem(value)
+    if why is None and not signed:
+        why = (
+            "needs WAVEQUEUE_CALLBACK_SECRET set here too (the Standard Webhooks secret "
+            "callbacks are signed with, which your receiver verifies)"
+        )
+    if why is not None:
+        problems["callback_url"] = why
+        return None
+    assert isinstance(value, str)
+    return value
+
+
+def _callback_url_problem(value: object) -> str | None:
+    """What is wrong with a callback URL, or None. Never quotes the URL: it may carry a token."""
+    if not isinstance(value, str) or not value.strip():
+        return "must be an http(s) URL"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return "is not a valid URL"
+    checks = (
+        (
+            len(value) > MAX_CALLBACK_URL_CHARS,
+            f"must be at most {MAX_CALLBACK_URL_CHARS} characters",
+        ),
+        (
+            any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value),
+            "must not contain whitespace or control characters",
+        ),
+        (
+            parts.scheme.lower() not in ("http", "https"),
+            f"must be http or https, not {parts.scheme or 'relative'!r}",
+        ),
+        (not parts.hostname, "must name a host"),
+        (
+            parts.username is not None or parts.password is not None,
+            "must not carry credentials (user:password@): records show the URL",
+        ),
+        (port == 0, "must not use port 0"),
+    )
+    return next((why for failed, why in checks if failed), None)

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.images import DEFAULT_MAX_INLINE_BYTES, ImageReferenceError, resolve_image
+from producer.images import (
+    DEFAULT_MAX_INLINE_BYTES,
+    NO_LOCAL_FILES,
+    ImageReferenceError,
+    LocalFiles,
+    resolve_image,
+)
 from producer.options import JobOptions, check_options
 from worker.errors import ValidationError
 from worker.models import (
@@ -34,7 +40,7 @@ DEFAULT_MODEL_FOR_KIND: Mapping[EndpointKind, str] = {
 }
 
 #: Keys of a request mapping (a batch line, a chain step) that are options, not fields.
-OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key")
+OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key", "callback_url")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class Limits:
     image_base: Path | None = None
     #: ``Settings.allow_private_image_urls``: image URLs may name private hosts.
     allow_private_image_urls: bool = False
+    #: Which local files may be read (none unless the client says so).
+    local_files: LocalFiles = NO_LOCAL_FILES
+    #: ``Settings.callback_secret`` is set: callbacks can be asked for.
+    callbacks_signed: bool = False
 
 
 def models_of_kind(kind: EndpointKind) -> list[str]:
@@ -94,7 +104,10 @@ def resolve_images(
     if "image" in fields:
         try:
             fields["image"] = resolve_image(
-                fields["image"], max_bytes=limits.max_inline_bytes, base_dir=limits.image_base
+                fields["image"],
+                max_bytes=limits.max_inline_bytes,
+                base_dir=limits.image_base,
+                local_files=limits.local_files,
             )
         except ImageReferenceError as exc:
             problems[prefix + "image"] = str(exc)
@@ -105,7 +118,10 @@ def resolve_images(
             try:
                 resolved.append(
                     resolve_image(
-                        source, max_bytes=limits.max_inline_bytes, base_dir=limits.image_base
+                        source,
+                        max_bytes=limits.max_inline_bytes,
+                        base_dir=limits.image_base,
+                        local_files=limits.local_files,
                     )
                 )
             except ImageReferenceError as exc:
@@ -147,6 +163,7 @@ def prepare_job(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
+    callback_url: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
     problems: dict[str, str] = {}
@@ -160,6 +177,8 @@ def prepare_job(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
+        callback_url=callback_url,
+        callbacks_signed=limits.callbacks_signed,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
@@ -176,7 +195,8 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``; every other key is a WaveSpeed field of that model.
+    ``idempotency_key``, ``callback_url``; every other key is a WaveSpeed field of that
+    model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

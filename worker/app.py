@@ -20,7 +20,14 @@ from worker.run_logs import PER_RUN_LOGGERS
 from worker.settings import Settings
 from worker.task_events import UnbufferedTaskEvents
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ConfigError as _refused:
+    # `celery -A worker.app ...` (worker, flower, inspect): one line and EX_CONFIG, as
+    # `wavequeue worker` says it, rather than an import traceback.
+    sys.stderr.write(f"wavequeue: {_refused}\n")
+    sys.stderr.flush()
+    raise SystemExit(78) from None
 app = make_app(settings)
 # After a Redis restart or outage, the messages a worker held (countdowns above all) go
 # back to their queue when its consumer reconnects, not after the visibility timeout.

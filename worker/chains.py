@@ -1,18 +1,23 @@
-"""Celery chains of ``run_job`` steps, built by task name.
+"""Celery chains of ``run_job`` steps, and callback deliveries, sent by task name.
 
 Each step's return value (its first output URL) becomes the next step's
-``previous_output``. Used by the producer to start and resume chains, and by the
-sweeper to re-send a lost step together with the steps after it.
+``previous_output``. Used by the producer to start and resume chains, by the
+sweeper to re-send a lost step together with the steps after it, and by the
+webhook receiver to continue a chain whose step its callback completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery, chain
 
-from worker.constants import RUN_JOB_TASK
+from worker.constants import DELIVER_CALLBACK_TASK, QUEUE_CALLBACKS, RUN_JOB_TASK
+from worker.errors import JobNotFoundError
+from worker.models import JobState
+from worker.store import JobStore
 
 
 def send_job_chain(
@@ -37,3 +42,46 @@ def send_job_chain(
         signatures[0].apply_async()
     else:
         chain(*signatures).apply_async()
+
+
+def send_job_and_rest(
+    app: Celery, store: JobStore, state: JobState, first_kwargs: Mapping[str, Any]
+) -> None:
+    """Send a job's message again; a chain step takes the steps after it along (what the
+    sweeper and a wake send)."""
+    job_ids = [state.id]
+    if state.chain_id and state.step:
+        # If the chain record expired, finish this step at least.
+        with contextlib.suppress(JobNotFoundError):
+            job_ids += store.get_chain(state.chain_id).step_job_ids[state.step :]
+    send_job_chain(app, job_ids, state.priority.queue, first_kwargs=first_kwargs)
+
+
+def continue_chain(app: Celery, store: JobStore, state: JobState) -> bool:
+    """After a chain step completed outside its own message (its webhook ended it), send
+    the steps after it, the first with this step's output, exactly as the step's own run
+    would have (Celery's chain callback). False when there is nothing to continue."""
+    if not (state.chain_id and state.step and state.outputs):
+        return False
+    try:
+        rest = store.get_chain(state.chain_id).step_job_ids[state.step :]
+    except JobNotFoundError:
+        return False  # expired: nothing left to run
+    if not rest:
+        return False
+    first_kwargs = {"previous_output": state.outputs[0]}
+    send_job_chain(app, rest, state.priority.queue, first_kwargs=first_kwargs)
+    return True
+
+
+def send_callback_deliveries(app: Celery, members: Sequence[str]) -> None:
+    """Send ``deliver_callback`` for each outbox member (``job:<id>``, ``chain:<id>``)."""
+    with app.producer_or_acquire() as producer:
+        for member in members:
+            app.send_task(
+                DELIVER_CALLBACK_TASK,
+                kwargs={"target": member},
+                queue=QUEUE_CALLBACKS,
+                ignore_result=True,
+                producer=producer,
+            )

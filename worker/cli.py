@@ -19,7 +19,7 @@ import sys
 
 import click
 
-from worker.constants import QUEUES
+from worker.constants import WORKER_QUEUES
 from worker.errors import ConfigError
 from worker.settings import Settings
 
@@ -37,7 +37,7 @@ DEFAULT_CONCURRENCY = 16
     help="Runs at once per worker process.",
 )  # fmt: skip
 @click.option(
-    "--queues", "-Q", default=",".join(QUEUES), show_default=True,
+    "--queues", "-Q", default=",".join(WORKER_QUEUES), show_default=True,
     help="Queues to consume, comma-separated.",
 )  # fmt: skip
 @click.option("--loglevel", "-l", default="INFO", show_default=True)

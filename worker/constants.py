@@ -16,6 +16,9 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
+#: One inline image (a ``data:`` URI) of a job, until the worker uploads it: the request
+#: holds a marker instead (``worker.inline_images``), so records never hold the bytes.
+INLINE_KEY: Final = KEY_PREFIX + "inline:{image_id}"
 #: One day's finished jobs (UTC date ``YYYY-MM-DD``), kept by the terminal transition long
 #: after the records expire. Fields ``<measure>|<model>``: a terminal status (completed,
 #: failed, timed_out) counts jobs, ``outputs`` counts images delivered, ``inference_ms``
@@ -64,8 +67,25 @@ DUE_POLLS_KEY: Final = KEY_PREFIX + "due_polls"
 #: found): kept out of the sweeper's batches, looked at again now and then (a newer
 #: version may read them), listed for operators.
 QUARANTINE_KEY: Final = KEY_PREFIX + "quarantine"
+#: Callbacks owed (``worker.callbacks``): members ``job:<id>`` / ``chain:<id>``, scored by
+#: when the sweeper should send a delivery message for it (none was sent, or it was lost,
+#: or the next attempt is further off than a countdown may wait).
+CALLBACKS_KEY: Final = KEY_PREFIX + "callbacks"
+#: How long a new ending's callback waits for the message its ender sends before the
+#: sweeper sends one (the ender crashed in between, or could not reach the broker).
+CALLBACK_SEND_GRACE: Final = 60.0
 #: Held by the one worker that sweeps at a time.
 SWEEPER_LOCK_KEY: Final = KEY_PREFIX + "sweeper:lock"
+#: Which job a WaveSpeed prediction belongs to (its id -> the job id), written with the
+#: prediction id when webhooks are on: a callback can prove an unknown submit's prediction
+#: to its own job only, never hand one job's prediction to another.
+PREDICTION_OWNER_KEY: Final = KEY_PREFIX + "prediction:{prediction_id}"
+#: A ``webhook-id`` the receiver has taken (kept ``WEBHOOK_SEEN_TTL``): a replay is
+#: answered 200 and applied once, whatever job URL it is sent to.
+WEBHOOK_SEEN_KEY: Final = KEY_PREFIX + "webhook:seen:{webhook_id}"
+#: Longer than any replay can verify: a signature is good from 300 s before its timestamp
+#: to 300 s after, so 600 s after first sight, plus room for clock skew.
+WEBHOOK_SEEN_TTL: Final = 900
 #: Workers by node name, scored by their last heartbeat (Redis time): the exporter counts
 #: the ones that beat recently, so a page fires when every worker is dead or hung.
 WORKERS_KEY: Final = KEY_PREFIX + "workers"
@@ -79,10 +99,17 @@ WORKER_FORGET_AFTER: Final = 3600.0
 
 #: The one task name producers send by; they never import worker.tasks.
 RUN_JOB_TASK: Final = "wavequeue.run_job"
+#: Delivers one callback (``worker.callbacks``); sent by name like ``run_job``.
+DELIVER_CALLBACK_TASK: Final = "wavequeue.deliver_callback"
 
 QUEUE_HIGH: Final = "wavequeue.high"
 QUEUE_NORMAL: Final = "wavequeue.normal"
 QUEUES: Final = (QUEUE_HIGH, QUEUE_NORMAL)
+#: Callback deliveries have a queue of their own: a slow backend never holds up jobs,
+#: and operators may run workers that only deliver (``wavequeue worker -Q``).
+QUEUE_CALLBACKS: Final = "wavequeue.callbacks"
+#: What a worker consumes by default: the job queues and the callbacks.
+WORKER_QUEUES: Final = (*QUEUES, QUEUE_CALLBACKS)
 
 #: How many recent completions per model feed the poll schedule (``schedule.LatencyProfile``).
 LATENCY_SAMPLE_SIZE: Final = 200

@@ -40,6 +40,8 @@ MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 #: The longest deadline a job may ask for (records of live jobs do not expire).
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
+#: Characters in a callback URL (where the worker POSTs a job's final record).
+MAX_CALLBACK_URL_CHARS = 2048
 #: Steps in one chain.
 MAX_CHAIN_STEPS = 20
 #: Requests in one ``wavequeue batch`` file. At ~300 jobs/s and ~3 KB of Redis per
@@ -47,6 +49,10 @@ MAX_CHAIN_STEPS = 20
 MAX_BATCH_LINES = 10_000
 #: Bytes of one batch line: one request at its largest, plus room for the options.
 MAX_BATCH_LINE_BYTES = MAX_REQUEST_BYTES + 64 * 1024
+#: Bytes of one output image ``wavequeue download`` saves (``--max-bytes``). FLUX Kontext
+#: answers about one megapixel: a PNG of a few MB; 50 MB leaves room for 4 MP outputs
+#: and stops a host that sends without end.
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 #: Bytes of all of a batch's requests together (local images inlined): they are all
 #: held in memory until every line has passed, then written to Redis.
 MAX_BATCH_BYTES = 256 * 1024 * 1024

@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
+from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
 
 MODEL_PREFIX = "wavespeed-ai/"
@@ -204,6 +205,32 @@ def validate_request(
     return body
 
 
+def image_reference_problems(
+    body: Mapping[str, Any], *, allow_private_image_urls: bool = False
+) -> dict[str, str]:
+    """The URL rule on every image of a stored request body, as the worker applies it
+    again before anything is sent on (a record written by an older producer, or straight
+    into Redis, or a chain step's image filled in at run time): ``{field: why}``, empty
+    when every image passes. An inline-image marker is not an image (it must have been
+    uploaded first)."""
+    problems: dict[str, str] = {}
+    for field in ("image", "images"):
+        value = body.get(field)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if item is None:
+                continue
+            name = field if index is None else f"{field}[{index}]"
+            if not isinstance(item, str) or is_marker(item):
+                problems[name] = "not an image reference"
+                continue
+            try:
+                check_image_reference(item, allow_private=allow_private_image_urls)
+            except ImageReferenceError as exc:
+                problems[name] = str(exc)
+    return problems
+
+
 def request_size(body: Mapping[str, Any]) -> int:
     """Bytes of ``body`` as compact UTF-8 JSON: what the limit on a request counts."""
     return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
@@ -227,6 +254,9 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    #: Stopped by ``JobClient.cancel`` (or with its chain): never submitted if it was not
+    #: yet, its remote result ignored if it was (WaveSpeed has no cancel endpoint).
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
@@ -237,7 +267,9 @@ class JobStatus(StrEnum):
         return _RANK[self]
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+)
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.SUBMITTING: 1,
@@ -246,6 +278,7 @@ _RANK = {
     JobStatus.COMPLETED: 4,
     JobStatus.FAILED: 4,
     JobStatus.TIMED_OUT: 4,
+    JobStatus.CANCELLED: 4,
 }
 
 
@@ -295,6 +328,14 @@ class JobState(BaseModel):
     chain_id: str | None = None
     step: int | None = None
     idempotency_key: str | None = None
+    #: Where the worker POSTs the final record once the job ends (``worker.callbacks``),
+    #: and how that delivery went: attempts made, the last HTTP status answered (0: no
+    #: answer), when a 2xx came back, and when the worker gave up.
+    callback_url: str | None = None
+    callback_attempts: int = 0
+    callback_status: int | None = None
+    callback_delivered_at: float | None = None
+    callback_failed_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -34,7 +34,6 @@ without its credentials, and ``unavailable`` turns a redis-py or kombu error int
 
 from __future__ import annotations
 
-import re
 import ssl
 import threading
 import time
@@ -49,6 +48,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from worker.errors import BrokerUnavailableError
+from worker.redis_urls import redact
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -61,8 +61,6 @@ RETRY_BACKOFF_BASE = 0.1
 RETRY_BACKOFF_CAP = 1.0
 
 _deadlines = threading.local()
-#: ``scheme://user:password@`` -> group 1 is ``scheme://user:``.
-_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s;]*:)[^\s;]*@", re.IGNORECASE)
 
 
 class RetryWithin(Retry):
@@ -248,12 +246,6 @@ def redis_client(
         )
         return client
     return redis.Redis.from_url(settings.redis_url, **common, **(ssl_options(settings) or {}))
-
-
-def redact(text: str) -> str:
-    """``text`` (a URL, several ``;``-separated, or a sentence quoting one) with every
-    password in a URL replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def describe(settings: Settings) -> str:

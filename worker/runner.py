@@ -35,31 +35,40 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 
 from worker.clock import Clock
-from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
+from worker.constants import PREDICTION_OWNER_KEY
 from worker.errors import (
     BrokerUnavailableError,
-    JobNotFoundError,
     PermanentError,
     RateLimitedError,
     SubmitOutcomeUnknownError,
     TransientError,
-    UnreadableRecordError,
     WaveSpeedError,
 )
+from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
 from worker.latency import LatencyProfiles
-from worker.models import JobError, JobState, JobStatus
+from worker.models import JobState, JobStatus, image_reference_problems
+from worker.parking import take_unparked
 from worker.ratelimit import AccountLimiter
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
-from worker.store import Effect, JobSnapshot, JobStore, Moved, counter_field
+from worker.settle import (
+    ENDED_BY_WEBHOOK,
+    NOTHING,
+    Duplicate,
+    Finished,
+    Settler,
+    Tally,
+)
+from worker.store import Claim, JobSnapshot, JobStore, Moved, counter_field
 from worker.wavespeed import Prediction, failure_of
+from worker.webhooks.urls import callback_url
 
 log = logging.getLogger(__name__)
 
@@ -79,33 +88,30 @@ def _store_unavailable(exc: Exception) -> bool:
 
 
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: A request the worker refuses to send on (the URL rule, an unreadable inline image).
+INVALID_INPUT = "invalid_input"
+#: An inline image's key expired before the worker uploaded it.
+INLINE_IMAGE_MISSING = "inline_image_missing"
 
 
 class PredictionAPI(Protocol):
     """What the runner needs of WaveSpeed (``worker.wavespeed.WaveSpeedClient``)."""
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction: ...
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction: ...
 
     def result(self, prediction_id: str) -> Prediction: ...
 
-
-@dataclass(frozen=True)
-class Finished:
-    state: JobState
-    #: This run made the job terminal (not a copy that found it so): an in-flight slot
-    #: may have freed, so a parked job is woken.
-    ended_here: bool = False
-
-    @property
-    def output(self) -> str | None:
-        return self.state.outputs[0] if self.state.outputs else None
+    def upload(self, data: bytes, content_type: str, filename: str) -> str: ...
 
 
 @dataclass(frozen=True)
 class Reschedule:
     countdown: float
     poll_seq: int
-    #: "poll" (not an error), "error" (uses the retry budget) or "rate_limit" (waits for a token).
+    #: "poll" (not an error), "error" (uses the retry budget), "rate_limit" (waits for a
+    #: token) or "orphan_wait" (waits for a webhook to prove an unknown submit's prediction).
     reason: str
 
 
@@ -120,11 +126,6 @@ class Deferred:
 
 
 @dataclass(frozen=True)
-class Duplicate:
-    reason: str
-
-
-@dataclass(frozen=True)
 class Parked:
     """Refused for the in-flight cap: the job waits in the limiter's parked set, with no
     message, until a run that frees a slot (or the sweeper, seeing free slots) sends it
@@ -136,27 +137,21 @@ Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
 #: A parked job is sent again by the sweeper's usual re-send after this long at most, if
 #: no wake reached it (its parked entry lost with a failover, say).
 PARK_HORIZON = 600.0
-#: How many times a wake takes more parked jobs in place of ones that no longer wait.
-_UNPARK_ROUNDS = 4
 
 
-@dataclass(frozen=True)
-class _Tally:
-    """What the run did that must be counted with the write that follows it: record
-    increments (applied with the write) and global counters (counted whatever it decides,
-    because the HTTP call happened)."""
+_Tally = Tally
+_NOTHING = NOTHING
 
-    increments: Mapping[str, int]
-    count: Sequence[str]
-
-    def __add__(self, other: _Tally) -> _Tally:
-        merged = dict(self.increments)
-        for field, amount in other.increments.items():
-            merged[field] = merged.get(field, 0) + amount
-        return _Tally(merged, [*self.count, *other.count])
-
-
-_NOTHING = _Tally({}, ())
+__all__ = [
+    "Deferred",
+    "Duplicate",
+    "Finished",
+    "JobRunner",
+    "Outcome",
+    "Parked",
+    "PredictionAPI",
+    "Reschedule",
+]
 
 
 class JobRunner:
@@ -180,6 +175,12 @@ class JobRunner:
         self.rng = rng or random.Random()
         #: Each model's recent latency, read from Redis at most every half minute.
         self.latency = LatencyProfiles(store, clock=self.clock)
+        #: Applies a prediction's end to its job: the same code the webhook receiver runs.
+        self.settler = Settler(store, clock=self.clock)
+        #: With webhooks on: the key that MACs each job's callback URL.
+        self.webhook_url_key = (
+            settings.require_webhook_url_key() if settings.webhooks_enabled else None
+        )
         #: How overdue a poll must be before an older copy concludes its message was lost.
         self.takeover_grace = (settings.visibility_timeout - settings.longest_countdown) / 2
 
@@ -188,7 +189,7 @@ class JobRunner:
     def run(self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None) -> Outcome:
         snap = self.store.snapshot(job_id)
         if snap.state.is_terminal:
-            return Finished(snap.state)
+            return self._ended(snap)
         now = self.clock()
         if now >= snap.state.deadline_at:
             if snap.field("prediction_id") and poll_seq == int(snap.number("poll_seq")):
@@ -200,7 +201,17 @@ class JobRunner:
                 return Finished(snap.state)
         if snap.field("prediction_id"):
             return self._poll(snap, poll_seq, now)
-        return self._submit(snap, now)
+        return self._upload_then_submit(snap, now)
+
+    @staticmethod
+    def _ended(snap: JobSnapshot) -> Outcome:
+        """A message for a job that has ended: its result, so that a chain whose next
+        message was lost carries on; unless its webhook ended it, when the receiver sent
+        the chain on and this message (the safety-net poll, carrying the chain too) must
+        not send it again."""
+        if snap.field("ended_by") == ENDED_BY_WEBHOOK:
+            return Duplicate("ended by its webhook; the chain went on from there")
+        return Finished(snap.state)
 
     def _last_look(self, snap: JobSnapshot, poll_seq: int) -> Outcome:
         """The poll due at the deadline: a prediction that completed in the last interval
@@ -212,7 +223,7 @@ class JobRunner:
             return self._time_out(snap)
         if prediction.status.value == "completed":
             polled = _Tally({"polls": 1}, [counter_field("polls", model=snap.state.model)])
-            return self._complete(snap, prediction, polled)
+            return self.settler.complete(snap, prediction, path="poll", tally=polled)
         return self._time_out(snap)
 
     def time_out(self, snap: JobSnapshot) -> Outcome:
@@ -235,6 +246,57 @@ class JobRunner:
                 updates={"awaiting_image": "0"},
                 request=request.with_input({**request.input, "image": image}),
             )
+        return self.store.snapshot(job_id)
+
+    def _upload_then_submit(self, snap: JobSnapshot, now: float) -> Outcome:
+        if snap.field(INLINE_FIELD) == "1":
+            uploaded = self._upload_inline_images(snap)
+            if not isinstance(uploaded, JobSnapshot):
+                return uploaded
+            snap = uploaded
+        return self._submit(snap, now)
+
+    def _upload_inline_images(self, snap: JobSnapshot) -> Outcome | JobSnapshot:
+        """Upload the request's inline images to WaveSpeed, write their URLs into the
+        request in place of the markers, and forget the bytes (``worker.inline_images``).
+        An upload is safe to repeat: failures are error retries on the job's budget."""
+        job_id = snap.state.id
+        no_submit_yet = {"prediction_id": "", "submit_token": ""}
+        request = self.store.request(job_id)
+        image_ids = marker_ids(request.input)
+        stored = self.store.inline_images(image_ids)
+        missing = [image_id for image_id in image_ids if image_id not in stored]
+        if missing:
+            return self._fail(
+                snap,
+                no_submit_yet,
+                INLINE_IMAGE_MISSING,
+                f"{len(missing)} inline image(s) of this job are no longer stored (expired)",
+            )
+        urls: dict[str, str] = {}
+        for image_id in image_ids:
+            try:
+                data, mime = decode_data_uri(stored[image_id])
+            except ValueError as exc:
+                return self._fail(snap, no_submit_yet, INVALID_INPUT, f"inline image: {exc}")
+            extension = mime.rpartition("/")[2] or "png"
+            try:
+                urls[image_id] = self.client.upload(data, mime, f"{image_id}.{extension}")
+            except TransientError as exc:
+                return self._error_retry(snap, exc, poll_seq=0)
+            except PermanentError as exc:
+                message = f"uploading an inline image: {exc.message}"
+                return self._fail(snap, no_submit_yet, exc.code, message)
+        moved = self.store.transition(
+            job_id,
+            expect={INLINE_FIELD: "1", **no_submit_yet},
+            updates={INLINE_FIELD: ""},
+            request=request.with_input(with_images(request.input, urls)),
+            count=[counter_field("inline_uploads", model=snap.state.model)] * len(urls),
+        )
+        if not moved:
+            return Duplicate(f"uploaded images not recorded ({moved.name.lower()})")
+        self.store.drop_inline_images(image_ids)
         return self.store.snapshot(job_id)
 
     def _submit(self, snap: JobSnapshot, now: float) -> Outcome:
@@ -268,6 +330,12 @@ class JobRunner:
             wait = permit.wait + self.rng.uniform(0, 0.25)
             wait = min(wait, self.settings.retry_max_delay, time_left)
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
+        return self._claim_and_send(snap, now)
+
+    def _claim_and_send(self, snap: JobSnapshot, now: float) -> Outcome:
+        """With a permit: take the right to POST (compare-and-set), check the request
+        once more, and send it."""
+        state = snap.state
         token = uuid.uuid4().hex
         lease = self.settings.submit_lease
         claimed, request = self.store.transition_and_read_request(
@@ -281,20 +349,44 @@ class JobRunner:
                 "next_run_at": now + lease,
             },
             increments={"attempts": 1},
+            # Never submit past the deadline, however long the limiter or the queue took.
+            live_at=self.clock(),
         )
         if not claimed or request is None:
-            return Duplicate(f"submit not claimed ({claimed.name.lower()})")
+            return self._not_claimed(state.id, claimed)
+        # The URL rule again, with this worker's setting, before anything is sent on.
+        problems = image_reference_problems(
+            request.input, allow_private_image_urls=self.settings.allow_private_image_urls
+        )
+        if problems:
+            self.limiter.release(state.id)
+            reasons = "; ".join(f"{field}: {why}" for field, why in problems.items())
+            message = f"refused before submitting: {reasons}"
+            return self._fail(snap, {"submit_token": token}, INVALID_INPUT, message)
         # The claim changed only bookkeeping this run does not read again: no re-read.
         return self._send(snap, token, request.input)
+
+    def _not_claimed(self, job_id: str, claimed: Moved) -> Outcome:
+        if claimed in (Moved.FINISHED, Moved.PAST_DEADLINE):
+            # Ended meanwhile (cancelled, timed out), or must end now: the slot just taken
+            # is nobody's.
+            self.limiter.release(job_id)
+        if claimed is Moved.PAST_DEADLINE:
+            return self._time_out(self.store.snapshot(job_id))
+        return Duplicate(f"submit not claimed ({claimed.name.lower()})")
 
     def _send(self, snap: JobSnapshot, token: str, body: Mapping[str, Any]) -> Outcome:
         state = snap.state
         # Everything the write after the POST needs is read before it: once a prediction
         # exists, only that write may touch Redis.
-        delay = self._poll_delay(state, self.clock(), submitted_at=self.clock())
+        if self.webhook_url_key is not None:
+            delay = self._webhook_wait(state, self.clock())
+        else:
+            delay = self._poll_delay(state, self.clock(), submitted_at=self.clock())
+        webhook = self._callback_url(state.id)
         lease_ends = time.monotonic() + self.settings.submit_lease - LEASE_MARGIN
         try:
-            prediction = self.client.submit(state.model, body)
+            prediction = self.client.submit(state.model, body, webhook=webhook)
         except SubmitOutcomeUnknownError as exc:
             self.store.count("submit_outcome_unknown", model=state.model)
             return self._ambiguous(snap, token, exc)
@@ -325,6 +417,7 @@ class JobRunner:
             },
             count=[counter_field("submissions", model=state.model)],
             defer_until=self._deferral(delay, due),
+            claim=self._ownership(state, prediction.id, now),
         )
         if not moved:
             # The job ended (or another copy took over) while the POST was in flight: the
@@ -373,12 +466,48 @@ class JobRunner:
                 time.sleep(1.0)
 
     def _ambiguous(self, snap: JobSnapshot, token: str, exc: WaveSpeedError) -> Outcome:
-        """The POST may have created a prediction we know nothing of."""
+        """The POST may have created a prediction we know nothing of. With webhooks on,
+        the job first waits for a webhook to prove it (the receiver adopts the prediction);
+        the configured policy applies only if none came."""
+        if self.webhook_url_key is not None and not snap.field("outcome_unknown_at"):
+            return self._await_orphan_webhook(snap, token)
         if self.settings.ambiguous_submit_policy == "fail":
             message = f"{exc.message} (not re-sent: WAVEQUEUE_AMBIGUOUS_SUBMIT=fail)"
+            if snap.field("outcome_unknown_at"):
+                message += "; no webhook proved the prediction while the job waited"
             return self._fail(snap, {"submit_token": token}, SUBMIT_OUTCOME_UNKNOWN, message)
         tally = _Tally({}, [counter_field("resubmissions", model=snap.state.model)])
         return self._error_retry(snap, exc, poll_seq=0, token=token, tally=tally)
+
+    def _await_orphan_webhook(self, snap: JobSnapshot, token: str) -> Outcome:
+        """Keep the submit right (no copy may POST) and wait ``_orphan_window`` for the
+        prediction's webhook: the receiver adopts the prediction only from a job marked
+        ``outcome_unknown_at`` that holds this token. This job's next run comes at the
+        window's end (a deferred poll when the window is long); if the job is still
+        unproven then, the policy applies."""
+        now = self.clock()
+        window = self._orphan_window(snap.state, now)
+        due = now + window
+        moved = self.store.transition(
+            snap.state.id,
+            expect={"submit_token": token, "prediction_id": ""},
+            updates={
+                "outcome_unknown_at": now,
+                "submit_lease_until": due,
+                "next_run_at": due,
+            },
+            defer_until=self._deferral(window, due),
+        )
+        if not moved:
+            return Duplicate(f"orphan wait not recorded ({moved.name.lower()})")
+        log.warning(
+            "job %s: submit outcome unknown; waiting %.0fs for its webhook before "
+            "WAVEQUEUE_AMBIGUOUS_SUBMIT=%s applies",
+            snap.state.id,
+            window,
+            self.settings.ambiguous_submit_policy,
+        )
+        return self._next_poll(window, due, 0, "orphan_wait")
 
     # poll ---------------------------------------------------------------------
 
@@ -420,66 +549,12 @@ class JobRunner:
                 extra["status"] = JobStatus.PROCESSING.value
             delay = self._poll_delay(state, now)
             return self._schedule(snap, my_seq, delay, "poll", polled, extra=extra)
-        if prediction.status.value == "completed":
-            return self._complete(snap, prediction, polled)
+        settled = self.settler.settle(snap, prediction, path="poll", tally=polled)
+        if settled is not None:
+            return settled
         failure = failure_of(prediction)
-        if isinstance(failure, TransientError):
-            return self._resubmit_after_remote_failure(snap, prediction, failure, polled)
-        return self._fail(
-            snap, {"prediction_id": prediction.id}, failure.code, failure.message, tally=polled
-        )
-
-    def _complete(self, snap: JobSnapshot, prediction: Prediction, polled: _Tally) -> Outcome:
-        state = snap.state
-        now = self.clock()
-        updates: dict[str, Any] = {
-            "status": JobStatus.COMPLETED,
-            "outputs": prediction.outputs,
-            "has_nsfw_contents": prediction.has_nsfw_contents,
-            "inference_ms": prediction.inference_ms,
-            "completed_at": now,
-        }
-        finished = state.model_copy(update={**updates, "polls": state.polls + 1})
-        done = self.store.transition(
-            state.id,
-            expect={"prediction_id": prediction.id},
-            updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
-            increments=polled.increments,
-            count=polled.count,
-            count_if_applied=[
-                counter_field("jobs_completed", model=state.model),
-                counter_field("jobs_ended", model=state.model, outcome="completed"),
-            ],
-            # The completion's bookkeeping, in the same step: counted once, one round trip.
-            effects=self._completion_effects(finished, prediction, now),
-        )
-        if not done:
-            return Duplicate(f"completion not applied ({done.name.lower()})")
-        log.info(
-            "job %s completed in %.1fs (%d poll(s), %d output(s))",
-            state.id,
-            now - state.created_at,
-            finished.polls,
-            len(prediction.outputs),
-        )
-        return Finished(finished, ended_here=True)
-
-    def _completion_effects(
-        self, state: JobState, prediction: Prediction, now: float
-    ) -> list[Effect]:
-        observe = self.store.observation
-        effects = [
-            *observe("end_to_end_seconds", now - state.created_at, LATENCY_BUCKETS),
-            *observe("polls_per_job", state.polls, POLL_COUNT_BUCKETS),
-        ]
-        if state.submitted_at is not None:
-            waited = state.submitted_at - state.created_at
-            ran = now - state.submitted_at
-            effects += observe("queued_to_submitted_seconds", waited, LATENCY_BUCKETS)
-            effects += observe("submitted_to_completed_seconds", ran, LATENCY_BUCKETS)
-        if prediction.inference_ms is not None:
-            effects.append(self.store.latency_sample(state.model, prediction.inference_ms / 1000))
-        return effects
+        assert isinstance(failure, TransientError)  # settle() ends every other failure
+        return self._resubmit_after_remote_failure(snap, prediction, failure, polled)
 
     def _resubmit_after_remote_failure(
         self, snap: JobSnapshot, prediction: Prediction, failure: TransientError, polled: _Tally
@@ -609,31 +684,8 @@ class JobRunner:
         return Parked()
 
     def unparked(self, count: int) -> list[JobSnapshot]:
-        """Up to ``count`` parked jobs that still wait for a slot, taken from the parked
-        set (longest parked first), for the caller to send again. A job waits for a slot
-        when it is live with no prediction and no submit in progress, whatever its status
-        (a 503 on submit leaves it ``submitting``, a remote failure before a new attempt
-        ``processing``). Others are dropped, and more are taken in their place."""
-        ready: list[JobSnapshot] = []
-        for _ in range(_UNPARK_ROUNDS):
-            taken = self.limiter.unpark(count - len(ready))
-            for job_id in taken:
-                snap = self._waiting_for_a_slot(job_id)
-                if snap is None:
-                    self.limiter.woke(job_id)
-                else:
-                    ready.append(snap)
-            if len(ready) >= count or len(taken) == 0:
-                break
-        return ready
-
-    def _waiting_for_a_slot(self, job_id: str) -> JobSnapshot | None:
-        try:
-            snap = self.store.snapshot(job_id)
-        except (JobNotFoundError, UnreadableRecordError):
-            return None
-        waiting = not snap.state.is_terminal and not snap.field("prediction_id")
-        return snap if waiting and not snap.field("submit_token") else None
+        """Up to ``count`` parked jobs that still wait for a slot (``worker.parking``)."""
+        return take_unparked(self.store, self.limiter, count)
 
     def _reschedule_submit(
         self,
@@ -650,7 +702,9 @@ class JobRunner:
         delay = round(delay, 3)
         updates: dict[str, Any] = {"next_run_at": self.clock() + delay}
         if token is not None:
+            # The right to POST goes back; an unknown outcome's wait for a webhook is over.
             updates["submit_token"] = ""
+            updates["outcome_unknown_at"] = ""
         moved = self.store.transition(
             snap.state.id,
             expect={"prediction_id": "", "submit_token": token or ""},
@@ -672,33 +726,7 @@ class JobRunner:
         *,
         tally: _Tally = _NOTHING,
     ) -> Outcome:
-        state = snap.state
-        error = JobError(code=code if code is not None else "unknown", message=message)
-        if status is JobStatus.TIMED_OUT:
-            ending = counter_field("jobs_timed_out", model=state.model)
-        else:
-            ending = counter_field("jobs_failed", model=state.model, code=str(error.code))
-        # Every ending by outcome in one counter: the denominator of failure ratios.
-        ended = counter_field("jobs_ended", model=state.model, outcome=status.value)
-        now = self.clock()
-        done = self.store.transition(
-            state.id,
-            expect=expect,
-            updates={"status": status.value, "error": error.model_dump(), "completed_at": now},
-            increments=tally.increments,
-            count=tally.count,
-            count_if_applied=[ending, ended],
-        )
-        if not done:
-            return Duplicate(f"{status.value} not applied ({done.name.lower()})")
-        log.warning("job %s %s: [%s] %s", state.id, status.value, error.code, message)
-        polls = state.polls + tally.increments.get("polls", 0)
-        return Finished(
-            state.model_copy(
-                update={"status": status, "error": error, "completed_at": now, "polls": polls}
-            ),
-            ended_here=True,
-        )
+        return self.settler.end(snap, expect, code, message, status, tally=tally)
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:
         if self.clock() < snap.state.deadline_at:
@@ -722,3 +750,37 @@ class JobRunner:
             backoff=self.settings.poll_backoff,
             time_left=state.deadline_at - now,
         )
+
+    # webhooks -----------------------------------------------------------------
+
+    def _callback_url(self, job_id: str) -> str | None:
+        if self.webhook_url_key is None or self.settings.webhook_url is None:
+            return None
+        return callback_url(self.settings.webhook_url, self.webhook_url_key, job_id)
+
+    def _webhook_wait(self, state: JobState, now: float) -> float:
+        """With webhooks on: how long after a submit the first poll comes, the safety net
+        for a lost webhook. ``webhook_poll_factor`` times the model's typical latency (the
+        first target of its poll schedule, or the first-poll default with no history), at
+        most ``webhook_poll_max`` and never past the deadline."""
+        profile = self.latency.profile(state.model)
+        typical = profile.targets[0] if profile is not None else self.settings.first_poll_default
+        wait = self.settings.webhook_poll_factor * typical
+        wait = max(wait, self.settings.poll_min_interval)
+        wait = min(wait, self.settings.webhook_poll_max, state.deadline_at - now)
+        return round(max(0.05, wait), 3)
+
+    def _orphan_window(self, state: JobState, now: float) -> float:
+        """How long a job whose submit outcome is unknown waits for a webhook."""
+        window = self.settings.webhook_orphan_window
+        if window is None:
+            return self._webhook_wait(state, now)
+        return round(max(0.05, min(window, state.deadline_at - now)), 3)
+
+    def _ownership(self, state: JobState, prediction_id: str, now: float) -> Claim | None:
+        """With webhooks on, the submit's write records which job owns the prediction, so
+        a callback replayed to another job's URL can never hand it to that job."""
+        if self.webhook_url_key is None:
+            return None
+        ttl = int(max(0.0, state.deadline_at - now)) + self.store.record_ttl
+        return Claim(PREDICTION_OWNER_KEY.format(prediction_id=prediction_id), state.id, ttl)

@@ -7,13 +7,24 @@ printing, logging or repr-ing a ``Settings`` never shows it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import ConfigError
+from worker.redis_urls import check_redis_url
 
 AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
 
@@ -41,6 +52,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_READ_TIMEOUT": "read_timeout",
     "WAVEQUEUE_ETA_TASK_LIMIT": "eta_task_limit",
     "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "allow_private_image_urls",
+    "WAVEQUEUE_LOCAL_IMAGES": "local_images",
     "WAVEQUEUE_TASK_EVENTS": "task_events",
     "WAVEQUEUE_PRODUCER_SENT_EVENTS": "producer_sent_events",
     "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
@@ -51,6 +63,18 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_REDIS_CONNECT_TIMEOUT": "redis_connect_timeout",
     "WAVEQUEUE_REDIS_SOCKET_TIMEOUT": "redis_socket_timeout",
     "WAVEQUEUE_REDIS_RETRY_WINDOW": "redis_retry_window",
+    "WAVEQUEUE_WEBHOOK_URL": "webhook_url",
+    "WAVEQUEUE_WEBHOOK_SECRET": "webhook_secret",
+    "WAVEQUEUE_WEBHOOK_URL_KEY": "webhook_url_key",
+    "WAVEQUEUE_WEBHOOK_POLL_FACTOR": "webhook_poll_factor",
+    "WAVEQUEUE_WEBHOOK_POLL_MAX": "webhook_poll_max",
+    "WAVEQUEUE_WEBHOOK_ORPHAN_WINDOW": "webhook_orphan_window",
+    "WAVEQUEUE_WEBHOOK_MAX_BODY": "webhook_max_body",
+    "WAVEQUEUE_CALLBACK_SECRET": "callback_secret",
+    "WAVEQUEUE_CALLBACK_TIMEOUT": "callback_timeout",
+    "WAVEQUEUE_CALLBACK_RETRY_BASE_DELAY": "callback_retry_base_delay",
+    "WAVEQUEUE_CALLBACK_RETRY_MAX_DELAY": "callback_retry_max_delay",
+    "WAVEQUEUE_CALLBACK_RETRY_FOR": "callback_retry_for",
 }
 
 #: The proxy variables requests honours; when none is set, WaveSpeed calls skip
@@ -60,10 +84,30 @@ PROXY_VARS = tuple(
 )
 
 
+#: Standard Webhooks secrets start with this; the rest is the key, base64-encoded.
+CALLBACK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+def callback_key(secret: SecretStr) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64 of 24-64 bytes)."""
+    text = secret.get_secret_value()
+    if not text.startswith(CALLBACK_SECRET_PREFIX):
+        raise ValueError("must start with whsec_ (a Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(text.removeprefix(CALLBACK_SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("must encode 24 to 64 random bytes")
+    return key
+
+
 class Settings(BaseModel):
     """Frozen configuration; build it with ``from_env()`` or explicit keywords."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a REDIS_URL with its password, a key)
+    # never appears in the error's text.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     #: Left out of repr(): the URL may carry the Redis password.
     redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
@@ -115,6 +159,10 @@ class Settings(BaseModel):
     #: Image URLs may point at loopback and private addresses (in-house image hosts,
     #: the emulator); off, only public hosts pass (see ``worker.image_refs``).
     allow_private_image_urls: bool = False
+    #: Which local image files a producer reads: ``refuse``, ``any`` or an absolute
+    #: directory (only files under it). Unset: the Python API refuses them (a backend
+    #: passes its users' strings), the CLI reads any (its user names their own files).
+    local_images: str | None = None
     #: Celery task events from the start. Off by default: they cost a Redis PUBLISH and
     #: CPU per run, and Flower turns them on by itself while it watches.
     task_events: bool = False
@@ -144,6 +192,78 @@ class Settings(BaseModel):
     #: A call that loses Redis reconnects and retries for this long, then raises.
     redis_retry_window: float = Field(10.0, ge=0)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_usable(cls, value: str) -> str:
+        check_redis_url(value)  # ValueError in words, the password masked
+        return value
+
+    @field_validator("local_images")
+    @classmethod
+    def _local_images_form(cls, value: str | None) -> str | None:
+        if value in (None, "refuse", "any") or (value is not None and value.startswith("/")):
+            return value
+        raise ValueError("must be refuse, any or an absolute directory path")
+
+    # WaveSpeed webhooks (``worker.webhooks``). Off unless ``webhook_url`` is set.
+    #: The public base URL of ``wavequeue webhooks``; every submit then asks WaveSpeed to
+    #: call ``<webhook_url>/wavespeed/<job id>/<MAC>`` when the prediction ends.
+    webhook_url: str | None = None
+    #: The account's webhook signing secret (``whsec_...``); unset, the receiver fetches it
+    #: once at start from ``GET /api/v3/webhook/secret`` with the API key.
+    webhook_secret: SecretStr | None = None
+    #: A local secret that MACs the job id in each callback URL, so nobody can guess the
+    #: URL of a job they were not told about. Workers and the receiver share it.
+    webhook_url_key: SecretStr | None = None
+    #: With webhooks on, a job's first poll comes this many times the model's typical
+    #: latency after its submit (the poll is then only the safety net).
+    webhook_poll_factor: float = Field(4.0, ge=1.0)
+    #: ... but never later than this (s). A poll this far ahead is deferred (it waits in
+    #: Redis, not in a held message), so it costs no worker memory while it waits.
+    webhook_poll_max: float = Field(300.0, gt=0)
+    #: How long a job whose submit outcome is unknown waits for a webhook to prove its
+    #: prediction before the ambiguous-submit policy applies (s). Unset: the same delay as
+    #: its first poll in webhook mode.
+    webhook_orphan_window: float | None = Field(None, gt=0)
+    #: The receiver refuses bodies larger than this (bytes): WaveSpeed's callback is the
+    #: bare prediction (output URLs, not images).
+    webhook_max_body: int = Field(1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        if self.webhook_url is not None:
+            scheme = self.webhook_url.partition("://")[0].lower()
+            if scheme not in ("http", "https") or "://" not in self.webhook_url:
+                raise ValueError("webhook_url must be an http(s) URL")
+        window = self.webhook_orphan_window
+        if window is not None and window > self.webhook_poll_max:
+            raise ValueError("webhook_orphan_window must be <= webhook_poll_max")
+        return self
+
+    # Callbacks to the backend (worker.callbacks).
+    #: The key callbacks are signed with (Standard Webhooks: ``whsec_`` + base64 of 24 to
+    #: 64 random bytes). Shared with the backends that verify them; never stored.
+    callback_secret: SecretStr | None = None
+    #: Connect and read timeout of one callback POST (each).
+    callback_timeout: float = Field(10.0, gt=0)
+    #: Delay before the second attempt; each next one doubles, up to the max delay.
+    callback_retry_base_delay: float = Field(10.0, gt=0)
+    callback_retry_max_delay: float = Field(3600.0, gt=0)
+    #: Attempts stop (``callback_failed_at``) once this long has passed since the first.
+    callback_retry_for: float = Field(8 * 3600.0, gt=0)
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The value is never echoed: a refused secret is still a secret.
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            callback_key(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.poll_max_interval < self.poll_min_interval:
@@ -168,6 +288,25 @@ class Settings(BaseModel):
                 "(TLS through Sentinel is not supported)"
             )
         return self
+
+    def require_callback_secret(self) -> bytes:
+        """The HMAC key of the callback secret, or a ConfigError naming the variable."""
+        if self.callback_secret is None:
+            raise ConfigError(
+                "WAVEQUEUE_CALLBACK_SECRET is not set: callbacks cannot be signed "
+                "(a Standard Webhooks secret, whsec_ followed by base64)"
+            )
+        return callback_key(self.callback_secret)
+
+    @property
+    def callback_lease(self) -> float:
+        """How long the right to POST one callback lasts: two full POSTs (connect and read
+        timeouts) and a margin, so no second copy POSTs while the first may still."""
+        return 4 * self.callback_timeout + 5.0
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.webhook_url is not None
 
     @property
     def longest_held_poll(self) -> float:
@@ -209,6 +348,12 @@ class Settings(BaseModel):
                 f"longest countdown plus the task time limit ({needed:g}s), or kombu will "
                 "redeliver messages that are only waiting for their countdown"
             )
+        if self.callback_retry_for > self.record_ttl:
+            raise ConfigError(
+                f"WAVEQUEUE_CALLBACK_RETRY_FOR={self.callback_retry_for:g}s must not exceed "
+                f"WAVEQUEUE_RECORD_TTL={self.record_ttl}s: the record a callback delivers "
+                "would expire while it is still being retried"
+            )
         post = self.connect_timeout + self.read_timeout
         if post * 2 > self.submit_lease:
             raise ConfigError(
@@ -223,10 +368,21 @@ class Settings(BaseModel):
             raise ConfigError("WAVESPEED_API_KEY is not set: the worker cannot call WaveSpeed")
         return self.api_key.get_secret_value()
 
+    def require_webhook_url_key(self) -> bytes:
+        """The key that MACs callback URLs, or a ConfigError naming the variable to set."""
+        if self.webhook_url_key is None or not self.webhook_url_key.get_secret_value():
+            raise ConfigError(
+                "WAVEQUEUE_WEBHOOK_URL_KEY is not set: with WAVEQUEUE_WEBHOOK_URL, workers and "
+                "`wavequeue webhooks` need the same secret to sign and check callback URLs"
+            )
+        return self.webhook_url_key.get_secret_value().encode()
+
     def check_for_worker(self) -> None:
         """Everything a worker needs before its first job; ConfigError otherwise."""
         self.require_api_key()
         self.validate_timings()
+        if self.webhooks_enabled:
+            self.require_webhook_url_key()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -244,5 +400,5 @@ class Settings(BaseModel):
             for err in exc.errors():
                 loc = str(err["loc"][0]) if err["loc"] else ""
                 name = field_to_var.get(loc, loc or "settings")
-                problems.append(f"{name}: {err['msg']}")
+                problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -24,7 +24,22 @@ The status machine (``MOVES``) is defined here, once, and baked into the Lua::
        │            │            │  ^            │
        │            │            └──┼── submitting (a new prediction after
        │            │               │   WaveSpeed failed the old one, 5xxx)
-       └────────────┴────────────┴──┴────────────┴──> failed | timed_out
+       └────────────┴────────────┴──┴────────────┴──> failed | timed_out | cancelled
+
+A live job may be cancelled whatever it is doing (``cancel``): like every terminal status,
+``cancelled`` refuses every later write, so a poll, a webhook or a duplicate message that
+arrives afterwards changes nothing.
+
+Deadlines: a caller may pass ``live_at`` (the submit claim does): the write is refused
+(``Moved.PAST_DEADLINE``) when the record's deadline is at or before it, so a job still
+queued past its deadline is never submitted, however late its message runs.
+
+Callbacks (``worker.callbacks``): a move into a terminal status of a record that has a
+``callback_url`` (or is a step of a chain that has one, ``chain_callback``) also puts
+``job:<id>`` (``chain:<id>``) in the outbox ``CALLBACKS_KEY``, in the same step, so no
+ending is ever left without its delivery. The delivery's own fields (attempts, last
+status, lease) change only through ``claim_callback`` / ``finish_callback``, on records
+that have ended.
 
 Bookkeeping fields:
 
@@ -38,19 +53,32 @@ Bookkeeping fields:
 - ``last_write``: a random id of the last applied ``transition``, so that redis-py retrying
   a script call whose reply was lost (a connection dropped mid-call) finds it applied
   instead of failing its own compare-and-set.
+- ``inline_images``: "1" while the request holds inline-image markers, whose images the
+  worker uploads before the first submit (``worker.inline_images``).
 - ``awaiting_image``: "1" while a chain step waits for the step before's output as its
   ``image`` ("0" once filled in at run time).
+- ``outcome_unknown_at``: with webhooks on, when the job's submit outcome was found
+  unknown: the job then waits for a webhook to prove its prediction (the receiver adopts
+  it) before the ambiguous-submit policy applies. Cleared when the policy applies.
+- ``ended_by``: "webhook" when a WaveSpeed callback ended the job (the receiver then
+  continued its chain, so the job's own pending message must not).
+- ``chain_callback``: "1" on the steps of a chain that has a ``callback_url``.
+- ``callback_token`` / ``callback_lease_until``: who holds the right to POST the callback,
+  and until when; ``callback_due_at``: the next attempt's time; ``callback_first_at``:
+  the first attempt's (the retry window counts from it); ``callback_for``: the ending the
+  attempts are for, ``callback_ending``: the last ending delivered (or given up on).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pydantic
@@ -59,6 +87,8 @@ from redis.commands.core import Script
 
 from worker.clock import Clock, RedisClock
 from worker.constants import (
+    CALLBACK_SEND_GRACE,
+    CALLBACKS_KEY,
     CHAIN_KEY,
     COUNTERS_KEY,
     DAILY_KEY,
@@ -68,6 +98,7 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
+    INLINE_KEY,
     JOB_EVENT_CHANNEL,
     JOB_KEY,
     LATENCY_KEY,
@@ -75,11 +106,13 @@ from worker.constants import (
     LIVE_KEY,
     NEXT_RUN_KEY,
     PARKED_KEY,
+    PREDICTION_OWNER_KEY,
     QUARANTINE_KEY,
     REQUEST_KEY,
     WAKING_KEY,
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
+from worker.inline_images import INLINE_FIELD, split_inline
 from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
 from worker.settings import Settings
@@ -96,17 +129,25 @@ _NUMERIC_BOOKKEEPING = (
     "inflight_waits",
 )
 #: Values a new record does not store: absent reads back as the default.
-_DEFAULTS = {"priority": "normal", "images": "1", "attempts": "0", "polls": "0"}
+_DEFAULTS = {
+    "priority": "normal",
+    "images": "1",
+    "attempts": "0",
+    "polls": "0",
+    "callback_attempts": "0",
+}
 #: JobRecord fields that are not the job's state (``encode_state``).
 _NOT_STATE: set[str] = {"id", "input", "metadata"}
 
 _S = JobStatus
+#: Every live status may end like this (cancel stops a job whatever it is doing).
+_ENDINGS = frozenset({_S.FAILED, _S.TIMED_OUT, _S.CANCELLED})
 #: Which status may follow which. A status may also stay as it is (bookkeeping only).
 MOVES: Mapping[JobStatus, frozenset[JobStatus]] = {
-    _S.QUEUED: frozenset({_S.SUBMITTING, _S.FAILED, _S.TIMED_OUT}),
-    _S.SUBMITTING: frozenset({_S.SUBMITTED, _S.FAILED, _S.TIMED_OUT}),
-    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.SUBMITTING}),
-    _S.PROCESSING: frozenset({_S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.SUBMITTING}),
+    _S.QUEUED: frozenset({_S.SUBMITTING, *_ENDINGS}),
+    _S.SUBMITTING: frozenset({_S.SUBMITTED, *_ENDINGS}),
+    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
+    _S.PROCESSING: frozenset({_S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
     **{status: frozenset() for status in TERMINAL_STATUSES},
 }
 
@@ -128,16 +169,21 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
 --       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs, 11 due polls,
---       12.. keys of the side effects
+--       12 callbacks outbox, 13.. keys of the side effects, then the claimed key (if any)
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
---       13 when the deferred poll is due ('' = its message is sent by the caller)
+--       13 when the deferred poll is due ('' = its message is sent by the caller),
+--       14 live at ('' = any time: else refused when the deadline is at or before it),
+--       15 when the sweeper sends a new ending's callback if nobody did,
+--       16 claim ('' = none): [key index, value, TTL]
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
--- model for the live counts, the expected fields).
-local names = {'last_write', 'status', 'model'}
+-- model for the live counts, the deadline, what a callback needs, the expected fields).
+local names = {'last_write', 'status', 'model', 'deadline_at', 'callback_url', 'chain_callback',
+               'chain_id'}
+local FIXED = #names
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
   table.insert(names, field)
@@ -153,8 +199,9 @@ if not status then return -1 end
 if TERMINAL[status] then return -2 end
 local allowed = MOVES[status]
 if allowed == nil then return -4 end
+if ARGV[14] ~= '' and got[4] and tonumber(got[4]) <= tonumber(ARGV[14]) then return -5 end
 for i, want in ipairs(expected) do
-  local have = got[3 + i]
+  local have = got[FIXED + i]
   if not have then have = '' end
   if type(want) == 'table' then
     local matched = false
@@ -169,6 +216,13 @@ end
 local updates = cjson.decode(ARGV[2])
 local new = updates['status']
 if new and new ~= status and not allowed[new] then return -3 end
+-- A key this job takes for itself (a prediction id it owns): refused if another holds it.
+local claim = nil
+if ARGV[16] ~= '' then
+  claim = cjson.decode(ARGV[16])
+  local holder = redis.call('GET', KEYS[claim[1]])
+  if holder and holder ~= claim[2] then return -6 end
+end
 local flat = {'last_write', ARGV[9]}
 local empty = {}
 for field, value in pairs(updates) do
@@ -184,6 +238,7 @@ for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
+if claim then redis.call('SET', KEYS[claim[1]], claim[2], 'EX', claim[3]) end
 if new and new ~= status then
   local model = got[3] or ''
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
@@ -209,6 +264,11 @@ if new and TERMINAL[new] then
   redis.call('ZREM', KEYS[10], ARGV[8])
   redis.call('ZREM', KEYS[11], ARGV[8])
   redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
+  -- The ending's callback is owed from this step on (NX: a pending one keeps its time).
+  if got[5] then redis.call('ZADD', KEYS[12], 'NX', ARGV[15], 'job:' .. ARGV[8]) end
+  if got[6] == '1' and got[7] then
+    redis.call('ZADD', KEYS[12], 'NX', ARGV[15], 'chain:' .. got[7])
+  end
 else
   if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
   if updates['deadline_at'] then redis.call('ZADD', KEYS[4], updates['deadline_at'], ARGV[8]) end
@@ -266,6 +326,10 @@ class Moved(IntEnum):
     ILLEGAL = -3
     #: The record's status is unknown to this version (a newer one wrote it).
     UNKNOWN_STATUS = -4
+    #: ``live_at`` was given and the record's deadline is at or before it.
+    PAST_DEADLINE = -5
+    #: The key the write claims (``Claim``) is held by another job.
+    CLAIMED = -6
 
     def __bool__(self) -> bool:
         return self is Moved.APPLIED
@@ -273,9 +337,11 @@ class Moved(IntEnum):
 
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
---       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not '')
+--       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not ''),
+--       8.. the keys of the inline images (ARGV[9] of them)
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
---       7 live-count field, 8 message ('' = none), 9.. hash fields
+--       7 live-count field, 8 message ('' = none), 9 inline image count n, 10 their TTL,
+--       11..10+n the images, then the hash fields
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
@@ -283,7 +349,9 @@ end
 -- The same call again (redis-py retried it after its reply was lost): it was applied.
 if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
 if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+local inline = tonumber(ARGV[9])
+for i = 1, inline do redis.call('SET', KEYS[7 + i], ARGV[10 + i], 'EX', ARGV[10]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11 + inline))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
@@ -293,6 +361,151 @@ redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
 if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[8]) end
 return ARGV[1]
 """
+
+
+_CLAIM_CALLBACK_LUA = """
+-- KEYS: 1 the record (a job's or a chain's hash), 2 the callbacks outbox
+-- ARGV: 1 outbox member, 2 token, 3 now, 4 lease until, 5 early tolerance (s), 6 job flag
+--       ('1': a job's record, which must have ended)
+-- Returns {verdict, ...}: missing | none | live | done | busy | {early, due} |
+--         {claimed, callback_url, callback_ending, callback_for, attempts, first attempt}
+local TERMINAL = __TERMINAL__
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'missing'}
+end
+local f = redis.call('HMGET', KEYS[1], 'callback_url', 'status', 'callback_delivered_at',
+  'callback_failed_at', 'callback_token', 'callback_lease_until', 'callback_due_at',
+  'callback_ending', 'callback_for', 'callback_attempts', 'callback_first_at')
+if not f[1] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'none'}
+end
+if ARGV[6] == '1' then
+  if not TERMINAL[f[2]] then return {'live'} end
+  -- A job ends once: delivered (or given up on), its callback is done for good.
+  if f[3] or f[4] then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return {'done'}
+  end
+end
+local now = tonumber(ARGV[3])
+if f[5] and tonumber(f[6] or '0') > now then return {'busy'} end
+if f[7] and tonumber(f[7]) > now + tonumber(ARGV[5]) then return {'early', f[7]} end
+redis.call('HSET', KEYS[1], 'callback_token', ARGV[2], 'callback_lease_until', ARGV[4])
+-- Should this claimant die mid-POST, the sweeper sends another message once its lease ends.
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return {'claimed', f[1], f[8] or '', f[9] or '', f[10] or '0', f[11] or ''}
+""".replace("__TERMINAL__", "{" + ",".join(f"{s.value}=true" for s in TERMINAL_STATUSES) + "}")
+
+_FINISH_CALLBACK_LUA = """
+-- KEYS: 1 the record, 2 the callbacks outbox, 3 counters
+-- ARGV: 1 outbox member, 2 token, 3 outcome (delivered | retry | failed | skip),
+--       4 HTTP status ('' = not attempted, 0 = no answer), 5 now, 6 ending,
+--       7 next attempt due, 8 when the sweeper sends it (retry), 9 counters if applied (JSON)
+if redis.call('HGET', KEYS[1], 'callback_token') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], 'callback_token', 'callback_lease_until')
+local outcome = ARGV[3]
+for _, field in ipairs(cjson.decode(ARGV[9])) do redis.call('HINCRBY', KEYS[3], field, 1) end
+if outcome == 'skip' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+-- A chain that ends again (after retry_chain) starts its delivery afresh.
+if redis.call('HGET', KEYS[1], 'callback_for') ~= ARGV[6] then
+  redis.call('HDEL', KEYS[1], 'callback_attempts', 'callback_status', 'callback_first_at',
+    'callback_delivered_at', 'callback_failed_at', 'callback_due_at')
+  redis.call('HSET', KEYS[1], 'callback_for', ARGV[6])
+end
+if ARGV[4] ~= '' then
+  redis.call('HINCRBY', KEYS[1], 'callback_attempts', 1)
+  redis.call('HSET', KEYS[1], 'callback_status', ARGV[4])
+  if redis.call('HEXISTS', KEYS[1], 'callback_first_at') == 0 then
+    redis.call('HSET', KEYS[1], 'callback_first_at', ARGV[5])
+  end
+end
+if outcome == 'retry' then
+  redis.call('HSET', KEYS[1], 'callback_due_at', ARGV[7])
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+else
+  local field = outcome == 'delivered' and 'callback_delivered_at' or 'callback_failed_at'
+  redis.call('HSET', KEYS[1], field, ARGV[5], 'callback_ending', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'callback_due_at')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+
+class ClaimVerdict(StrEnum):
+    """What ``claim_callback`` found."""
+
+    #: This caller holds the right to POST now.
+    CLAIMED = "claimed"
+    #: The record is gone (expired): nothing left to deliver.
+    MISSING = "missing"
+    #: The record has no callback_url.
+    NONE = "none"
+    #: The job has not ended (a stray message): nothing to deliver yet.
+    LIVE = "live"
+    #: Delivered, or given up on, already.
+    DONE = "done"
+    #: Another copy holds the right to POST (its lease has not ended).
+    BUSY = "busy"
+    #: The next attempt is not due yet (a copy that came early).
+    EARLY = "early"
+
+
+@dataclass(frozen=True)
+class CallbackClaim:
+    verdict: ClaimVerdict
+    url: str = ""
+    #: The last ending delivered (or given up on): "" if none.
+    delivered_ending: str = ""
+    #: EARLY: when the next attempt is due.
+    due_at: float | None = None
+    #: The ending the attempts so far were for, how many, and when the first was made.
+    attempts_for: str = ""
+    attempts: int = 0
+    first_attempt_at: float | None = None
+
+    def attempts_made(self, ending: str) -> tuple[int, float | None]:
+        """Attempts so far for ``ending`` and when the first was (none for a new ending)."""
+        if ending != self.attempts_for:
+            return 0, None
+        return self.attempts, self.first_attempt_at
+
+
+def _callback_fields(raw: Mapping[str, str]) -> dict[str, Any]:
+    """A chain record's public callback fields (a job's are JobState fields)."""
+    if not raw.get("callback_url"):
+        return {}
+    fields: dict[str, Any] = {name: None for name in CALLBACK_FIELDS}
+    fields["callback_attempts"] = 0
+    for name, kind in CALLBACK_FIELDS.items():
+        if raw.get(name):
+            fields[name] = kind(raw[name])
+    return fields
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cancel_stage(raw: Mapping[str, str]) -> tuple[str, str]:
+    """How far a live job had got when cancelled (the ``stage`` label), and its error's words."""
+    prediction = raw.get("prediction_id", "")
+    if prediction:
+        return "submitted", (
+            f"cancelled after it was submitted as prediction {prediction}: WaveSpeed has no "
+            "cancel endpoint, so it may still run and be billed; its result is ignored"
+        )
+    if raw.get("submit_token"):
+        return "submitting", (
+            "cancelled while its submit was in flight: a prediction may exist on WaveSpeed "
+            "and may be billed; its result is ignored"
+        )
+    return "queued", "cancelled before it was submitted: nothing was sent to WaveSpeed"
 
 
 def utc_day(seconds: float) -> str:
@@ -430,6 +643,17 @@ class Effect:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A key a ``transition()`` takes for its job: checked before the write (held by
+    another value: ``Moved.CLAIMED``, nothing written) and set, with a TTL, with it. A
+    prediction id's owner (``PREDICTION_OWNER_KEY``) is one: one job per prediction."""
+
+    key: str
+    value: str
+    ttl: int
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """A message to push on a list (a Celery queue) in the same atomic step that creates a
     record, only if it creates it: the store does not read it, it only places it."""
@@ -467,6 +691,30 @@ class ChainSnapshot:
     metadata: dict[str, Any]
     #: Job ids that earlier attempts of a step used before ``retry_chain`` replaced them.
     replaced_job_ids: list[str]
+    #: ``callback_url`` and the delivery fields of ``JobState`` that the chain has.
+    callback: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: The public callback fields (on a job's record, and on a chain's), and how they read back.
+CALLBACK_FIELDS: Mapping[str, type] = {
+    "callback_url": str,
+    "callback_attempts": int,
+    "callback_status": int,
+    "callback_delivered_at": float,
+    "callback_failed_at": float,
+}
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What ``cancel`` did to one job: ``status`` is ``cancelled`` when this call cancelled
+    it, else the status it had already ended with; None when there is no such job."""
+
+    job_id: str
+    status: JobStatus | None
+    cancelled_now: bool
+    #: Why, in the words the record's error keeps (only when cancelled now).
+    message: str = ""
 
 
 class JobStore:
@@ -480,6 +728,8 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION_LUA)
         self._claim_due_polls = client.register_script(_CLAIM_DUE_POLLS_LUA)
         self._create = client.register_script(_CREATE_LUA)
+        self._claim_callback = client.register_script(_CLAIM_CALLBACK_LUA)
+        self._finish_callback = client.register_script(_FINISH_CALLBACK_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> JobStore:
@@ -548,6 +798,13 @@ class JobStore:
     def _create_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
         record = job.record
         fields = {**encode_state(record), **(job.extra or {})}
+        # Inline images go under their own keys; the request holds markers (see
+        # worker.inline_images): no record ever holds the bytes.
+        body, inline = split_inline(record.input)
+        if inline:
+            fields[INLINE_FIELD] = "1"
+        # Until the deadline, then as long as an ended record: retry_chain may need it.
+        inline_ttl = max(1, math.ceil(record.deadline_at - record.created_at)) + self.record_ttl
         use_key = job.idempotency_key is not None
         keys = [
             JOB_KEY.format(job_id=record.id),
@@ -557,6 +814,7 @@ class JobStore:
             REQUEST_KEY.format(job_id=record.id),
             LIVE_KEY,
             job.message.list_key if job.message is not None else DEADLINES_KEY,
+            *(INLINE_KEY.format(image_id=image_id) for image_id in inline),
         ]
         args = [
             record.id,
@@ -564,26 +822,36 @@ class JobStore:
             self.record_ttl,
             "1" if use_key else "0",
             record.created_at,
-            Request(record.input, record.metadata).to_json(),
+            Request(body, record.metadata).to_json(),
             f"{record.status.value}|{record.model}",
             job.message.payload if job.message is not None else "",
+            len(inline),
+            inline_ttl,
+            *inline.values(),
             *(item for pair in fields.items() for item in pair),
         ]
         return keys, args
 
     def create_chain(
-        self, chain_id: str, step_job_ids: list[str], *, metadata: Mapping[str, Any]
+        self,
+        chain_id: str,
+        step_job_ids: list[str],
+        *,
+        metadata: Mapping[str, Any],
+        callback_url: str | None = None,
     ) -> None:
-        self.client.hset(
-            CHAIN_KEY.format(chain_id=chain_id),
-            mapping={
-                "id": chain_id,
-                "steps": json.dumps(step_job_ids),
-                "replaced": "[]",
-                "created_at": repr(self.clock()),
-                "metadata": json.dumps(dict(metadata)),
-            },
-        )
+        """The chain's record. With a ``callback_url``, its steps must have been created
+        with ``chain_callback`` = "1" (their endings put the chain in the outbox)."""
+        mapping: dict[str | bytes, bytes | str | int | float] = {
+            "id": chain_id,
+            "steps": json.dumps(step_job_ids),
+            "replaced": "[]",
+            "created_at": repr(self.clock()),
+            "metadata": json.dumps(dict(metadata)),
+        }
+        if callback_url:
+            mapping["callback_url"] = callback_url
+        self.client.hset(CHAIN_KEY.format(chain_id=chain_id), mapping=mapping)  # type: ignore[arg-type]
 
     # reading ------------------------------------------------------------------
 
@@ -599,12 +867,30 @@ class JobStore:
             snap.number(name)  # a corrupt one is UnreadableRecordError now, not mid-decision
         return snap
 
+    def prediction_owner(self, prediction_id: str) -> str | None:
+        """The job that claimed ``prediction_id`` (``PREDICTION_OWNER_KEY``), if any."""
+        owner = self.client.get(PREDICTION_OWNER_KEY.format(prediction_id=prediction_id))
+        return None if owner is None else str(owner)
+
     def request(self, job_id: str) -> Request:
         """The job's request (what is sent to WaveSpeed, and the producer's metadata)."""
         text = self.client.get(REQUEST_KEY.format(job_id=job_id))
         if text is None:
             raise JobNotFoundError(f"no request for job {job_id!r} (expired, or never created)")
         return Request.from_json(str(text), job_id)
+
+    def inline_images(self, image_ids: Sequence[str]) -> dict[str, str]:
+        """The data URIs of these inline images (one round trip); a missing one (uploaded
+        and deleted, or expired) is left out."""
+        if not image_ids:
+            return {}
+        found = self.client.mget([INLINE_KEY.format(image_id=i) for i in image_ids])
+        return {i: str(uri) for i, uri in zip(image_ids, found, strict=True) if uri is not None}
+
+    def drop_inline_images(self, image_ids: Sequence[str]) -> None:
+        """Forget inline images once uploaded (their URL is in the request now)."""
+        if image_ids:
+            self.client.delete(*(INLINE_KEY.format(image_id=i) for i in image_ids))
 
     def get(self, job_id: str) -> JobRecord:
         record = self.get_many([job_id])[0]
@@ -646,6 +932,7 @@ class JobStore:
             created_at=float(raw["created_at"]),
             metadata=json.loads(raw.get("metadata") or "{}"),
             replaced_job_ids=json.loads(raw.get("replaced") or "[]"),
+            callback=_callback_fields(raw),
         )
 
     def daily_totals(self, days: Sequence[str]) -> list[DayTotals]:
@@ -677,16 +964,20 @@ class JobStore:
         request: Request | None = None,
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
+        live_at: float | None = None,
         defer_until: float | None = None,
+        claim: Claim | None = None,
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
-        matches and the status change (if any) is one ``MOVES`` allows.
+        matches, the status change (if any) is one ``MOVES`` allows and ``claim``'s key
+        is free or already this job's.
 
         ``count`` are global counter fields (``counter_field``) bumped whatever happens
         (an HTTP call that was made); ``count_if_applied`` only when the change is applied,
         in the same atomic step (so a job's ending is counted exactly once), like
         ``effects`` (histogram and latency-sample writes). ``request`` replaces the job's
-        request body (a chain step's input image, filled in at run time). An update of
+        request body (a chain step's input image, filled in at run time). ``live_at``:
+        refuse (``PAST_DEADLINE``) if the job's deadline is at or before it. An update of
         ``next_run_at``/``deadline_at`` also updates the sweeper's indexes; a move into a
         terminal status expires, unindexes and announces the record. ``defer_until``: the
         caller sends no message for the job's next poll; it goes into ``DUE_POLLS_KEY`` with
@@ -702,7 +993,9 @@ class JobStore:
             request=request,
             effects=effects,
             write_id=write_id,
+            live_at=live_at,
             defer_until=defer_until,
+            claim=claim,
         )
         return Moved(int(self._transition(keys=keys, args=args)))
 
@@ -713,10 +1006,11 @@ class JobStore:
         expect: Mapping[str, str | list[str]],
         updates: Mapping[str, Any],
         increments: Mapping[str, int] | None = None,
+        live_at: float | None = None,
     ) -> tuple[Moved, Request | None]:
         """``transition()`` and the job's request in one round trip (the submit claim,
         which needs the body it is about to POST). The request is None when not applied."""
-        keys, args = self._transition_call(job_id, expect, updates, increments)
+        keys, args = self._transition_call(job_id, expect, updates, increments, live_at=live_at)
         result, text = self._scripted_pipeline(
             [(self._transition, keys, args)], get_after=REQUEST_KEY.format(job_id=job_id)
         )
@@ -737,9 +1031,12 @@ class JobStore:
         request: Request | None = None,
         effects: Sequence[Effect] = (),
         write_id: str | None = None,
+        live_at: float | None = None,
         defer_until: float | None = None,
+        claim: Claim | None = None,
     ) -> tuple[list[str], list[Any]]:
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
+        now = self.clock()
         keys = [
             JOB_KEY.format(job_id=job_id),
             REQUEST_KEY.format(job_id=job_id),
@@ -748,15 +1045,20 @@ class JobStore:
             NEXT_RUN_KEY,
             COUNTERS_KEY,
             LIVE_KEY,
-            DAILY_KEY.format(day=utc_day(self.clock())),
+            DAILY_KEY.format(day=utc_day(now)),
             PARKED_KEY,
             WAKING_KEY,
             DUE_POLLS_KEY,
+            CALLBACKS_KEY,
         ]
         ops = []
         for effect in effects:
             keys.append(effect.key)
             ops.append([effect.op, len(keys), effect.a, effect.b])
+        claimed = ""
+        if claim is not None:
+            keys.append(claim.key)
+            claimed = json.dumps([len(keys), claim.value, claim.ttl])
         args = [
             json.dumps(dict(expect or {})),
             json.dumps(fields),
@@ -772,6 +1074,9 @@ class JobStore:
             json.dumps(ops),
             DAILY_TTL,
             repr(defer_until) if defer_until is not None else "",
+            "" if live_at is None else repr(live_at),
+            now + CALLBACK_SEND_GRACE,
+            claimed,
         ]
         return keys, args
 
@@ -911,6 +1216,169 @@ class JobStore:
 
     def drop_quarantined(self, job_id: str) -> None:
         self.client.zrem(QUARANTINE_KEY, job_id)
+
+    # cancelling ---------------------------------------------------------------
+
+    def cancel(self, job_ids: Sequence[str]) -> list[CancelResult]:
+        """End every live job of ``job_ids`` ``cancelled``, all in one atomic step (a
+        chain's steps together), whatever each is doing; jobs that ended already keep their
+        ending. Idempotent: cancelling again changes nothing and says how each had ended.
+
+        A job not yet submitted is never submitted: its submit claim finds it ended. A job
+        whose submit POST is in flight, or that WaveSpeed already runs, ends at once too;
+        the answer or result that arrives later is refused (terminal), and the prediction
+        may still be billed: WaveSpeed has no cancel endpoint. The error says which case it
+        was; ``jobs_cancelled`` counts each job once, by model and ``stage``."""
+        ids = list(dict.fromkeys(job_ids))
+        results: dict[str, CancelResult] = {}
+        self.client.script_load(_TRANSITION_LUA)  # MULTI cannot load it on NOSCRIPT
+        pending = ids
+        # A job that moved on between the read and the write (a submit claimed meanwhile)
+        # is read again: statuses only move forward, so this ends within a few rounds.
+        for _ in range(len(JobStatus) + 1):
+            if not pending:
+                break
+            pending = self._cancel_round(pending, results)
+        if pending:
+            raise RuntimeError(f"cancel did not settle for job(s) {pending}")
+        return [results[job_id] for job_id in ids]
+
+    def _cancel_round(self, job_ids: list[str], results: dict[str, CancelResult]) -> list[str]:
+        read = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            read.hgetall(JOB_KEY.format(job_id=job_id))
+        live: list[tuple[str, dict[str, str], str, str]] = []
+        for job_id, raw in zip(job_ids, read.execute(), strict=True):
+            if not raw:
+                results[job_id] = CancelResult(job_id, None, cancelled_now=False)
+                continue
+            state = decode_state(raw, job_id)
+            if state.is_terminal:
+                results[job_id] = CancelResult(job_id, state.status, cancelled_now=False)
+                continue
+            stage, message = _cancel_stage(raw)
+            live.append((job_id, raw, stage, message))
+        if not live:
+            return []
+        now = self.clock()
+        write = self.client.pipeline(transaction=True)
+        for job_id, raw, stage, message in live:
+            keys, args = self._transition_call(
+                job_id,
+                {
+                    "prediction_id": raw.get("prediction_id", ""),
+                    "submit_token": raw.get("submit_token", ""),
+                },
+                {
+                    "status": JobStatus.CANCELLED.value,
+                    "error": {"code": "cancelled", "message": message},
+                    "completed_at": now,
+                },
+                None,
+                count_if_applied=[
+                    counter_field("jobs_cancelled", model=raw.get("model", ""), stage=stage),
+                    counter_field("jobs_ended", model=raw.get("model", ""), outcome="cancelled"),
+                ],
+            )
+            write.evalsha(self._transition.sha, len(keys), *keys, *args)
+        again = []
+        for (job_id, _, _, message), moved in zip(live, write.execute(), strict=True):
+            verdict = Moved(int(moved))
+            if verdict is Moved.APPLIED:
+                results[job_id] = CancelResult(job_id, JobStatus.CANCELLED, True, message)
+            else:
+                again.append(job_id)  # moved on, or ended, meanwhile: read it again
+        return again
+
+    # callbacks ----------------------------------------------------------------
+
+    def claim_callback(
+        self, member: str, token: str, *, now: float, lease: float, early: float = 1.0
+    ) -> CallbackClaim:
+        """Take the right to POST the callback of outbox ``member`` (``job:<id>`` or
+        ``chain:<id>``) for ``lease`` seconds; see ``ClaimVerdict`` for what else it may
+        find. Only one copy of a delivery message can hold it at a time."""
+        is_job = "1" if member.startswith("job:") else "0"
+        reply = self._claim_callback(
+            keys=[self._callback_record_key(member), CALLBACKS_KEY],
+            args=[member, token, repr(now), repr(now + lease), early, is_job],
+        )
+        verdict = ClaimVerdict(_text(reply[0]))
+        if verdict is ClaimVerdict.CLAIMED:
+            first = _text(reply[5])
+            return CallbackClaim(
+                verdict,
+                url=_text(reply[1]),
+                delivered_ending=_text(reply[2]),
+                attempts_for=_text(reply[3]),
+                attempts=int(_text(reply[4])),
+                first_attempt_at=float(first) if first else None,
+            )
+        if verdict is ClaimVerdict.EARLY:
+            return CallbackClaim(verdict, due_at=float(_text(reply[1])))
+        return CallbackClaim(verdict)
+
+    def finish_callback(
+        self,
+        member: str,
+        token: str,
+        *,
+        outcome: str,
+        ending: str = "",
+        status: int | None = None,
+        now: float = 0.0,
+        due_at: float = 0.0,
+        send_at: float = 0.0,
+        count: Sequence[str] = (),
+    ) -> bool:
+        """Record what the claimed attempt did, iff ``token`` still holds the claim:
+        ``delivered`` (a 2xx), ``retry`` (next attempt at ``due_at``; the sweeper sends a
+        message at ``send_at`` unless one is on its way), ``failed`` (given up) or ``skip``
+        (nothing to deliver: a chain still running, or an ending delivered already).
+        ``status``: the HTTP status answered, 0 for none, None when nothing was sent.
+        ``count``: counter fields bumped iff recorded."""
+        done = self._finish_callback(
+            keys=[self._callback_record_key(member), CALLBACKS_KEY, COUNTERS_KEY],
+            args=[
+                member,
+                token,
+                outcome,
+                "" if status is None else str(status),
+                repr(now),
+                ending,
+                repr(due_at),
+                repr(send_at),
+                json.dumps(list(count)),
+            ],
+        )
+        return bool(done)
+
+    def callbacks_due(self, now: float, limit: int) -> list[str]:
+        """Outbox members whose delivery message the sweeper should send now, oldest first."""
+        members: list[str] = self.client.zrangebyscore(CALLBACKS_KEY, "-inf", now, 0, limit)  # type: ignore[assignment]
+        return members
+
+    def callbacks_owed(self, members: Sequence[str]) -> list[str]:
+        """Those of ``members`` that are in the outbox (one round trip)."""
+        if not members:
+            return []
+        scores = self.client.zmscore(CALLBACKS_KEY, list(members))
+        return [m for m, score in zip(members, scores, strict=True) if score is not None]
+
+    def callbacks_sent(self, members: Sequence[str], until: float) -> None:
+        """The sweeper is sending these members' messages: not again before ``until`` (XX:
+        an entry delivered meanwhile stays gone). Called before sending, never after."""
+        if members:
+            self.client.zadd(CALLBACKS_KEY, dict.fromkeys(members, until), xx=True)
+
+    @staticmethod
+    def _callback_record_key(member: str) -> str:
+        kind, _, record_id = member.partition(":")
+        if kind == "job":
+            return JOB_KEY.format(job_id=record_id)
+        if kind == "chain":
+            return CHAIN_KEY.format(chain_id=record_id)
+        raise ValueError(f"not a callbacks outbox member: {member!r}")
 
     # chains -------------------------------------------------------------------
 

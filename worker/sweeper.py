@@ -9,7 +9,10 @@ lets one sweep at a time. Each pass:
 2. re-sends ``run_job`` for jobs whose next message is overdue by more than the
    grace period (a chain step with the steps after it). A re-send is harmless if
    the original was only late: every step is a compare-and-set on the record;
-3. looks again at a few quarantined records (below).
+3. looks again at a few quarantined records (below);
+4. sends the callback deliveries that are due (``worker.callbacks``): an ending whose
+   message never went out, a countdown retry whose message was lost, and attempts due
+   after a wait longer than any countdown may be.
 
 A pass's work grows with what is overdue, not with what is in flight: both indexes
 are sorted sets scored by when a job is due (its deadline, its next message), and a
@@ -41,13 +44,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from worker.constants import QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
+from worker.callbacks import members_for
+from worker.constants import CALLBACK_SEND_GRACE, QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError, UnreadableRecordError
 from worker.models import JobState, JobStatus
 from worker.runner import Finished, JobRunner
@@ -82,6 +86,8 @@ class SweepReport:
     readmitted: int = 0
     #: Parked jobs (behind the in-flight cap) sent again because slots were free.
     woken: int = 0
+    #: Callback deliveries sent (due, or their message lost).
+    callbacks: int = 0
 
 
 class Sweeper:
@@ -95,6 +101,7 @@ class Sweeper:
         interval: float,
         clock: Callable[[], float] = time.time,
         budget: int = PASS_BUDGET,
+        send_callbacks: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -103,6 +110,7 @@ class Sweeper:
         self.interval = interval
         self.clock = clock
         self.budget = budget
+        self.send_callbacks = send_callbacks
         self._catch_up = threading.Event()
 
     def sweep_once(self) -> SweepReport:
@@ -112,6 +120,7 @@ class Sweeper:
         resent = self._resend_overdue(now, quarantined, self.grace)
         readmitted = self._review_quarantine(now)
         woken = self._wake_parked(now)
+        callbacks = self._send_due_callbacks(now)
         # Operators (and tests) see that passes happen and what they did.
         self.store.count_many(
             {
@@ -119,9 +128,36 @@ class Sweeper:
                 counter_field("sweeper_timed_out"): timed_out,
                 counter_field("sweeper_resent"): resent,
                 counter_field("sweeper_woken"): woken,
+                counter_field("sweeper_callbacks"): callbacks,
             }
         )
-        return SweepReport(timed_out, resent, len(quarantined), readmitted, woken)
+        return SweepReport(timed_out, resent, len(quarantined), readmitted, woken, callbacks)
+
+    def _send_due_callbacks(self, now: float) -> int:
+        """Send the callback deliveries the outbox says are due; each is not sent again
+        before a grace period (its message may simply wait in a busy queue)."""
+        if self.send_callbacks is None:
+            return 0
+        members = self.store.callbacks_due(now, self.budget)
+        if members:
+            # Marked before sending: a delivery that runs at once sets its own next time,
+            # which a mark made after it would overwrite.
+            self.store.callbacks_sent(members, now + max(self.grace, CALLBACK_SEND_GRACE))
+            self.send_callbacks(members)
+        return len(members)
+
+    def _ended(self, outcome: object) -> bool:
+        """A time-out this pass made: send the callbacks its ending made owed at once."""
+        if not isinstance(outcome, Finished):
+            return False
+        if self.send_callbacks is not None and outcome.ended_here:
+            state = outcome.state
+            owed = self.store.callbacks_owed(
+                members_for(state.id, state.callback_url, state.chain_id)
+            )
+            if owed:
+                self.send_callbacks(owed)
+        return True
 
     def _wake_parked(self, now: float) -> int:
         """Jobs parked behind the in-flight cap while slots are free: a wake was lost (its
@@ -192,7 +228,7 @@ class Sweeper:
                 if snap.state.is_terminal:
                     self.store.forget([job_id])  # ended without leaving the index (older version)
                 elif snap.state.deadline_at <= now:
-                    timed_out += isinstance(self.runner.time_out(snap), Finished)
+                    timed_out += self._ended(self.runner.time_out(snap))
         return timed_out
 
     def _resend_overdue(self, now: float, quarantined: list[str], grace: float) -> int:

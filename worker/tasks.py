@@ -1,14 +1,16 @@
-"""The Celery task: a thin shell that turns a ``JobRunner`` outcome into Celery terms."""
+"""The Celery tasks: thin shells that turn a ``JobRunner`` outcome (and a callback
+delivery's) into Celery terms."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import requests
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from celery.utils import uuid
@@ -16,9 +18,11 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import parking
 from worker.app import app, settings
-from worker.chains import send_job_chain
-from worker.constants import RUN_JOB_TASK
+from worker.callbacks import CallbackDelivery, members_for
+from worker.chains import send_callback_deliveries, send_job_and_rest
+from worker.constants import DELIVER_CALLBACK_TASK, RUN_JOB_TASK
 from worker.due_polls import DuePollDispatcher
 from worker.errors import (
     BrokerUnavailableError,
@@ -26,6 +30,7 @@ from worker.errors import (
     JobNotFoundError,
     UnreadableRecordError,
 )
+from worker.models import JobState
 from worker.nudge import Nudger
 from worker.ratelimit import AccountLimiter
 from worker.reconnect import after_reconnect
@@ -49,6 +54,7 @@ class _Parts:
     sweeper: Sweeper
     nudger: Nudger
     due_polls: DuePollDispatcher
+    callbacks: CallbackDelivery
 
 
 _parts_lock = threading.Lock()
@@ -80,10 +86,15 @@ def _build_parts() -> _Parts:
         grace=runner.takeover_grace,
         interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
+        send_callbacks=_send_callback_deliveries,
     )
     nudger = Nudger(sweeper.bring_back)
     due_polls = DuePollDispatcher(store, send_due_poll, nudger.add, clock=store.clock)
-    return _Parts(runner, sweeper, nudger, due_polls)
+    http = requests.Session()
+    # The backend is usually inside the user's network: proxies only when configured.
+    http.trust_env = settings.proxy_from_env
+    callbacks = CallbackDelivery(settings, store, http)
+    return _Parts(runner, sweeper, nudger, due_polls, callbacks)
 
 
 def _process_parts() -> _Parts:
@@ -137,6 +148,7 @@ def run_job(
     if isinstance(outcome, Finished):
         if outcome.ended_here:
             wake_parked(1)
+            announce_ending(outcome.state)
         record = outcome.state
         if record.status.value != "completed":
             error = record.error
@@ -182,29 +194,64 @@ def _lost_with_the_broker(job_id: str, exc: BaseException) -> NoReturn:
     raise Ignore(f"job {job_id}: sent again once the broker is back") from None
 
 
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    name=DELIVER_CALLBACK_TASK,
+    acks_late=True,
+    max_retries=None,  # the retry window (WAVEQUEUE_CALLBACK_RETRY_FOR) bounds it
+    ignore_result=True,
+)
+def deliver_callback(self: Task, target: str = "") -> None:
+    """One attempt at the callback of ``target`` (``job:<id>`` or ``chain:<id>``)."""
+    try:
+        countdown = _process_parts().callbacks.deliver(target)
+    except BROKER_LOST as exc:
+        # Its outbox entry stays, with the time the sweeper sends it again.
+        log.warning(
+            "callback %s: Redis lost mid-delivery (%s); the sweeper sends it again", target, exc
+        )
+        raise Ignore(str(exc)) from None
+    if countdown is None:
+        return
+    try:
+        self.retry(countdown=countdown, kwargs={"target": target}, throw=False, task_id=uuid())
+    except Reject as exc:
+        log.warning("callback %s: next attempt not scheduled (%s); the sweeper will", target, exc)
+    self.request.callbacks = None
+
+
+def announce_ending(state: JobState) -> None:
+    """Send the callbacks the job's ending made owed (the store put them in the outbox in
+    the same step). Best effort: an outbox entry whose message never went out is sent by
+    the sweeper after ``CALLBACK_SEND_GRACE``."""
+    try:
+        send_callbacks(_process_parts().runner.store, state)
+    except Exception as exc:  # noqa: BLE001 - the sweeper sends what this could not
+        log.warning("job %s: callback not sent yet (%s); the sweeper will", state.id, exc)
+
+
+def send_callbacks(store: JobStore, state: JobState) -> int:
+    """Send a delivery for each callback owed for this job's ending; how many."""
+    owed = store.callbacks_owed(members_for(state.id, state.callback_url, state.chain_id))
+    _send_callback_deliveries(owed)
+    return len(owed)
+
+
+def _send_callback_deliveries(members: Sequence[str]) -> None:
+    if members:
+        send_callback_deliveries(app, members)
+
+
 def wake_parked(count: int) -> int:
     """Send again up to ``count`` jobs parked behind the in-flight cap (a slot freed).
-    Never fails the run that calls it: a job taken but not sent stays in the limiter's
-    waking set, and the sweeper parks it again (``requeue_stale_wakes``)."""
-    sent = 0
-    try:
-        for snap in job_runner().unparked(count):
-            resend(snap, {})
-            sent += 1
-    except Exception as exc:  # noqa: BLE001 - a wake is best effort; the sweeper repairs it
-        log.warning("could not wake parked jobs (%s); the sweeper will", exc)
-    return sent
+    Never fails the run that calls it (``worker.parking.wake_parked``)."""
+    runner = job_runner()
+    return parking.wake_parked(runner.store, runner.limiter, count, lambda snap: resend(snap, {}))
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:
     """Send a job's message again; a chain step takes the steps after it along."""
-    record = snap.state
-    job_ids = [record.id]
-    if record.chain_id and record.step:
-        # If the chain record expired, finish this step at least.
-        with contextlib.suppress(JobNotFoundError):
-            job_ids += job_runner().store.get_chain(record.chain_id).step_job_ids[record.step :]
-    send_job_chain(app, job_ids, record.priority.queue, first_kwargs=first_kwargs)
+    send_job_and_rest(app, job_runner().store, snap.state, first_kwargs)
 
 
 def send_due_poll(job_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The WaveSpeed HTTP client: ``submit()`` and ``result()``, nothing more.
+"""The WaveSpeed HTTP client: ``submit()``, ``result()`` and ``upload()``, nothing more.
 
 Every transport and HTTP failure is mapped to the tree in ``worker.errors``
 here, and the remote status is parsed here, into a closed set. The rule that
@@ -11,7 +11,11 @@ anything else after the bytes left is ``SubmitOutcomeUnknownError``.
 Messages are built from status codes and the server's own words, never from
 the request; and the server's words are redacted (the API key and any bearer
 token are cut out) before they are quoted, because a careless server may echo
-the request's Authorization header back.
+the request's Authorization header back. Then they are made printable
+(``worker.outside_text``: control characters escaped, length capped), because the
+server's words quote what it was sent, and they go on to logs, records and
+terminals. A prediction id and an error code from the server are held to a short
+plain spelling: the id goes into our poll URLs, the code into counter labels.
 """
 
 from __future__ import annotations
@@ -38,12 +42,17 @@ from worker.errors import (
     WaveSpeedError,
 )
 from worker.models import MODEL_PREFIX
+from worker.outside_text import printable
 
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
 _TRANSIENT_TASK_CODES = range(5000, 6000)
 _SUBMIT_SAFE_HTTP = frozenset({429, 503})
-_MAX_ERROR_TEXT = 300
+MAX_ERROR_TEXT = 300
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+#: A prediction id, as WaveSpeed writes them (hex); it becomes part of our poll URL.
+_PREDICTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: A remote error code written as text; it becomes a counter label.
+_TEXT_CODE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 REDACTED = "[redacted]"
 
 
@@ -80,12 +89,18 @@ def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
     data = envelope.get("data")
     if not isinstance(data, Mapping) or not data.get("id"):
         raise PermanentError("WaveSpeed answered without a prediction in data", code="malformed")
+    if not _PREDICTION_ID.fullmatch(str(data["id"])):
+        raise PermanentError(
+            f"WaveSpeed answered a malformed prediction id {printable(repr(data['id']), 80)}",
+            code="malformed",
+        )
     raw_status = str(data.get("status", ""))
     try:
         status = RemoteStatus(raw_status)
     except ValueError:
         raise PermanentError(
-            f"WaveSpeed reported unknown status {raw_status!r} for prediction {data['id']}",
+            f"WaveSpeed reported unknown status {printable(repr(raw_status), 80)} "
+            f"for prediction {data['id']}",
             code="unknown_status",
         ) from None
     timings = data.get("timings") if isinstance(data.get("timings"), Mapping) else {}
@@ -98,8 +113,10 @@ def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
             code="malformed",
         )
     code = data.get("code")
-    if not isinstance(code, int | str | None):
+    if isinstance(code, bool) or not isinstance(code, int | str | None):
         code = None
+    elif isinstance(code, str) and not _TEXT_CODE.fullmatch(code):
+        code = "unreadable"
     if code in (None, 0, 200) and status in (RemoteStatus.FAILED, RemoteStatus.TIMEOUT):
         code = 5004 if status is RemoteStatus.TIMEOUT else None
     return Prediction(
@@ -109,7 +126,7 @@ def parse_prediction(envelope: Mapping[str, Any]) -> Prediction:
         has_nsfw_contents=[bool(n) for n in nsfw],
         inference_ms=float(inference) if isinstance(inference, int | float) else None,
         error_code=code if code not in (0, 200) else None,
-        error_message=str(data.get("error") or ""),
+        error_message=str(data.get("error") or ""),  # made printable by the client
     )
 
 
@@ -152,7 +169,7 @@ def _server_message(response: requests.Response, secret: str) -> str:
         message = None
     text = str(message or response.text or response.reason or "")
     # Redact before cutting, so a secret straddling the cut cannot leave a readable half.
-    return redact(text, secret)[:_MAX_ERROR_TEXT]
+    return printable(redact(text, secret), MAX_ERROR_TEXT)
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -225,11 +242,15 @@ class WaveSpeedClient:
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
-        """POST a prediction; returns it (normally ``created``)."""
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction:
+        """POST a prediction; returns it (normally ``created``). ``webhook``: the URL
+        WaveSpeed calls when it ends (the documented ``?webhook=`` query parameter)."""
         url = f"{self.base_url}/api/v3/{MODEL_PREFIX}{model.removeprefix(MODEL_PREFIX)}"
+        params = {"webhook": webhook} if webhook else None
         try:
-            response = self.session.post(url, json=dict(body), timeout=self.timeout)
+            response = self.session.post(url, json=dict(body), params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise map_transport_error(exc, during_submit=True) from None
         if response.status_code != 200:
@@ -262,11 +283,62 @@ class WaveSpeedClient:
             raise map_transport_error(exc, during_submit=False) from None
         return self._redacted(parse_prediction(envelope))
 
+    def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Store an image in WaveSpeed's media storage (``/api/v3/media/upload/binary``);
+        returns its download URL. Unlike a submit, an upload creates nothing billable, so
+        any failure to get an answer is safe to retry (``TransientError``)."""
+        url = f"{self.base_url}/api/v3/media/upload/binary"
+        try:
+            response = self.session.post(
+                url, files={"file": (filename, data, content_type)}, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            mapped = map_transport_error(exc, during_submit=False)
+            if isinstance(mapped, PermanentError):  # TLS, a malformed request: no retry helps
+                raise mapped from None
+            raise TransientError(
+                f"uploading an image to WaveSpeed failed ({type(exc).__name__})", code="upload"
+            ) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            data_field = response.json().get("data")
+            download_url = data_field.get("download_url") if isinstance(data_field, dict) else None
+        except (ValueError, AttributeError):
+            download_url = None
+        if not isinstance(download_url, str) or not download_url:
+            raise TransientError(
+                "WaveSpeed answered an upload without a download_url", code="upload"
+            )
+        return download_url
+
+    def webhook_secret(self) -> str:
+        """The account's webhook signing secret (``whsec_...``), as WaveSpeed gives it."""
+        url = f"{self.base_url}/api/v3/webhook/secret"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            envelope = response.json()
+        except requests.exceptions.JSONDecodeError as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        secret = data.get("secret") if isinstance(data, Mapping) else None
+        if not isinstance(secret, str) or not secret:
+            # Never quote the answer: it would be the secret if only its shape were off.
+            raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
+        return secret
+
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""
         if not prediction.error_message:
             return prediction
-        message = redact(prediction.error_message, self._secret)[:_MAX_ERROR_TEXT]
+        message = printable(redact(prediction.error_message, self._secret), MAX_ERROR_TEXT)
+
+        message = redact(prediction.error_message, self._secret)[:MAX_ERROR_TEXT]
         return dataclasses.replace(prediction, error_message=message)
 
     def _http_error(self, response: requests.Response, *, during_submit: bool) -> WaveSpeedError:

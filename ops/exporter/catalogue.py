@@ -34,6 +34,8 @@ GAUGES: Final[dict[str, str]] = {
     "(killed, hung or frozen without a clean stop); forgotten after an hour",
     "sweeper_interval_seconds": "How often a worker's sweeper times out jobs past their "
     "deadline and sends lost messages again",
+    "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
+    "waiting for their next attempt or being attempted",
     "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
     "in Redis for a worker's dispatcher",
     "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
@@ -52,8 +54,14 @@ COUNTERS: Final[dict[str, str]] = {
     "or the worker's own code such as submit_outcome_unknown; a code not in the known list "
     "is counted as other)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
-    "jobs_ended": "Jobs that ended, by model and outcome (completed, failed, timed_out): "
-    "the denominator of failure ratios",
+    "jobs_ended": "Jobs that ended, by model and outcome (completed, failed, timed_out, "
+    "cancelled): the denominator of failure ratios",
+    "jobs_cancelled": "Jobs cancelled (JobClient.cancel, wavequeue cancel), by model and stage "
+    "(queued: never submitted; submitting, submitted: WaveSpeed may still bill it)",
+    "callbacks_delivered": "Callbacks a backend answered with 2xx, by kind (job, chain)",
+    "callbacks_failed": "Callbacks given up on after WAVEQUEUE_CALLBACK_RETRY_FOR, by kind",
+    "callback_attempts_failed": "Callback attempts answered with a non-2xx status, by status "
+    "(0: no answer: refused, timed out, dropped)",
     "remote_rate_limited": "Submits WaveSpeed answered with HTTP 429",
     "limiter_waits": "Submits delayed by the shared rate limiter or in-flight cap",
     "submit_outcome_unknown": "Submit POSTs whose outcome is unknown (read timeout, dropped "
@@ -70,8 +78,30 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
     "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "inline_uploads": "Inline images (data URIs, local files) the workers uploaded to "
+    "WaveSpeed's media storage before a job's first submit, by model",
     "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
     "from the run that freed a slot was lost, or a slot expired)",
+    "jobs_ended_by": "Jobs a prediction's end finished (completed, or failed remotely), by "
+    "how they learnt it: path=webhook or path=poll",
+    "polls_before_end": "Result polls made by the jobs of jobs_ended_by, by the same path "
+    "(divide by jobs_ended_by: polls per job by completion path)",
+    "webhooks_received": "WaveSpeed callbacks that reached wavequeue webhooks",
+    "webhooks_rejected": "Callbacks refused, by reason: bad_url (wrong MAC), missing_headers, "
+    "bad_id, bad_timestamp, stale, bad_signature, malformed, too_large, prediction_owned",
+    "webhooks_duplicate": "Verified callbacks whose webhook-id was already taken (a replay or "
+    "a repeated delivery): answered 200, applied once",
+    "webhooks_applied": "Verified callbacks that ended their job",
+    "webhooks_ignored": "Verified callbacks with nothing to do, by reason: job_ended, "
+    "other_prediction, left_to_poll, no_prediction, unknown_job, not_adoptable",
+    "webhooks_deferred": "Callbacks that came while their job's submit POST was in flight: "
+    "answered 503 for a retry",
+    "orphans_adopted": "Jobs whose submit outcome was unknown that adopted the prediction "
+    "their webhook proved (no second POST), by model",
+    "sweeper_callbacks": "Callback deliveries the sweeper sent (an attempt due after a long "
+    "wait, or a delivery message lost)",
+    "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
+    "already or being attempted, and did nothing",
 }
 
 #: Every error code a failed job can carry that gets a series of its own; any other code
@@ -85,31 +115,52 @@ FAILURE_CODES: Final = (
     "failed", "cancelled", "timeout",
     # HTTP statuses: 4xx end a job at once, 429 and 5xx once its retry budget is spent.
     "400", "401", "403", "404", "413", "422", "429", "500", "502", "503", "504",
-    # The worker's own codes (worker/wavespeed.py, worker/runner.py).
+    # The worker's own codes (worker/wavespeed.py, worker/runner.py, worker/settle.py).
     "submit_outcome_unknown", "connect", "transport", "tls", "client", "malformed",
-    "unknown_status", "missing_input", "unknown",
+    "unknown_status", "upload", "missing_input", "invalid_input", "inline_image_missing",
+    "unknown",
 )  # fmt: skip
 OTHER_CODE: Final = "other"
-OUTCOMES: Final = ("completed", "failed", "timed_out")
+#: How a job ended (``jobs_ended``); ratios of failures leave ``cancelled`` out.
+OUTCOMES: Final = ("completed", "failed", "timed_out", "cancelled")
+MODELS: Final = tuple(ENDPOINTS)
+#: Reasons wavequeue webhooks gives (worker/webhooks/receiver.py, signature.py).
+WEBHOOK_REJECT_REASONS: Final = (
+    "bad_url", "missing_headers", "bad_id", "bad_timestamp", "stale", "bad_signature",
+    "malformed", "too_large", "prediction_owned",
+)  # fmt: skip
+WEBHOOK_IGNORE_REASONS: Final = (
+    "left_to_poll", "job_ended", "unknown_job", "other_prediction", "no_prediction",
+    "not_adoptable",
+)  # fmt: skip
+CALLBACK_KINDS: Final = ("job", "chain")
+ENDING_PATHS: Final = ("poll", "webhook")
+CANCEL_STAGES: Final = ("queued", "submitting", "submitted")
 
-#: Label names of the labelled counters. Every combination of known values (the models of
-#: the endpoint registry, ``FAILURE_CODES`` and ``other``, ``OUTCOMES``) is exported from 0.
-COUNTER_LABELS: Final[dict[str, tuple[str, ...]]] = {
-    "submissions": ("model",),
-    "polls": ("model",),
-    "jobs_completed": ("model",),
-    "jobs_failed": ("model", "code"),
-    "jobs_timed_out": ("model",),
-    "jobs_ended": ("model", "outcome"),
-    "submit_outcome_unknown": ("model",),
-    "resubmissions": ("model",),
-    "error_retries": ("model",),
-    "orphaned_predictions": ("model",),
-}
-KNOWN_LABEL_VALUES: Final[dict[str, tuple[str, ...]]] = {
-    "model": tuple(ENDPOINTS),
-    "code": (*FAILURE_CODES, OTHER_CODE),
-    "outcome": OUTCOMES,
+#: The labels of each labelled counter, with their known values: every combination of
+#: known values is exported from 0. ``None``: any value (an HTTP status from a backend),
+#: exported as it comes, from its first count.
+COUNTER_LABELS: Final[dict[str, dict[str, tuple[str, ...] | None]]] = {
+    "submissions": {"model": MODELS},
+    "polls": {"model": MODELS},
+    "jobs_completed": {"model": MODELS},
+    "jobs_failed": {"model": MODELS, "code": (*FAILURE_CODES, OTHER_CODE)},
+    "jobs_timed_out": {"model": MODELS},
+    "jobs_ended": {"model": MODELS, "outcome": OUTCOMES},
+    "jobs_cancelled": {"model": MODELS, "stage": CANCEL_STAGES},
+    "submit_outcome_unknown": {"model": MODELS},
+    "resubmissions": {"model": MODELS},
+    "error_retries": {"model": MODELS},
+    "orphaned_predictions": {"model": MODELS},
+    "inline_uploads": {"model": MODELS},
+    "orphans_adopted": {"model": MODELS},
+    "jobs_ended_by": {"path": ENDING_PATHS},
+    "polls_before_end": {"path": ENDING_PATHS},
+    "webhooks_rejected": {"reason": WEBHOOK_REJECT_REASONS},
+    "webhooks_ignored": {"reason": WEBHOOK_IGNORE_REASONS},
+    "callbacks_delivered": {"kind": CALLBACK_KINDS},
+    "callbacks_failed": {"kind": CALLBACK_KINDS},
+    "callback_attempts_failed": {"status": None},
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -125,6 +176,12 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "sweeper_catch_ups",
         "parked",
         "sweeper_woken",
+        "webhooks_received",
+        "webhooks_duplicate",
+        "webhooks_applied",
+        "webhooks_deferred",
+        "sweeper_callbacks",
+        "callback_copies_ignored",
     }
 )
 

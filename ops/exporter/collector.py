@@ -28,7 +28,6 @@ from ops.exporter.catalogue import (
     FAILURE_CODES,
     GAUGES,
     HISTOGRAMS,
-    KNOWN_LABEL_VALUES,
     OTHER_CODE,
     PREFIX,
     UNLABELLED_COUNTERS,
@@ -131,6 +130,9 @@ class WavequeueCollector(Collector):
         parked = _gauge("jobs_parked")
         parked.add_metric([], snap.parked)
         yield parked
+        callbacks = _gauge("callbacks_pending")
+        callbacks.add_metric([], snap.callbacks_pending)
+        yield callbacks
         deferred = _gauge("polls_deferred")
         deferred.add_metric([], snap.deferred_polls)
         yield deferred
@@ -174,13 +176,17 @@ class WavequeueCollector(Collector):
 
 
 def _known_label_sets(name: str) -> list[Labels]:
-    """Every combination of known label values of counter ``name`` (``()`` if unlabelled)."""
+    """Every combination of known label values of counter ``name`` (``()`` if unlabelled;
+    none if a label takes any value)."""
     if name in UNLABELLED_COUNTERS:
         return [()]
+    labels = COUNTER_LABELS.get(name)
+    if not labels or any(values is None for values in labels.values()):
+        return []
     sets: list[Labels] = [()]
-    for label in sorted(COUNTER_LABELS.get(name, ())):
-        sets = [(*labels, (label, value)) for labels in sets for value in KNOWN_LABEL_VALUES[label]]
-    return sets if COUNTER_LABELS.get(name) else []
+    for label in sorted(labels):
+        sets = [(*found, (label, value)) for found in sets for value in labels[label] or ()]
+    return sets
 
 
 _KNOWN_CODES = frozenset(FAILURE_CODES)

@@ -22,6 +22,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from ops.exporter.catalogue import HISTOGRAMS
 from worker.constants import (
+    CALLBACKS_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
     DUE_POLLS_KEY,
@@ -29,7 +30,7 @@ from worker.constants import (
     IN_FLIGHT_KEY,
     LIVE_KEY,
     PARKED_KEY,
-    QUEUES,
+    WORKER_QUEUES,
     WORKERS_KEY,
 )
 from worker.store import parse_counter_field
@@ -98,6 +99,8 @@ class Snapshot:
     inflight: int
     #: Jobs parked behind the in-flight cap, waiting for a slot.
     parked: int
+    #: Callbacks owed (the outbox): not yet delivered, nor given up on.
+    callbacks_pending: int
     #: Jobs whose next poll waits in Redis (deferred), and when the earliest is due.
     deferred_polls: int
     earliest_deferred_poll: float | None
@@ -114,7 +117,9 @@ class Snapshot:
         return alive, len(self.worker_beats) - alive
 
 
-def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUES) -> Snapshot:
+def read_snapshot(
+    client: redis.Redis, now: float, queues: Sequence[str] = WORKER_QUEUES
+) -> Snapshot:
     """Everything in one pipeline: O(1) commands in the number of live jobs."""
     lists = [(queue, step) for queue in queues for step in PRIORITY_STEPS]
     pipe = client.pipeline(transaction=False)
@@ -128,6 +133,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     pipe.zcard(PARKED_KEY)
     pipe.zcard(DUE_POLLS_KEY)
     pipe.zrange(DUE_POLLS_KEY, 0, 0, withscores=True)
+    pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
     pipe.time()
@@ -139,7 +145,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
     (
         unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
-        live, counters, (seconds, micros), beats, *hists,
+        callbacks, live, counters, (seconds, micros), beats, *hists,
     ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
@@ -151,6 +157,7 @@ def read_snapshot(client: redis.Redis, now: float, queues: Sequence[str] = QUEUE
         earliest_deadline=float(earliest[0][1]) if earliest else None,
         inflight=int(inflight),
         parked=int(parked),
+        callbacks_pending=int(callbacks),
         deferred_polls=int(deferred),
         earliest_deferred_poll=float(first_deferred[0][1]) if first_deferred else None,
         counters={parse_counter_field(_text(name)): int(value) for name, value in counters.items()},

@@ -1,4 +1,5 @@
-"""``wavequeue up``: Redis, the emulator, a worker, Flower and the exporter, supervised.
+"""``wavequeue up``: Redis, the emulator, the webhook receiver, a worker, Flower and the
+exporter, supervised.
 
 What runs, and why:
 
@@ -11,8 +12,14 @@ What runs, and why:
   throwaway API key for it and gives the worker that key, so a real
   ``WAVESPEED_API_KEY`` in the environment never goes to the emulator. With
   ``WAVESPEED_BASE_URL`` set, ``WAVESPEED_API_KEY`` is required.
+- **Webhooks** (``wavequeue webhooks``): with the emulator, always (it calls
+  ``http://127.0.0.1:<port>``); with a remote WaveSpeed, only when
+  ``WAVEQUEUE_WEBHOOK_URL`` names a public URL that reaches it (a tunnel), since
+  WaveSpeed cannot call 127.0.0.1. The worker then gets that URL and the URL key
+  (``WAVEQUEUE_WEBHOOK_URL_KEY``, or a throwaway one). ``--no-webhooks``: poll only.
 - **Worker**, **Flower** (localhost only, state in ``<data-dir>/flower``) and the
-  **exporter**. Only the worker gets the API key.
+  **exporter**. Only the worker gets the API key (and the receiver, to fetch the
+  webhook secret once, unless ``WAVEQUEUE_WEBHOOK_SECRET`` is set).
 
 Children log to ``<data-dir>/logs/<name>.log``. If one dies, the stack says so,
 shows the end of its log and stops the rest; Ctrl-C or SIGTERM stops everything,
@@ -45,7 +52,8 @@ from ops.localstack.supervisor import (
     port_open,
 )
 from worker.errors import ConfigError
-from worker.redis_connection import redact, redis_client
+from worker.redis_connection import redis_client
+from worker.redis_urls import redact
 from worker.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -67,6 +75,9 @@ class StackOptions:
     flower_port: int = 5555
     exporter_port: int = 9808
     concurrency: int = 8
+    webhooks_port: int = 8780
+    #: Run the webhook receiver and have the worker ask for callbacks (when reachable).
+    webhooks: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class Endpoints:
     emulated: bool
     flower_url: str
     exporter_url: str
+    #: The receiver's base URL as WaveSpeed calls it; None when webhooks are not used.
+    webhooks_url: str | None = None
 
 
 def pick_port(preferred: int) -> int:
@@ -146,7 +159,8 @@ class LocalStack:
         try:
             redis_url = self._redis()
             base_url = self._emulator(api_key) if emulated else self.settings.base_url
-            self._worker(redis_url, base_url, api_key, emulated=emulated)
+            hooks = self._webhooks(redis_url, base_url, api_key, emulated=emulated)
+            self._worker(redis_url, base_url, api_key, emulated=emulated, hooks=hooks)
             flower_url = self._flower(redis_url)
             exporter_url = self._exporter(redis_url)
         except BaseException:
@@ -157,7 +171,8 @@ class LocalStack:
             self.options.data_dir / "stack.env",
             "".join(f"{name}={value}\n" for name, value in stack_env.items()),
         )
-        return Endpoints(redis_url, base_url, emulated, flower_url, exporter_url)
+        webhooks_url = hooks.get("WAVEQUEUE_WEBHOOK_URL")
+        return Endpoints(redis_url, base_url, emulated, flower_url, exporter_url, webhooks_url)
 
     def watch(self) -> None:
         """Until Ctrl-C (KeyboardInterrupt); StackError when a child dies."""
@@ -213,7 +228,51 @@ class LocalStack:
         )
         return url
 
-    def _worker(self, redis_url: str, base_url: str, api_key: str, *, emulated: bool) -> None:
+    def _webhooks(
+        self, redis_url: str, base_url: str, api_key: str, *, emulated: bool
+    ) -> dict[str, str]:
+        """Start the receiver when WaveSpeed can reach it; the worker's webhook settings
+        (none: the worker polls only)."""
+        public = None if emulated else self.settings.webhook_url
+        if not self.options.webhooks or not (emulated or public):
+            if self.options.webhooks:
+                self.say(
+                    "  webhooks  not used: WaveSpeed cannot call 127.0.0.1 (set "
+                    "WAVEQUEUE_WEBHOOK_URL to a public URL that reaches --webhooks-port)"
+                )
+            return {}
+        key = self.settings.webhook_url_key
+        url_key = key.get_secret_value() if key is not None else secrets.token_urlsafe(24)
+        port = pick_port(self.options.webhooks_port)
+        local = f"http://{HOST}:{port}"
+        env = child_env(
+            REDIS_URL=redis_url,
+            WAVESPEED_BASE_URL=base_url,
+            WAVEQUEUE_WEBHOOK_URL_KEY=url_key,
+        )
+        if self.settings.webhook_secret is None:
+            env["WAVESPEED_API_KEY"] = api_key  # to fetch the webhook secret, once
+        self.supervisor.start(
+            ProcessService(
+                name="webhooks",
+                address=f"{local} (WaveSpeed callbacks; WaveSpeed calls {public or local})",
+                argv=[WAVEQUEUE, "webhooks", "--host", HOST, "--port", str(port)],
+                env=env,
+                log_path=self.logs / "webhooks.log",
+                ready=_listening(port),
+            )
+        )
+        return {"WAVEQUEUE_WEBHOOK_URL": public or local, "WAVEQUEUE_WEBHOOK_URL_KEY": url_key}
+
+    def _worker(
+        self,
+        redis_url: str,
+        base_url: str,
+        api_key: str,
+        *,
+        emulated: bool,
+        hooks: dict[str, str],
+    ) -> None:
         log_path = self.logs / "worker.log"
         argv = [
             WAVEQUEUE, "worker",
@@ -230,6 +289,7 @@ class LocalStack:
                     WAVESPEED_BASE_URL=base_url,
                     WAVESPEED_API_KEY=api_key,
                     **_image_url_env(emulated),
+                    **hooks,
                 ),
                 log_path=log_path,
                 ready=lambda service: service.log_contains(" ready."),
@@ -287,6 +347,11 @@ class LocalStack:
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--exporter-port", default=9808, show_default=True, type=int)
 @click.option("--concurrency", default=8, show_default=True, type=int, help="Worker threads.")
+@click.option("--webhooks-port", default=8780, show_default=True, type=int)
+@click.option(
+    "--webhooks/--no-webhooks", default=True, show_default=True,
+    help="Run the webhook receiver and have the worker ask WaveSpeed for callbacks.",
+)  # fmt: skip
 def up_command(
     *,
     data_dir: Path,
@@ -295,8 +360,10 @@ def up_command(
     flower_port: int,
     exporter_port: int,
     concurrency: int,
+    webhooks_port: int,
+    webhooks: bool,
 ) -> None:
-    """Run the local stack (Redis, emulator, worker, Flower, exporter) until Ctrl-C.
+    """Run the local stack (Redis, emulator, webhooks, worker, Flower, exporter) until Ctrl-C.
 
     A taken port (other than Redis's when given) falls back to a free one; the
     stack prints where each service listens.
@@ -304,7 +371,14 @@ def up_command(
     try:
         settings = Settings.from_env()
         options = StackOptions(
-            data_dir, redis_port, emulator_port, flower_port, exporter_port, concurrency
+            data_dir,
+            redis_port,
+            emulator_port,
+            flower_port,
+            exporter_port,
+            concurrency,
+            webhooks_port,
+            webhooks,
         )
         stack = LocalStack(options, settings, click.echo)
     except ConfigError as exc:

@@ -12,8 +12,8 @@ are the job options; every other key is a WaveSpeed field of the model.
 Relative image paths start at the batch file's folder. If any line is bad, every
 bad line is reported with its number and nothing is enqueued. A file holds at most
 ``MAX_BATCH_LINES`` requests (``--max-lines``), each line at most
-``MAX_BATCH_LINE_BYTES``, and all its requests together at most ``MAX_BATCH_BYTES``
-(``worker.limits``).
+``MAX_BATCH_LINE_BYTES`` (``--max-line-bytes``), and all its requests together at most
+``MAX_BATCH_BYTES`` (``--max-bytes``); the defaults are in ``worker.limits``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from producer.commands.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
     EXIT_TIMED_OUT,
+    error_text,
     json_option,
     make_client,
     print_json,
@@ -43,29 +44,36 @@ from producer.errors import ValidationError, WaitTimeoutError
 from producer.prepare import PreparedJob
 from worker.limits import MAX_BATCH_BYTES, MAX_BATCH_LINE_BYTES, MAX_BATCH_LINES, megabytes
 from worker.models import JobRecord, JobStatus, request_size
+from worker.outside_text import printable
 
 
 def read_batch(
-    path: Path, client: JobClient, *, max_lines: int = MAX_BATCH_LINES
+    path: Path,
+    client: JobClient,
+    *,
+    max_lines: int = MAX_BATCH_LINES,
+    max_line_bytes: int = MAX_BATCH_LINE_BYTES,
+    max_bytes: int = MAX_BATCH_BYTES,
 ) -> tuple[list[tuple[int, PreparedJob]], list[str]]:
     """Every line checked: (line number, prepared job) for the good ones, and one
     message per problem (``line N: field: why``) for the bad ones.
 
-    The file is read line by line: a line over ``MAX_BATCH_LINE_BYTES`` is reported
-    without being held in memory, reading stops past ``max_lines`` requests, and the
-    checked requests together may hold at most ``MAX_BATCH_BYTES`` (local images
-    inlined), since all of them wait in memory until every line has passed."""
+    The file is read line by line: a line over ``max_line_bytes`` is reported without
+    being held in memory, reading stops past ``max_lines`` requests, and the checked
+    requests together may hold at most ``max_bytes`` (local images inlined), since all
+    of them wait in memory until every line has passed."""
     prepared: list[tuple[int, PreparedJob]] = []
     problems: list[str] = []
     requests = 0
     total_bytes = 0
     try:
         with path.open("rb") as handle:
-            for number, raw in enumerate(_read_lines(handle, MAX_BATCH_LINE_BYTES), start=1):
+            for number, raw in enumerate(_read_lines(handle, max_line_bytes), start=1):
                 if raw is None:
                     problems.append(
-                        f"line {number}: longer than {megabytes(MAX_BATCH_LINE_BYTES)} "
-                        "(one request per line; pass big images by URL or file path)"
+                        f"line {number}: longer than {_size(max_line_bytes)} (one request "
+                        "per line; pass big images by URL or file path, or raise "
+                        "--max-line-bytes)"
                     )
                     continue
                 try:
@@ -87,10 +95,11 @@ def read_batch(
                     continue
                 prepared.append((number, job))
                 total_bytes += request_size(job.body)
-                if total_bytes > MAX_BATCH_BYTES:
+                if total_bytes > max_bytes:
                     problems.append(
                         f"line {number}: the requests so far hold more than "
-                        f"{megabytes(MAX_BATCH_BYTES)}; split the file or pass images by URL"
+                        f"{_size(max_bytes)}; split the file or pass images by URL "
+                        "(or raise --max-bytes)"
                     )
                     break
     except OSError as exc:
@@ -98,6 +107,10 @@ def read_batch(
     if not prepared and not problems:
         problems.append(f"{path}: no requests (one JSON object per line)")
     return prepared, problems
+
+
+def _size(count: int) -> str:
+    return f"{count:,} bytes" if count < 1024 * 1024 else megabytes(count)
 
 
 def _read_lines(handle: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
@@ -208,6 +221,7 @@ def _summary(
         "completed": counts["completed"],
         "failed": counts["failed"],
         "timed_out": counts["timed_out"],
+        "cancelled": counts["cancelled"],
         "unfinished": counts["unfinished"],
         "seconds": round(elapsed, 3),
         "jobs": jobs,
@@ -218,13 +232,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rate = summary["total"] / summary["seconds"] if summary["seconds"] else 0.0
     click.echo(
         f"{summary['total']} jobs: {summary['completed']} completed, {summary['failed']} failed, "
-        f"{summary['timed_out']} timed out, {summary['unfinished']} unfinished "
+        f"{summary['timed_out']} timed out, {summary['cancelled']} cancelled, "
+        f"{summary['unfinished']} unfinished "
         f"in {summary['seconds']:.1f}s ({rate:.1f} jobs/s)"
     )
     for job in summary["jobs"]:
         if job["status"] != "completed":
             error = job["error"]
-            reason = f"[{error['code']}] {error['message']}" if error else ""
+            reason = error_text(error["code"], error["message"]) if error else ""
             click.echo(f"  line {job['line']}: job {job['job_id']} {job['status']} {reason}")
 
 
@@ -249,18 +264,42 @@ def _print_summary(summary: dict[str, Any]) -> None:
     show_default=True,
     help="Refuse a file with more requests than this (nothing is enqueued).",
 )
+@click.option(
+    "--max-line-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_BATCH_LINE_BYTES,
+    show_default=True,
+    help="Refuse a line longer than this many bytes (nothing is enqueued).",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_BATCH_BYTES,
+    show_default=True,
+    help="Refuse a file whose requests (local images inlined) hold more than this.",
+)
 @json_option
 @reports_errors
 def batch_command(
-    file: Path, wait: bool, timeout: float | None, max_lines: int, as_json: bool
+    file: Path,
+    *,
+    wait: bool,
+    timeout: float | None,
+    max_lines: int,
+    max_line_bytes: int,
+    max_bytes: int,
+    as_json: bool,
 ) -> None:
     """Enqueue every request in FILE (JSON Lines), then show progress until all end.
     Exits 0 all completed, 1 some failed, 2 bad lines (nothing enqueued), 3 timed out."""
     with make_client() as client:
-        prepared, problems = read_batch(file, client, max_lines=max_lines)
+        prepared, problems = read_batch(
+            file, client, max_lines=max_lines, max_line_bytes=max_line_bytes, max_bytes=max_bytes
+        )
         if problems:
             for problem in problems:
-                click.echo(f"error: {problem}", err=True)
+                # A problem can quote the line (a field name): escaped, one line each.
+                click.echo(f"error: {printable(problem, 2000)}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         started = time.monotonic()
         # One pipeline per thousand jobs: records and their messages together.

@@ -97,6 +97,7 @@ def chain_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -134,6 +135,7 @@ def chain_command(
         "deadline": deadline,
         "metadata": chain_metadata,
         "idempotency_key": idempotency_key,
+        "callback_url": callback_url,
     }
     with make_client() as client:
         if problems:

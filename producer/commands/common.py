@@ -3,11 +3,15 @@
 Exit codes (the README lists them too):
 
 - 0: done: the job or chain completed (or was enqueued, without ``--wait``)
-- 1: the job or chain ended failed or timed out (past its deadline)
+- 1: the job or chain ended failed
 - 2: bad input: one line per problem on stderr, nothing enqueued; also an unknown id
-- 3: ``--wait``/``wait`` gave up: the timeout passed first (the job keeps running)
+- 3: it ended timed out (past its deadline), or ``--wait``/``wait`` gave up: the timeout
+  passed first (the job keeps running)
 - 4: infrastructure: Redis unreachable (after WAVEQUEUE_REDIS_RETRY_WINDOW seconds of
   retrying) or refusing the password, a download failed
+- 78: the configuration is refused (a malformed ``REDIS_URL``, a bad ``WAVEQUEUE_*``
+  value): one line naming the variable, as the worker says it (EX_CONFIG)
+- 5: the job or chain ended cancelled
 """
 
 from __future__ import annotations
@@ -33,13 +37,17 @@ from producer.errors import (
 )
 from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
-from worker.redis_connection import redact
+from worker.outside_text import printable
+from worker.redis_urls import redact
+from worker.settings import Settings
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TIMED_OUT = 3
 EXIT_UNAVAILABLE = 4
+EXIT_CONFIG = 78  # EX_CONFIG, as `wavequeue worker` exits on a refused configuration
+EXIT_CANCELLED = 5
 
 # An image over the pixel limit is one "error:" line (producer.images refuses it);
 # Pillow warns first about images between its own two ceilings, which would print
@@ -51,14 +59,15 @@ R = TypeVar("R")
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message, 2000)}", err=True)
     sys.exit(code)
 
 
 def fail_bad_input(problems: Mapping[str, str]) -> NoReturn:
-    """One line per problem on stderr, exit 2."""
+    """One line per problem on stderr, exit 2. A field name can be a user's key (a batch
+    line's), and a reason can quote the value: both are printed escaped."""
     for where, why in problems.items():
-        click.echo(f"error: {where}: {why}", err=True)
+        click.echo(f"error: {printable(where, 200)}: {printable(why, 2000)}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -71,8 +80,10 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ValidationError as exc:
             fail_bad_input(exc.problems)
-        except (JobNotFoundError, ChainNotRetryableError, ConfigError) as exc:
+        except (JobNotFoundError, ChainNotRetryableError) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_CONFIG)
         except WaitTimeoutError as exc:
             fail(str(exc), EXIT_TIMED_OUT)
         except BrokerUnavailableError as exc:
@@ -86,8 +97,11 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def make_client() -> JobClient:
-    """A client configured from the environment (``REDIS_URL`` and the WAVEQUEUE_* knobs)."""
-    return JobClient.from_env()
+    """A client configured from the environment (``REDIS_URL`` and the WAVEQUEUE_* knobs).
+    The CLI's user names their own files: it reads any local image unless
+    ``WAVEQUEUE_LOCAL_IMAGES`` says otherwise (the Python API's default is to refuse)."""
+    settings = Settings.from_env()
+    return JobClient(settings, local_images=settings.local_images or "any")
 
 
 def parse_json_object(text: str | None, name: str, problems: dict[str, str]) -> Any:
@@ -116,8 +130,8 @@ def short_reference(value: str, limit: int = 80) -> str:
     """Images as people want to read them: data URIs by size, long URLs trimmed."""
     if value.startswith("data:"):
         head, _, payload = value.partition(",")
-        return f"{head},... ({len(payload) * 3 // 4} bytes)"
-    return value if len(value) <= limit else value[: limit - 3] + "..."
+        return f"{printable(head, 80)},... ({len(payload) * 3 // 4} bytes)"
+    return printable(value if len(value) <= limit else value[: limit - 3] + "...", limit)
 
 
 def record_json(record: JobRecord) -> dict[str, Any]:
@@ -125,20 +139,42 @@ def record_json(record: JobRecord) -> dict[str, Any]:
 
 
 def describe_record(record: JobRecord) -> str:
-    """A job in a few lines: id, status, model, time taken, outputs or error."""
-    line = f"job {record.id} {record.status.value} ({record.model}"
+    """A job in a few lines: id, status, model, time taken, outputs or error. What came
+    from WaveSpeed (outputs, the error) is printed escaped: one line each."""
+    line = f"job {record.id} {record.status.value} ({printable(record.model, 80)}"
     if record.completed_at is not None:
         line += f", {record.completed_at - record.created_at:.1f}s"
     line += f", {record.priority.value} priority)"
     lines = [line]
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
-    lines.extend(f"  {output}" for output in record.outputs)
+    lines.extend(f"  {printable(output, 2000)}" for output in record.outputs)
     if record.error is not None:
-        lines.append(f"  error [{record.error.code}] {record.error.message}")
+        lines.append(f"  error {error_text(record.error.code, record.error.message)}")
     if record.metadata:
         lines.append(f"  metadata {json.dumps(record.metadata, sort_keys=True)}")
+    callback = describe_callback(record.model_dump())
+    if callback:
+        lines.append(callback)
     return "\n".join(lines)
+
+
+def describe_callback(fields: Mapping[str, Any]) -> str:
+    """The callback's delivery in one line ("" when there is no callback): where to, the
+    attempts so far and the last HTTP status, delivered or given up or pending."""
+    url = fields.get("callback_url")
+    if not url:
+        return ""
+    attempts = int(fields.get("callback_attempts") or 0)
+    status = fields.get("callback_status")
+    if fields.get("callback_delivered_at") is not None:
+        state = "delivered"
+    elif fields.get("callback_failed_at") is not None:
+        state = "given up"
+    else:
+        state = "pending"
+    last = f", last status {status if status else 'no answer'}" if attempts else ""
+    return f"  callback {short_reference(str(url))} {state} ({attempts} attempt(s){last})"
 
 
 def describe_chain(status: ChainStatus) -> str:
@@ -146,6 +182,8 @@ def describe_chain(status: ChainStatus) -> str:
     total = len(status.steps)
     if status.state is ChainState.FAILED:
         headline = f"failed at step {status.current_step} of {total}"
+    elif status.state is ChainState.CANCELLED:
+        headline = f"cancelled at step {status.current_step} of {total}"
     elif status.state is ChainState.RUNNING:
         headline = f"running step {status.current_step} of {total}"
     else:
@@ -154,24 +192,40 @@ def describe_chain(status: ChainStatus) -> str:
     for step in status.steps:
         detail = ", ".join(short_reference(output) for output in step.outputs)
         if step.error is not None:
-            detail = f"[{step.error.code}] {step.error.message}"
+            detail = error_text(step.error.code, step.error.message)
         lines.append(
             f"  step {step.number}  {step.status.value:<10} {step.model:<32} {detail}".rstrip()
         )
+    callback = describe_callback(status.callback)
+    if callback:
+        lines.append(callback)
     return "\n".join(lines)
+
+
+def error_text(code: object, message: object) -> str:
+    """``[code] message``, escaped and capped: records written by anyone are printed."""
+    return f"[{printable(code, 40)}] {printable(message, 2000)}"
 
 
 def exit_code_of(result: JobRecord | ChainStatus) -> int:
     """0 completed (or still running), 1 ended failed, 3 ended timed out (its deadline
-    passed): "timed out" means the same exit code whether the job or the wait ran out."""
+    passed), 5 ended cancelled: "timed out" means the same exit code whether the job or
+    the wait ran out."""
     if isinstance(result, ChainStatus):
+        if result.state is ChainState.CANCELLED:
+            return EXIT_CANCELLED
         step = result.failed_step
         if step is None:
             return EXIT_COMPLETED
         return EXIT_TIMED_OUT if step.status is JobStatus.TIMED_OUT else EXIT_FAILED
-    if result.status is JobStatus.TIMED_OUT:
-        return EXIT_TIMED_OUT
-    return EXIT_FAILED if result.status is JobStatus.FAILED else EXIT_COMPLETED
+    return _EXIT_OF_STATUS.get(result.status, EXIT_COMPLETED)
+
+
+_EXIT_OF_STATUS = {
+    JobStatus.FAILED: EXIT_FAILED,
+    JobStatus.TIMED_OUT: EXIT_TIMED_OUT,
+    JobStatus.CANCELLED: EXIT_CANCELLED,
+}
 
 
 def show(result: JobRecord | ChainStatus, *, as_json: bool) -> None:
@@ -216,6 +270,12 @@ job_options = [
         "--idempotency-key",
         default=None,
         help="Submitting again with the same key returns the first job; nothing new runs.",
+    ),
+    click.option(
+        "--callback-url",
+        default=None,
+        help="POST the final record here (http/https, signed) once it ends; needs "
+        "WAVEQUEUE_CALLBACK_SECRET.",
     ),
 ]
 

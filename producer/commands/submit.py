@@ -90,6 +90,7 @@ def generate_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -110,6 +111,7 @@ def generate_command(
                 "priority": priority,
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
+                "callback_url": callback_url,
             },
             metadata,
         )
@@ -154,6 +156,7 @@ def edit_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -179,6 +182,7 @@ def edit_command(
                 "priority": priority,
                 "deadline": deadline,
                 "idempotency_key": idempotency_key,
+                "callback_url": callback_url,
             },
             metadata,
         )

@@ -21,7 +21,7 @@ import redis
 from worker.constants import JOB_KEY
 
 SIGNATURE_FIELDS = ("status", "polls", "poll_seq", "attempts", "error_retries", "prediction_id")
-TERMINAL = frozenset({"completed", "failed", "timed_out"})
+TERMINAL = frozenset({"completed", "failed", "timed_out", "cancelled"})
 IN_FLIGHT = frozenset({"submitting", "submitted", "processing"})
 
 

@@ -138,6 +138,7 @@ def test_config_get_shows_the_current_config_without_the_key(emulator: EmulatorH
         "max_concurrency": None,
         "image_scale": 1.0,
         "faults": {},
+        "webhook_resign_retries": True,
         "fault_counts_remaining": {},
     }
     assert "test-key" not in requests.get(emulator.url("/_emulator/config"), timeout=10).text

@@ -234,8 +234,12 @@ def test_multi_combines_the_inputs_at_the_output_size(emulator: EmulatorHandle, 
         ("http://127.0.0.1:1/missing.png", "could not be fetched"),
         ("ftp://example.com/a.png", "is not an http(s) URL"),
         (data_uri(b"this is not an image"), "could not be decoded"),
+        # http.client refuses these before connecting (InvalidURL): still a 1402, never a
+        # 5000 "Internal error" that a client would take as worth a new prediction.
+        ("http://127.0.0.1:1/a\nb.png", "could not be fetched"),
+        ("http://127.0.0.1:1/a b\x1b[2J.png", "could not be fetched"),
     ],
-    ids=["connection-refused", "bad-scheme", "not-an-image"],
+    ids=["connection-refused", "bad-scheme", "not-an-image", "newline", "space-and-escape"],
 )
 def test_an_unusable_input_image_fails_the_prediction_with_1402(
     emulator: EmulatorHandle, image: str, reason: str

@@ -160,14 +160,29 @@ def failures_by_code(facts: Facts) -> Figures:
 
 
 def failure_ratio(facts: Facts) -> Figures:
-    ended = facts.ended()
-    bad = [r for r in ended if r.status is not JobStatus.COMPLETED]
+    ended = [r for r in facts.ended() if r.status is not JobStatus.CANCELLED]
+    bad = [r for r in ended if r.status in (JobStatus.FAILED, JobStatus.TIMED_OUT)]
     return one(len(bad) / len(ended))
 
 
 def mean_polls(facts: Facts) -> Figures:
     completed = facts.with_status(JobStatus.COMPLETED)
     return one(sum(r.polls for r in completed) / len(completed))
+
+
+def remote_failure(record: JobRecord) -> bool:
+    """Failed because WaveSpeed failed the prediction (a task code): a prediction's end."""
+    code = str(record.error.code) if record.error else ""
+    return record.status is JobStatus.FAILED and code.isdigit() and int(code) >= 1000
+
+
+def polls_by_path(facts: Facts) -> Figures:
+    """Jobs a prediction's end finished, all learnt by a poll (no webhooks here)."""
+    ended = [r for r in facts.records if r.status is JobStatus.COMPLETED or remote_failure(r)]
+    return {
+        (("path", "poll"),): sum(r.polls for r in ended) / len(ended),
+        (("path", "webhook"),): math.nan,  # 0/0: no job ended by a webhook
+    }
 
 
 def quantile_of(kind: str, q: float) -> Callable[[Facts], Figures]:
@@ -216,6 +231,12 @@ TRUTH: dict[tuple[str, str], Callable[[Facts], Figures]] = {
     ),
     ("Submissions and polls /s", "B"): lambda f: one(f.polls / 300),
     ("Polls per completed job (mean)", "A"): mean_polls,
+    ("Polls per job by completion path (webhook, poll)", "A"): polls_by_path,
+    # No job asks for webhooks in this workload.
+    ("Webhooks /s", "A"): lambda f: one(0.0),
+    ("Webhooks /s", "B"): lambda f: one(0.0),
+    ("Webhooks /s", "C"): lambda f: one(0.0),
+    ("Webhooks /s", "D"): lambda f: {},
     # Latency: the records' timestamps.
     ("End to end (p50, p95)", "A"): quantile_of("end_to_end", 0.5),
     ("End to end (p50, p95)", "B"): quantile_of("end_to_end", 0.95),

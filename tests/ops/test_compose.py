@@ -61,10 +61,11 @@ def run_help(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def test_services_and_profiles() -> None:
     assert set(SERVICES) == {
         "redis", "worker", "flower", "exporter", "emulator", "prometheus", "grafana",
-        "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
+        "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "webhooks",
     }  # fmt: skip
-    assert PROJECT == ["emulator", "exporter", "flower", "worker"]
+    assert PROJECT == ["emulator", "exporter", "flower", "webhooks", "worker"]
     assert SERVICES["emulator"]["profiles"] == ["dev"]
+    assert SERVICES["webhooks"]["profiles"] == ["webhooks"]
     assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
     assert SERVICES["grafana"]["profiles"] == ["monitoring"]
     for name in ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import time
 import uuid
@@ -86,12 +87,17 @@ def test_known_label_sets_are_exported_from_0_before_any_job(redis_url: str) -> 
     for model in ENDPOINTS:
         assert (("code", "401"), ("model", model)) in zeros["wavequeue_jobs_failed_total"]
         assert (("code", "other"), ("model", model)) in zeros["wavequeue_jobs_failed_total"]
-        for outcome in ("completed", "failed", "timed_out"):
+        for outcome in ("completed", "failed", "timed_out", "cancelled"):
             assert (("model", model), ("outcome", outcome)) in zeros["wavequeue_jobs_ended_total"]
-        for name in COUNTER_LABELS:
-            assert any(
-                dict(labels).get("model") == model for labels in zeros[f"wavequeue_{name}_total"]
-            )
+    for name, labels_of in COUNTER_LABELS.items():
+        if all(values is not None for values in labels_of.values()):
+            every = {
+                tuple(sorted(combination))
+                for combination in itertools.product(
+                    *[[(label, v) for v in values or ()] for label, values in labels_of.items()]
+                )
+            }
+            assert zeros[f"wavequeue_{name}_total"] == every, name
     for name in UNLABELLED_COUNTERS:
         assert zeros[f"wavequeue_{name}_total"] == {()}
     # Nothing but the known codes (and other) can appear: the label stays bounded.
@@ -105,20 +111,65 @@ def test_every_counter_has_its_label_sets_declared() -> None:
 
 
 def test_failure_codes_list_every_code_the_worker_writes() -> None:
-    """Every string code literal in worker/ (``code="..."``, the ``*_CODE``-style constants
-    passed as codes) has its own series, so the worker's own codes never become other."""
-    written: set[str] = {"unknown", "missing_input"}  # runner.py's fallbacks
-    for path in (ROOT / "worker").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.keyword) and node.arg == "code"):
-                continue
-            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-                written.add(node.value.value)
-    assert {"malformed", "tls", "connect", "transport"} <= written  # the scan finds them
-    written.add(SUBMIT_OUTCOME_UNKNOWN)
+    """Every code the worker itself writes (``code="..."`` on an error, the code argument
+    of ``_fail``/``end``, as a literal or a module constant) has its own series, so the
+    worker's own codes never become other."""
+    written: set[str] = {"unknown"}  # settle.end's fallback for an error without a code
+    for path in (ROOT / "worker").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        constants = {
+            target.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for target in node.targets
+            if isinstance(target, ast.Name) and isinstance(node.value.value, str)
+        }
+        for node in ast.walk(tree):
+            given: list[ast.expr] = []
+            if isinstance(node, ast.keyword) and node.arg == "code":
+                given = [node.value]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("_fail", "end"):
+                given = node.args[2:3]
+            for value in given:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    written.add(value.value)
+                elif isinstance(value, ast.Name) and value.id in constants:
+                    written.add(constants[value.id])
+    # The scan finds literals, constants and _fail's argument.
+    assert {"malformed", "tls", "missing_input", SUBMIT_OUTCOME_UNKNOWN} <= written
     written -= {DEADLINE_EXCEEDED}  # a timed-out job, counted in jobs_timed_out
     assert written <= set(FAILURE_CODES)
     assert {str(code) for code in TASK_CODE_MESSAGES} <= set(FAILURE_CODES)
+
+
+def string_arguments(paths: list[Path], callee: str) -> set[str]:
+    """String literals passed to calls of ``callee`` (a name or a method) in ``paths``."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name == callee:
+                found |= {
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                }
+    return found
+
+
+def test_label_lists_name_every_value_the_workers_write() -> None:
+    """Known label values are exported from 0; a value missing from a list would start
+    at its first count. The webhook reasons are literals in the receiver."""
+    webhooks = list((ROOT / "worker" / "webhooks").glob("*.py"))
+    rejected = string_arguments(webhooks, "_rejected") | string_arguments(
+        webhooks, "SignatureError"
+    )
+    ignored = string_arguments(webhooks, "_ignored")
+    assert rejected and ignored
+    assert rejected == set(COUNTER_LABELS["webhooks_rejected"]["reason"] or ())
+    assert ignored == set(COUNTER_LABELS["webhooks_ignored"]["reason"] or ())
 
 
 def test_timings_and_worker_heartbeats(redis_url: str) -> None:
@@ -184,7 +235,8 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
     # jobs_live carries labels that only data gives it (status, model); counters are
     # exported from 0 for every known label set.
     missing = {name for name in exported_names() if name not in found}
-    assert missing == {"wavequeue_jobs_live"}
+    # Only a backend's HTTP status takes any value: its counter starts at its first count.
+    assert missing == {"wavequeue_jobs_live", "wavequeue_callback_attempts_failed_total"}
 
 
 def _live_jobs(store: JobStore, count: int, *, deadline_in: float) -> list[str]:

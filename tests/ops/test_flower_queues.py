@@ -42,6 +42,7 @@ def test_the_high_queue_shows_with_no_worker_running(
     lengths = requests.get(f"{flower.address}/api/queues/length", auth=auth, timeout=10)
     lengths.raise_for_status()
     assert sorted((q["name"], q["messages"]) for q in lengths.json()["active_queues"]) == [
+        ("wavequeue.callbacks", 0),
         ("wavequeue.high", 2),
         ("wavequeue.normal", 1),
     ]

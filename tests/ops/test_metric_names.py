@@ -136,7 +136,7 @@ def test_dashboard_uses_only_exported_metrics(known: set[str]) -> None:
 def test_dashboard_covers_queues_throughput_latency_failures_workers() -> None:
     board = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers (Flower)"]
+    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers"]
     datasource = yaml.safe_load(
         (ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]

@@ -27,7 +27,7 @@ def section(title: str) -> str:
 
 
 def options_of(command: click.Command) -> set[str]:
-    return {opt for param in command.params for opt in param.opts}
+    return {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
 
 
 def test_run_it_locally_matches_the_stack() -> None:

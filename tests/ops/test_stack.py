@@ -57,12 +57,21 @@ class Up:
 def stack_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WAVESPEED_"))}
     # The user's real key is in the environment: it must never reach the emulator.
-    return {**env, **FAST_SETTINGS, "WAVESPEED_API_KEY": SECRET_API_KEY, **extra}
+    # The webhook-mode safety-net poll at 10 s, beyond the emulator's ~3 s latency: the
+    # job completes by its webhook with no poll.
+    return {
+        **env,
+        **FAST_SETTINGS,
+        "WAVEQUEUE_WEBHOOK_POLL_FACTOR": "1000",
+        "WAVEQUEUE_WEBHOOK_POLL_MAX": "10",
+        "WAVESPEED_API_KEY": SECRET_API_KEY,
+        **extra,
+    }
 
 
 @contextmanager
 def wavequeue_up(tmp_path: Path, **env: str) -> Iterator[Up]:
-    ports = {name: free_port() for name in ("redis", "emulator", "flower", "exporter")}
+    ports = {name: free_port() for name in ("redis", "emulator", "webhooks", "flower", "exporter")}
     data_dir = tmp_path / "data"
     argv = [WAVEQUEUE, "up", "--data-dir", str(data_dir), "--concurrency", "4"]
     for name, port in ports.items():
@@ -116,6 +125,7 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
         assert f"redis     {redis_url} (embedded redis-server, AOF in" in text
         assert f"emulator  http://127.0.0.1:{ports['emulator']}" in text
+        assert f"webhooks  http://127.0.0.1:{ports['webhooks']} (WaveSpeed callbacks" in text
         assert f"flower    http://127.0.0.1:{ports['flower']}/" in text
         assert f"exporter  http://127.0.0.1:{ports['exporter']}/metrics" in text
         assert (up.data_dir / "stack.env").read_text() == (
@@ -124,12 +134,16 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
         with JobClient(redis_url=redis_url) as client:
             job_id = client.text_to_image("a lighthouse", seed=1)
-            assert client.wait(job_id, timeout=60).status is JobStatus.COMPLETED
+            record = client.wait(job_id, timeout=60)
+            assert record.status is JobStatus.COMPLETED
+            # The emulator called the stack's receiver: no poll was needed.
+            assert record.polls == 0
 
         # The image's HEALTHCHECK logic, pointed at the stack's processes.
         for argv in (
             ["wavequeue", "exporter", "--port", str(ports["exporter"])],
             ["wavequeue", "emulator", "--port", str(ports["emulator"])],
+            ["wavequeue", "webhooks", "--port", str(ports["webhooks"])],
             ["celery", "-A", "worker.app", "flower", f"--port={ports['flower']}"],
         ):
             assert healthy(argv), argv
@@ -149,7 +163,7 @@ def test_up_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         up.process.send_signal(signal.SIGTERM)
         text = up.finish()
         assert up.process.returncode == 0, text
-    for name in ("exporter", "flower", "worker", "emulator", "redis"):
+    for name in ("exporter", "flower", "worker", "webhooks", "emulator", "redis"):
         assert f"stopping {name}" in text
     assert text.rstrip().endswith("wavequeue up: stopped")
     assert not any(port_open("127.0.0.1", port) for port in ports.values())

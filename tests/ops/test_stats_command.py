@@ -40,6 +40,9 @@ def test_stats_shows_each_day_by_model(redis_url: str) -> None:
         done, updates={"status": "completed", "outputs": ["http://x/1.png"], "inference_ms": 2500}
     )
     put_in_status(store, _job(store), "failed")
+    cancelled = _job(store)
+    assert store.cancel([cancelled])[0].cancelled_now
+    assert not store.cancel([cancelled])[0].cancelled_now  # counted once
     # An older day, as the aggregate a day ago left it.
     yesterday = utc_day(store.clock() - 24 * 3600)
     store.client.hset(DAILY_KEY.format(day=yesterday), f"timed_out|{T2I}", 3)
@@ -52,7 +55,7 @@ def test_stats_shows_each_day_by_model(redis_url: str) -> None:
     today = utc_day(store.clock())
     assert [d["day"] for d in days] == [today, yesterday]
     assert days[0]["models"] == {
-        T2I: {"completed": 1, "failed": 1, "outputs": 1, "inference_ms": 2500}
+        T2I: {"completed": 1, "failed": 1, "cancelled": 1, "outputs": 1, "inference_ms": 2500}
     }
     assert days[1]["models"] == {T2I: {"timed_out": 3}}
 
@@ -60,10 +63,10 @@ def test_stats_shows_each_day_by_model(redis_url: str) -> None:
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
     assert lines[0].split() == [
-        "day", "model", "completed", "failed", "timed_out", "images", "inference_s",
+        "day", "model", "completed", "failed", "timed_out", "cancelled", "images", "inference_s",
     ]  # fmt: skip
-    assert lines[1].split() == [today, T2I, "1", "1", "0", "1", "2.5"]
-    assert lines[2].split() == [yesterday, T2I, "0", "0", "3", "0", "0.0"]
+    assert lines[1].split() == [today, T2I, "1", "1", "0", "1", "1", "2.5"]
+    assert lines[2].split() == [yesterday, T2I, "0", "0", "3", "0", "0", "0.0"]
 
 
 def test_stats_with_nothing_finished_and_without_redis(redis_url: str) -> None:

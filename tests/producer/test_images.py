@@ -15,6 +15,7 @@ from PIL import Image
 
 from producer import JobClient, ValidationError
 from tests.support.images import write_bomb_png
+from worker.inline_images import marker_ids, with_images
 from worker.settings import Settings
 
 
@@ -27,15 +28,23 @@ def _png(path: Path) -> bytes:
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[JobClient]:
-    with JobClient(redis_url=redis_url, max_inline_bytes=2048) as job_client:
+    with JobClient(redis_url=redis_url, max_inline_bytes=2048, local_images="any") as job_client:
         yield job_client
+
+
+def _stored_image(client: JobClient, job_id: str) -> str:
+    """The job's image as the worker will upload it: the record holds a marker, the
+    bytes are under the marker's own key (worker.inline_images)."""
+    body = client.get(job_id).input
+    return str(with_images(body, client.store.inline_images(marker_ids(body)))["image"])
 
 
 def test_a_local_file_is_stored_as_a_data_uri(client: JobClient, tmp_path: Path) -> None:
     # A misleading extension: the type comes from the content.
     data = _png(tmp_path / "cat.jpg")
     job_id = client.edit(tmp_path / "cat.jpg", "make it blue")
-    image = client.get(job_id).input["image"]
+    assert client.get(job_id).input["image"].startswith("wavequeue-inline:")
+    image = _stored_image(client, job_id)
     head, _, payload = image.partition(",")
     assert head == "data:image/png;base64"
     assert base64.b64decode(payload) == data
@@ -80,7 +89,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path, redis_u
     big = write_bomb_png(tmp_path / "big.png", 12_000, 12_000)
     fine = write_bomb_png(tmp_path / "fine.png", 6_000, 6_000)
     assert huge.stat().st_size < 50_000
-    with JobClient(redis_url=redis_url) as client:
+    with JobClient(redis_url=redis_url, local_images="any") as client:
         with pytest.raises(ValidationError) as raised:
             client.multi_edit([huge, big], "combine")
         problems = raised.value.problems
@@ -93,14 +102,17 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path, redis_u
         assert redis.Redis.from_url(redis_url).dbsize() == 0
 
         job_id = client.edit(fine, "make it blue")
-        assert client.get(job_id).input["image"].startswith("data:image/png;base64,")
+        assert _stored_image(client, job_id).startswith("data:image/png;base64,")
 
 
 def test_every_decoding_failure_is_a_validation_error(tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("RGB", (8, 8)).save(tmp_path / "picture.pcx")
-    with JobClient(redis_url=redis_url) as client, pytest.raises(ValidationError) as raised:
+    with (
+        JobClient(redis_url=redis_url, local_images="any") as client,
+        pytest.raises(ValidationError) as raised,
+    ):
         client.multi_edit(
             [tmp_path / "truncated.png", tmp_path / "empty.png", tmp_path / "picture.pcx"],
             "combine",
@@ -114,7 +126,7 @@ def test_every_decoding_failure_is_a_validation_error(tmp_path: Path, redis_url:
 
 def test_image_urls_follow_the_url_rule_with_the_clients_setting(redis_url: str) -> None:
     emulator_like = "http://127.0.0.1:8765/media/abc.png"
-    with JobClient(redis_url=redis_url) as client:
+    with JobClient(redis_url=redis_url, local_images="any") as client:
         for url, why in [
             (emulator_like, "private address 127.0.0.1 not allowed: loopback"),
             ("http://2130706433/", "private address 127.0.0.1"),
@@ -130,7 +142,7 @@ def test_image_urls_follow_the_url_rule_with_the_clients_setting(redis_url: str)
             assert why in raised.value.problems["image"], (url, raised.value.problems)
         assert redis.Redis.from_url(redis_url).dbsize() == 0
     allowed = Settings(allow_private_image_urls=True)
-    with JobClient(allowed, redis_url=redis_url) as client:
+    with JobClient(allowed, redis_url=redis_url, local_images="any") as client:
         job_id = client.edit(emulator_like, "make it blue")
         assert client.get(job_id).input["image"] == emulator_like
         with pytest.raises(ValidationError, match="link-local"):

@@ -134,7 +134,7 @@ def test_batch_with_an_overlong_line_or_a_private_url_enqueues_nothing(
     path.write_text("\n".join([_request("fine"), overlong, private, _request("fine too")]))
     assert _errors(wavequeue("batch", str(path))) == [
         "error: line 2: longer than 16.1 MB (one request per line; pass big images by URL "
-        "or file path)",
+        "or file path, or raise --max-line-bytes)",
         "error: line 3: image: private address 10.0.0.5 not allowed: private range "
         "(set WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS=1 for in-house image hosts)",
     ]
@@ -142,14 +142,59 @@ def test_batch_with_an_overlong_line_or_a_private_url_enqueues_nothing(
 
 
 def test_batch_over_its_total_size_enqueues_nothing(
-    wavequeue: Run, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    wavequeue: Run, redis_url: str, tmp_path: Path
 ) -> None:
     """All requests wait in memory until the file has passed: their total is capped
     (256 MB; lowered here so the test stays small)."""
-    monkeypatch.setattr("producer.commands.batch.MAX_BATCH_BYTES", 2000)
     path = tmp_path / "jobs.jsonl"
     path.write_text("\n".join(_request(f"{n} " + "p" * 500) for n in range(10)))
-    errors = _errors(wavequeue("batch", str(path)))
+    errors = _errors(wavequeue("batch", str(path), "--max-bytes", "2000"))
     assert len(errors) == 1
     assert errors[0].startswith("error: line 4: the requests so far hold more than")
     _assert_redis_untouched(redis_url)
+
+
+def _data_uri_of(path: Path, mime: str = "image/png") -> str:
+    import base64
+
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_data_uri_is_held_to_the_same_pixel_limit_and_must_decode(
+    wavequeue: Run, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue #15 item 2: a file was read from its header, a data URI not at all: a
+    48 KB bomb or a 12,000 x 12,000 picture given inline went on to WaveSpeed."""
+    bomb = _data_uri_of(write_bomb_png(tmp_path / "bomb.png", 20_000, 20_000))
+    big = _data_uri_of(write_bomb_png(tmp_path / "big.png", 12_000, 12_000))
+    garbage = "data:image/png;base64," + "QUJD" * 100  # valid base64, not an image
+
+    result = wavequeue("edit", bomb, big, garbage, "merge them")
+
+    lines = _errors(result)
+    assert lines[0].startswith("error: images[0]: the data URI has more than 40,000,000 pixels")
+    assert lines[1].startswith(
+        "error: images[1]: the data URI has more than 40,000,000 pixels (12000 x 12000)"
+    )
+    assert lines[2] == "error: images[2]: the data URI is not an image file Pillow can read"
+    _assert_redis_untouched(redis_url)
+
+
+def test_batch_line_size_and_total_are_overridable(
+    wavequeue: Run, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue #15 item 3: the line cap and the total cap are flags, like --max-lines (an
+    operator may allow only small lines: requests that pass images by URL or path)."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join([_request("short"), _request("p" * 300), _request("also short")]))
+    assert _errors(wavequeue("batch", str(path), "--max-line-bytes", "200", "--no-wait")) == [
+        "error: line 2: longer than 200 bytes (one request per line; pass big images by URL "
+        "or file path, or raise --max-line-bytes)",
+    ]
+    totals = _errors(wavequeue("batch", str(path), "--max-bytes", "300", "--no-wait"))
+    assert len(totals) == 1
+    assert totals[0].startswith("error: line 2: the requests so far hold more than 300 bytes")
+    _assert_redis_untouched(redis_url)
+    done = wavequeue("batch", str(path), "--max-line-bytes", "400", "--no-wait", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert len(json.loads(done.stdout)["jobs"]) == 3

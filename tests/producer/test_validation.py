@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from producer import Edit, JobClient, TextToImage, ValidationError
 from producer.options import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_METADATA_BYTES
+from tests.support.images import image_data_uri
 from tests.support.url_strategies import never_v4, private_v4, public_v4, urls
 from worker import errors as worker_errors
+from worker.inline_images import marker_ids, with_images
 from worker.models import ENDPOINTS, Endpoint, EndpointKind, validate_request
 from worker.settings import Settings
 
@@ -266,7 +268,7 @@ good_images = st.one_of(
             URL,
             "https://cdn.example.org/a/b.webp?sig=abc&x=1",
             "https://[2606:4700:4700::1111]/x.png",
-            "data:image/png;base64,iVBORw0KGgo=",
+            image_data_uri(),
         ]
     ),
     urls(public_v4),
@@ -285,6 +287,7 @@ bad_images = st.one_of(
             "ftp://example.com/a.png",
             "data:image/svg+xml;base64,PHN2Zz4=",
             "data:image/png;base64,not base64!",
+            "data:image/png;base64,iVBORw0KGgo=",  # a PNG signature and nothing more
             "http:///no-host.png",
             "https://",
         ]
@@ -360,4 +363,6 @@ def test_the_producer_enqueues_exactly_what_the_registry_accepts(
         assert raw.dbsize() == 0
     else:
         job_id = client.submit(client.prepare(mapping))
-        assert client.get(job_id).input == expected
+        # Inline images are kept apart from the record (worker.inline_images).
+        stored = client.get(job_id).input
+        assert with_images(stored, client.store.inline_images(marker_ids(stored))) == expected

@@ -31,3 +31,26 @@ def write_bomb_png(path: Path, width: int, height: int) -> Path:
         + _chunk(b"IEND", b"")
     )
     return path
+
+
+def small_image(image_format: str = "PNG", size: tuple[int, int] = (4, 3)) -> bytes:
+    """A real image file of a few pixels, as Pillow writes it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def image_data_uri(decoded_bytes: int | None = None, image_format: str = "PNG") -> str:
+    """A data URI of a real image; with ``decoded_bytes``, padded after the image's end to
+    exactly that size (readers stop at the end, so the header still reads)."""
+    import base64
+
+    data = small_image(image_format)
+    if decoded_bytes is not None:
+        data += b"\0" * (decoded_bytes - len(data))
+    mime = "image/jpeg" if image_format == "JPEG" else f"image/{image_format.lower()}"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"

@@ -17,6 +17,7 @@ ROUTES: dict[JobStatus, list[JobStatus]] = {
     _S.COMPLETED: [_S.SUBMITTING, _S.SUBMITTED, _S.COMPLETED],
     _S.FAILED: [_S.FAILED],
     _S.TIMED_OUT: [_S.TIMED_OUT],
+    _S.CANCELLED: [_S.CANCELLED],
 }
 
 

@@ -28,6 +28,8 @@ class ScriptedClient:
         self.submits: deque[Step] = deque()
         self.results: deque[Step] = deque()
         self.calls: list[tuple[str, str]] = []
+        #: The callback URL each submit passed (None: webhooks off).
+        self.webhooks: list[str | None] = []
 
     def on_submit(
         self, answer: Prediction | Exception, during: Callable[[], object] | None = None
@@ -41,13 +43,21 @@ class ScriptedClient:
         self.results.append(Step(answer, during))
         return self
 
-    def submit(self, model: str, body: Mapping[str, Any]) -> Prediction:
+    def submit(
+        self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
+    ) -> Prediction:
         self.calls.append(("submit", model))
+        self.webhooks.append(webhook)
         return self._play(self.submits.popleft())
 
     def result(self, prediction_id: str) -> Prediction:
         self.calls.append(("result", prediction_id))
         return self._play(self.results.popleft())
+
+    def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Uploads always succeed: the races scripted here are about submits and polls."""
+        self.calls.append(("upload", filename))
+        return f"https://cdn.example/uploads/{filename}"
 
     @staticmethod
     def _play(step: Step) -> Prediction:

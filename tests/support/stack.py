@@ -35,6 +35,9 @@ FAST_SETTINGS = {
     "WAVEQUEUE_READ_TIMEOUT": "3",
     "WAVEQUEUE_RATE_LIMIT_PER_MINUTE": "100000",
     "WAVEQUEUE_MAX_IN_FLIGHT": "10000",
+    # The emulator serves its outputs (and uploads) on 127.0.0.1; chain steps and edits
+    # send them on, and the worker applies the URL rule with its own setting.
+    "WAVEQUEUE_ALLOW_PRIVATE_IMAGE_URLS": "1",
 }
 
 

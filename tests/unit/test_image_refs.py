@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.images import image_data_uri
 from tests.support.url_strategies import never_v4, private_v4, public_v4, urls
 from worker.image_refs import (
     PRIVATE_HINT,
@@ -35,8 +36,8 @@ PUBLIC = [
     "https://bücher.de/a.png",
     "https://d1.cloudfront.net/p/img.webp",
     "https://placeholder.invalid/previous-step-output.png",  # the chain placeholder
-    "data:image/png;base64,iVBORw0KGgo=",
-    "data:image/JPEG;base64,/9j/4AAQ",
+    image_data_uri(),
+    image_data_uri(image_format="JPEG").replace("image/jpeg", "image/JPEG"),
 ]
 
 #: (reference, words the error must contain). The setting does not change these.

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.images import image_data_uri
 from worker.errors import ValidationError
 from worker.limits import MAX_INLINE_IMAGE_BYTES, MAX_REQUEST_BYTES
 from worker.models import (
@@ -109,9 +110,7 @@ def test_safety_tolerance_accepts_the_int_spelling() -> None:
 
 
 def test_data_uri_is_an_image() -> None:
-    body = validate_request(
-        "flux-kontext-pro", {"prompt": "x", "image": "data:image/png;base64,iVBO"}
-    )
+    body = validate_request("flux-kontext-pro", {"prompt": "x", "image": image_data_uri()})
     assert body["image"].startswith("data:image/png")
 
 
@@ -145,7 +144,7 @@ def test_the_url_rule_applies_with_the_callers_setting() -> None:
 
 
 def _data_uri(decoded_bytes: int) -> str:
-    return "data:image/png;base64," + "A" * (decoded_bytes // 3 * 4)
+    return image_data_uri(decoded_bytes // 3 * 3)
 
 
 def test_an_inline_image_over_the_cap_is_refused() -> None:

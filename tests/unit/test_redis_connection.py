@@ -14,10 +14,10 @@ from worker.redis_connection import (
     RetryWithin,
     describe,
     publish_retry_policy,
-    redact,
     sentinel_target,
     unavailable,
 )
+from worker.redis_urls import redact
 from worker.settings import Settings
 
 SENTINELS = "sentinel://:master-pw@10.0.0.1:26379/2;sentinel://10.0.0.2;sentinel://10.0.0.3:26380"

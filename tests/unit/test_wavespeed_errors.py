@@ -130,3 +130,23 @@ def test_redaction_cuts_the_key_and_bearer_tokens() -> None:
     cleaned = redact(text, "sk-abc")
     assert "sk-abc" not in cleaned and "other-token" not in cleaned
     assert cleaned.count("[redacted]") == 3
+
+
+@pytest.mark.parametrize("prediction_id", ["../../media/upload", "abc\n1", "x" * 200, "a b"])
+def test_a_prediction_id_that_cannot_be_a_url_segment_is_malformed(prediction_id: str) -> None:
+    with pytest.raises(PermanentError) as refused:
+        parse_prediction({"data": {"id": prediction_id, "status": "created"}})
+    assert refused.value.code == "malformed"
+    assert "\n" not in refused.value.message
+
+
+def test_a_text_error_code_is_kept_only_when_it_is_a_plain_word() -> None:
+    def code_of(code: object) -> object:
+        data = {"id": "p1", "status": "failed", "code": code, "error": "boom"}
+        return parse_prediction({"data": data}).error_code
+
+    assert code_of("E_MEDIA.1") == "E_MEDIA.1"
+    assert code_of(1402) == 1402
+    assert code_of("jobs_failed|model=x") == "unreadable"  # would forge a counter label
+    assert code_of("\x1b[2J") == "unreadable"
+    assert code_of(True) is None

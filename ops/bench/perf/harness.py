@@ -19,7 +19,14 @@ from typing import Any
 
 from ops.bench.perf.figures import record_figures
 from ops.bench.perf.floor_config import FLOOR_QUEUE, FLOOR_TASK, floor_job_kwargs, make_floor_app
-from ops.bench.perf.processes import CELERY, WAVEQUEUE, Emulator, Fleet, run_json_child
+from ops.bench.perf.processes import (
+    CELERY,
+    WAVEQUEUE,
+    Emulator,
+    Fleet,
+    WebhookReceiver,
+    run_json_child,
+)
 from ops.bench.perf.redis_probe import CommandSnapshot, RedisProbe
 from ops.bench.perf.results import CeleryFloor, WorkerRun
 from ops.localstack.redis_server import RedisServer
@@ -29,6 +36,8 @@ from worker.constants import QUEUES
 from worker.settings import Settings
 
 API_KEY = "bench-key"
+#: The key of the MAC in callback URLs, shared by the receiver and webhook-mode workers.
+WEBHOOK_URL_KEY = "bench-webhook-url-key"
 #: Generated images shrunk (sizes stay multiples of 16): the emulator shares the CPU.
 IMAGE_SCALE = 0.05
 #: Worker settings every scenario uses, and why: the shared limiter and the in-flight
@@ -73,6 +82,7 @@ class Stack:
         self._fleet: Fleet | None = None
         self._fleet_key: tuple[int, tuple[tuple[str, str], ...]] | None = None
         self._generation = 0
+        self._receiver: WebhookReceiver | None = None
         #: Commands per job by name, per measured window: evidence for the table's totals.
         self.command_breakdowns: dict[str, dict[str, float]] = {}
 
@@ -140,6 +150,22 @@ class Stack:
         )
         self._fleet, self._fleet_key = fleet.start(), key
         return fleet
+
+    def webhook_env(self) -> tuple[tuple[str, str], ...]:
+        """Worker settings of webhook mode: the receiver (started on first use) is where
+        the emulator calls back."""
+        if self._receiver is None:
+            env = {**self.worker_env(), "WAVEQUEUE_WEBHOOK_URL_KEY": WEBHOOK_URL_KEY}
+            self._receiver = WebhookReceiver(env, self.log_dir / "webhooks.log").start()
+            self._exit.callback(self._receiver.stop)
+            self.say(f"webhook receiver {self._receiver.base_url}")
+        return (
+            ("WAVEQUEUE_WEBHOOK_URL", self._receiver.base_url),
+            ("WAVEQUEUE_WEBHOOK_URL_KEY", WEBHOOK_URL_KEY),
+        )
+
+    def receiver_cpu_seconds(self) -> float:
+        return self._receiver.cpu_seconds() if self._receiver is not None else 0.0
 
     def stop_fleet(self) -> None:
         if self._fleet is not None:

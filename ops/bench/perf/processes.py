@@ -1,4 +1,5 @@
-"""The processes a benchmark run starts: the emulator and fleets of Celery workers.
+"""The processes a benchmark run starts: the emulator, the webhook receiver and fleets
+of Celery workers.
 
 Workers are started the way production starts them (``wavequeue worker``, the
 README's defaults, only ``--hostname`` added so several can run side by side);
@@ -159,6 +160,55 @@ class Emulator:
             self.process.stdout.close()
         self.process = None
         self.session.close()
+
+
+# --- the webhook receiver ------------------------------------------------------------
+
+
+@dataclass
+class WebhookReceiver:
+    """``wavequeue webhooks`` as a child process on a free port (webhook mode's runs)."""
+
+    env: Mapping[str, str]
+    log_path: Path
+    base_url: str = ""
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> WebhookReceiver:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [WAVEQUEUE, "webhooks", "--port", "0"],
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=REPO_ROOT,
+            )
+        assert self.process.stdout is not None
+        match = LISTENING.search(self.process.stdout.readline())
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"wavequeue webhooks did not start; see {self.log_path}")
+        self.base_url = match.group(1)
+        return self
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds([self.process.pid]) if self.process is not None else 0.0
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
 
 
 # --- worker fleets -----------------------------------------------------------------

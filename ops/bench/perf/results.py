@@ -98,6 +98,17 @@ class ChainRun:
     floor_makespan: float
 
 
+@dataclass(frozen=True)
+class WebhookRun:
+    """The main scenario's workload again, with webhooks on."""
+
+    run: WorkerRun
+    #: CPU the receiver spent per job (beside the workers' own, in ``run``).
+    receiver_cpu_ms_per_job: float
+    #: When the safety-net poll comes after a submit, for this model's history.
+    first_poll_after: float
+
+
 @dataclass
 class BenchResults:
     enqueue: EnqueueRates | None = None
@@ -110,6 +121,7 @@ class BenchResults:
     chains: ChainRun | None = None
     inflight: InFlight | None = None
     scaling: dict[int, WorkerRun] = field(default_factory=dict)
+    webhooks: WebhookRun | None = None
     #: Per model: seconds from a submit to its first poll, on the workers' schedule
     #: for the latency history the warm-up gave them.
     first_poll_after: dict[str, float] = field(default_factory=dict)

@@ -6,7 +6,9 @@
 3. warm-up: a latency history for each model, so polls follow it as in production;
    while the long model's warm-up finishes, the async floors and the blocking SDK
    (they talk to the emulator only);
-4. the main scenario (fresh workers), then 300 chains on the same workers;
+4. the main scenario (fresh workers), then 300 chains on the same workers, then the
+   main scenario's workload in webhook mode (``wavequeue webhooks`` running, fresh
+   workers asking the emulator for callbacks);
 5. jobs held in flight at a long latency (Redis bytes per job, worker RSS);
 6. the main scenario again at 2 and 4 worker processes.
 """
@@ -35,6 +37,7 @@ from ops.bench.perf.results import (
     InFlight,
     Rate,
     SdkRun,
+    WebhookRun,
 )
 from ops.bench.perf.sdk_baseline import sdk_available
 from producer import JobClient, PreparedJob, TextToImage
@@ -280,6 +283,37 @@ def chains(stack: Stack, plan: Plan, results: BenchResults) -> None:
     )
 
 
+def webhooks(
+    stack: Stack, plan: Plan, samples: dict[str, list[float]], results: BenchResults
+) -> None:
+    """The main scenario's workload again with webhooks on: the same jobs, the same
+    latency draws (the emulator reseeded), as many worker processes, the emulator calling
+    ``wavequeue webhooks`` when each prediction ends. Polls per job and detection lag go
+    beside poll mode's."""
+    extra = stack.webhook_env()
+    fleet = stack.fleet(plan.scaling[0], extra, fresh=True)
+    stack.say(f"webhooks: {plan.main_jobs} jobs at {plan.main_latency}, webhook mode")
+    prepared = text_jobs(stack.client, MAIN_MODEL, plan.main_jobs, "webhooks")
+    stack.emulator.reseed()
+    cpu_before = stack.receiver_cpu_seconds()
+    run = stack.run_jobs("main, webhooks", prepared, MAIN_MODEL, fleet)
+    receiver_ms = (stack.receiver_cpu_seconds() - cpu_before) * 1000 / plan.main_jobs
+    results.webhooks = WebhookRun(
+        run=run,
+        receiver_cpu_ms_per_job=receiver_ms,
+        first_poll_after=webhook_first_poll(stack.worker_settings(), samples[MAIN_MODEL]),
+    )
+
+
+def webhook_first_poll(settings: Settings, samples: Sequence[float]) -> float:
+    """When webhook-mode workers poll a job of a model with this history (the runner's
+    ``_webhook_wait``, deadline aside)."""
+    profile = LatencyProfile.of(samples)
+    typical = profile.targets[0] if profile is not None else settings.first_poll_default
+    wait = max(settings.webhook_poll_factor * typical, settings.poll_min_interval)
+    return min(wait, settings.webhook_poll_max)
+
+
 # 5 ---------------------------------------------------------------------------------
 
 
@@ -343,6 +377,7 @@ def run_all(stack: Stack, plan: Plan) -> BenchResults:
     )
     main_scenario(stack, plan, plan.scaling[0], results)
     chains(stack, plan, results)
+    webhooks(stack, plan, samples, results)
     in_flight(stack, plan, results)
     for workers in plan.scaling[1:]:
         main_scenario(stack, plan, workers, results)

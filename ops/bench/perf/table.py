@@ -38,6 +38,8 @@ ROW_NAMES = (
     "polls per job, long",
     "detection lag p50, main",
     "detection lag p50, long",
+    "polls per job, webhooks",
+    "detection lag p50, webhooks",
     "enqueue, submit loop",
     "enqueue, submit_many",
     "three-step chains, makespan",
@@ -265,6 +267,43 @@ def poll_rows(m: Measured) -> list[Row]:
     return rows
 
 
+def webhook_rows(m: Measured) -> list[Row]:
+    """Webhook mode beside poll mode, on the main scenario's workload."""
+    hooked = m.results.webhooks
+    if hooked is None:
+        raise ValueError("the webhooks scenario is missing from the results")
+    run, main = hooked.run, m.main
+    polls, main_polls = run.figures, main.figures
+    scenario = f"{m.main_scenario}, webhook mode"
+    return [
+        Row(
+            name="polls per job, webhooks",
+            scenario=f"{scenario}, p50 / p95; safety-net poll {_num(hooked.first_poll_after)} s "
+            f"after a submit; {_num(run.commands_per_job)} Redis commands/job "
+            f"(poll mode {_num(main.commands_per_job)})",
+            value=f"{_num(polls.polls_p50, 0)} / {_num(polls.polls_p95, 0)} "
+            f"(mean {_num(polls.polls_mean, 2)})",
+            floor=f"poll mode {_num(main_polls.polls_p50, 0)} / {_num(main_polls.polls_p95, 0)} "
+            f"(mean {_num(main_polls.polls_mean, 2)})",
+            goal="p50 0",
+            met=polls.polls_p50 == 0,
+        ),
+        Row(
+            name="detection lag p50, webhooks",
+            scenario=f"{scenario}; {run.figures.completed:,} completed; receiver CPU "
+            f"{_num(hooked.receiver_cpu_ms_per_job, 2)} ms/job, workers "
+            f"{_num(run.cpu_ms_per_job)} ms/job (poll mode {_num(main.cpu_ms_per_job)})",
+            value=f"{_pct(polls.lag_p50_share)} ({_num(polls.lag_p50_seconds, 3)} s)",
+            floor=f"poll mode {_pct(main_polls.lag_p50_share)} "
+            f"({_num(main_polls.lag_p50_seconds, 2)} s)",
+            goal="< poll mode",
+            met=None
+            if math.isnan(polls.lag_p50_seconds)
+            else polls.lag_p50_seconds < main_polls.lag_p50_seconds,
+        ),
+    ]
+
+
 def enqueue_rows(m: Measured) -> list[Row]:
     single, batched, raw = m.enqueue.single, m.enqueue.batched, m.enqueue.raw_send_task
     jobs = m.plan.enqueue_jobs
@@ -332,6 +371,7 @@ def build_rows(results: BenchResults, plan: Plan) -> list[Row]:
         + speed_rows(m)
         + memory_rows(m)
         + poll_rows(m)
+        + webhook_rows(m)
         + enqueue_rows(m)
         + chain_and_scaling_rows(m)
     )
