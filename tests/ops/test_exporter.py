@@ -91,6 +91,9 @@ def test_counters_and_histograms_match_the_emulator(
     assert total(found, "wavequeue_jobs_completed_total", model=model) == 5
     assert total(found, "wavequeue_jobs_failed_total", code="1403", model=model) == 2
     assert total(found, "wavequeue_jobs_failed_total") == stats["predictions"]["failed"] == 2
+    assert total(found, "wavequeue_jobs_ended_total", outcome="completed", model=model) == 5
+    assert total(found, "wavequeue_jobs_ended_total", outcome="failed", model=model) == 2
+    assert total(found, "wavequeue_jobs_ended_total") == 7
 
     # Histograms: one observation per completed job, buckets cumulative up to +Inf.
     assert total(found, "wavequeue_end_to_end_seconds_count") == 5
