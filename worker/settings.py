@@ -323,6 +323,18 @@ class Settings(BaseModel):
         return max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
 
     @property
+    def longest_hold(self) -> float:
+        """The longest a healthy worker holds a message it took: its countdown, then one run.
+        The visibility timeout must exceed it; an unacked message older than this is held
+        by a worker that is hung or dead (the exporter exports it for that alert)."""
+        return self.longest_countdown + self.task_time_limit
+
+    @property
+    def sweeper_interval(self) -> float:
+        """Seconds between sweeper passes: a tenth of the visibility timeout, 1 s to 30 s."""
+        return max(1.0, min(30.0, self.visibility_timeout / 10))
+
+    @property
     def submit_lease(self) -> float:
         """How long the right to send a submit POST lasts before another copy may judge
         the POST's outcome unknown. The threads pool does not enforce Celery's time
@@ -333,7 +345,7 @@ class Settings(BaseModel):
     def validate_timings(self) -> None:
         """Refuse timings that would let kombu redeliver held countdowns, or let a submit
         POST outlive its lease."""
-        needed = self.longest_countdown + self.task_time_limit
+        needed = self.longest_hold
         if self.visibility_timeout <= needed:
             raise ConfigError(
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "

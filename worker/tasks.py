@@ -83,7 +83,7 @@ def _build_parts() -> _Parts:
         runner,
         resend,
         grace=runner.takeover_grace,
-        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+        interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
         send_callbacks=_send_callback_deliveries,
     )

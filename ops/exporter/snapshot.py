@@ -6,7 +6,9 @@ about) on its own: what Redis holds, not how it is exposed.
 A scrape costs the same number of Redis commands however many jobs are in flight:
 live jobs are the counts the store's scripts keep in ``LIVE_KEY`` (one HGETALL, one
 field per status and model), and the deadline figures are a ZCOUNT and the first
-entry of ``DEADLINES_KEY``. No job record is read.
+entry of ``DEADLINES_KEY``. No job record is read. Worker heartbeats are one entry per
+worker (``WORKERS_KEY``), judged against Redis's own ``TIME`` read in the same round trip,
+the clock the workers beat with.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from worker.constants import (
     LIVE_KEY,
     PARKED_KEY,
     WORKER_QUEUES,
+    WORKERS_KEY,
 )
 from worker.store import parse_counter_field
 
@@ -103,6 +106,15 @@ class Snapshot:
     earliest_deferred_poll: float | None
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    #: Redis ``TIME`` when the snapshot was read (the workers' heartbeat clock).
+    redis_time: float = 0.0
+    #: Worker node name -> its last heartbeat (Redis time).
+    worker_beats: dict[str, float] = field(default_factory=dict)
+
+    def workers_silent_for(self, seconds: float) -> tuple[int, int]:
+        """(alive, silent): workers whose last beat is at most / more than ``seconds`` old."""
+        alive = sum(1 for beat in self.worker_beats.values() if self.redis_time - beat <= seconds)
+        return alive, len(self.worker_beats) - alive
 
 
 def read_snapshot(
@@ -124,14 +136,17 @@ def read_snapshot(
     pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
+    pipe.time()
+    pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
     replies = pipe.execute()
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    (unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
-     callbacks) = replies[len(lists) : len(lists) + 9]  # fmt: skip
-    live, counters, *hists = replies[len(lists) + 9 :]
+    (
+        unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
+        callbacks, live, counters, (seconds, micros), beats, *hists,
+    ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -150,6 +165,8 @@ def read_snapshot(
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
             for name, raw in zip(HISTOGRAMS, hists, strict=True)
         },
+        redis_time=int(seconds) + int(micros) / 1e6,
+        worker_beats={_text(name): float(score) for name, score in beats},
     )
 
 
