@@ -21,6 +21,7 @@ plain spelling: the id goes into our poll URLs, the code into counter labels.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ from worker.errors import (
     WaveSpeedError,
 )
 from worker.models import MODEL_PREFIX
+from worker.money import usd_text_to_micros_rounded
 from worker.outside_text import printable
 
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
@@ -331,6 +333,33 @@ class WaveSpeedClient:
             # Never quote the answer: it would be the secret if only its shape were off.
             raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
         return secret
+
+    def balance(self) -> int:
+        """The account's balance in micro-dollars (``GET /api/v3/balance``: ``data.balance``,
+        US dollars as a JSON number, read through its decimal text, never as a float)."""
+        url = f"{self.base_url}/api/v3/balance"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status_code != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            envelope = json.loads(response.text, parse_float=str, parse_int=str)
+        except ValueError:
+            raise PermanentError(
+                "WaveSpeed answered the balance with bad JSON", code="malformed"
+            ) from None
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        amount = data.get("balance") if isinstance(data, Mapping) else None
+        try:
+            if not isinstance(amount, str):
+                raise ValueError("not a number")
+            return usd_text_to_micros_rounded(amount)
+        except ValueError:
+            raise PermanentError(
+                "WaveSpeed answered the balance without a usable amount", code="malformed"
+            ) from None
 
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""
