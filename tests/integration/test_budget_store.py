@@ -87,7 +87,7 @@ def store(redis_url: str, clock: ManualClock) -> JobStore:
 
 
 def _budgets(store: JobStore, **settings: object) -> Budgets:
-    return Budgets(store.client, Settings(**settings), clock=store.clock)  # type: ignore[arg-type]
+    return Budgets(store.client, Settings(**settings), clock=store.clock)
 
 
 def _spend(store: JobStore) -> dict[str, str]:
