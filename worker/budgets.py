@@ -362,6 +362,40 @@ def _still_held(snap: JobSnapshot) -> bool:
     )
 
 
+def budgets_from(
+    settings: Settings,
+    runtime: Mapping[str, str],
+    spent: Mapping[str, str],
+    reserved: Mapping[str, str],
+) -> tuple[ScopeBudget, dict[str, ScopeBudget]]:
+    """Today's budgets from the raw hashes (``BUDGETS_KEY``, ``SPEND_KEY``,
+    ``RESERVED_KEY``), read once: the account's, and each tenant's that has a cap of its
+    own or used anything today (the exporter's view; ``Budgets.status`` for one tenant)."""
+
+    def usage(suffix: str) -> Usage:
+        return Usage(
+            _int(spent.get("billed" + suffix)),
+            _int(spent.get("unconfirmed" + suffix)),
+            _int(reserved.get(suffix.removeprefix("|") or "total")),
+        )
+
+    account = ScopeBudget(
+        _pick(runtime.get(GLOBAL), settings.daily_budget_micros) or Cap(None), usage("")
+    )
+    names = {name for name in settings.tenant_budgets_micros if name != ANY_TENANT}
+    names |= {f.removeprefix("tenant:") for f in runtime if f.startswith("tenant:")} - {ANY_TENANT}
+    names |= {f.partition("|")[2] for f in spent if "|" in f}
+    names |= {name for name, value in reserved.items() if name != "total" and _int(value)}
+    tenants = {}
+    for name in sorted(names):
+        cap = _pick(runtime.get(tenant_field(name)), settings.tenant_budgets_micros.get(name))
+        if cap is None:
+            any_tenant = settings.tenant_budgets_micros.get(ANY_TENANT)
+            cap = _pick(runtime.get(tenant_field(ANY_TENANT)), any_tenant) or Cap(None)
+        tenants[name] = ScopeBudget(cap, usage("|" + name))
+    return account, tenants
+
+
 def _pick(runtime: Any, setting: int | None) -> Cap | None:
     """The Lua's rule: a run-time value wins ("none": no cap), else the setting's."""
     if runtime is not None:

@@ -22,8 +22,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX, UNLABELLED_COUNTERS
+from ops.exporter.catalogue import (
+    COUNTERS,
+    GAUGES,
+    HISTOGRAMS,
+    MONEY_COUNTERS,
+    PREFIX,
+    UNLABELLED_COUNTERS,
+)
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
+from worker.budgets import ScopeBudget, budgets_from
+from worker.money import MICROS_PER_USD
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +53,14 @@ class WavequeueCollector(Collector):
         *,
         visibility_timeout: float,
         clock: Callable[[], float] = time.time,
+        settings: Settings | None = None,
     ) -> None:
         self.client = client
         self.visibility_timeout = visibility_timeout
         self.clock = clock
+        #: The caps in the settings (the workers' WAVEQUEUE_*_BUDGET, passed to the exporter
+        #: too): the budget gauges apply them where no cap was set at run time.
+        self.settings = settings or Settings()
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -70,6 +84,7 @@ class WavequeueCollector(Collector):
             yield from self._jobs(snapshot)
             yield from self._counters(snapshot)
             yield from self._histograms(snapshot)
+            yield from self._cost(snapshot)
 
     def _broker(self, snap: Snapshot) -> Iterator[Metric]:
         queues = _gauge("queue_messages", ["queue", "priority"])
@@ -115,8 +130,23 @@ class WavequeueCollector(Collector):
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}
+        money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
+        in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
         for (name, labels), value in snap.counters.items():
-            by_name.setdefault(name, []).append((labels, value))
+            if name in money:
+                in_money[money[name]].append((labels, value))
+            else:
+                by_name.setdefault(name, []).append((labels, value))
+        for exported, samples in in_money.items():
+            family = CounterMetricFamily(
+                PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
+            )
+            for labels, micros in sorted(samples):
+                values = dict(labels)
+                family.add_metric(
+                    [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
+                )
+            yield family
         for name, samples in by_name.items():
             if not samples and name in UNLABELLED_COUNTERS:
                 samples.append(((), 0))
@@ -141,6 +171,41 @@ class WavequeueCollector(Collector):
             family = HistogramMetricFamily(PREFIX + name, help_text, labels=[])
             family.add_metric([], buckets, histogram.sum)
             yield family
+
+    def _cost(self, snap: Snapshot) -> Iterator[Metric]:
+        account, tenants = budgets_from(
+            self.settings, snap.runtime_caps, snap.spend_today, snap.reserved
+        )
+        scopes: list[tuple[list[str], ScopeBudget]] = [(["account", ""], account)]
+        scopes += [(["tenant", name], scope) for name, scope in tenants.items()]
+        used = _gauge("budget_used_usd", ["scope", "tenant"])
+        cap = _gauge("budget_cap_usd", ["scope", "tenant"])
+        remaining = _gauge("budget_remaining_usd", ["scope", "tenant"])
+        for labels, scope in scopes:
+            used.add_metric(labels, scope.usage.counted / MICROS_PER_USD)
+            if scope.cap.micros is not None:
+                cap.add_metric(labels, scope.cap.micros / MICROS_PER_USD)
+                remaining.add_metric(labels, (scope.remaining or 0) / MICROS_PER_USD)
+        yield used
+        yield cap
+        yield remaining
+        reserved = _gauge("spend_reserved_usd")
+        reserved.add_metric([], account.usage.reserved / MICROS_PER_USD)
+        yield reserved
+        held = _gauge("jobs_held_budget")
+        held.add_metric([], snap.held)
+        yield held
+        micros, checked_at, low = snap.balance
+        balance = _gauge("account_balance_usd")
+        age = _gauge("account_balance_read_age_seconds")
+        if micros is not None and checked_at is not None:
+            balance.add_metric([], int(micros) / MICROS_PER_USD)
+            age.add_metric([], max(0.0, snap.taken_at - float(checked_at)))
+        yield balance
+        yield age
+        paused = _gauge("account_balance_low")
+        paused.add_metric([], 1.0 if low == "1" else 0.0)
+        yield paused
 
 
 def _bound(bound: float) -> str:
