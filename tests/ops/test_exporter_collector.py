@@ -182,8 +182,8 @@ def test_a_scrape_costs_the_same_commands_however_many_jobs_are_live(redis_url: 
 def test_spend_is_exported_in_dollars_and_budgets_per_scope(redis_url: str) -> None:
     """Money kept in micro-dollars comes out in US dollars; each capped scope (the account,
     a tenant with a cap in the settings or set at run time) gets its cap, use and room."""
-    from worker.budgets import Budgets  # noqa: PLC0415
-    from worker.settings import Settings  # noqa: PLC0415
+    from worker.budgets import Budgets
+    from worker.settings import Settings
 
     store = JobStore.from_url(redis_url, record_ttl=60)
     labels = {"model": "flux-kontext-pro", "tenant": "acme"}
