@@ -261,11 +261,16 @@ _RESUME_LUA = (
     + """
 -- KEYS[1] state hash; ARGV: reason prefix, now ('' = TIME). Ends the pause now if its
 -- latest reason starts with the prefix (what paused it is over); any other pause stands.
-local s = redis.call('HMGET', KEYS[1], 'paused_until', 'pause_reason')
+-- The schedule (and every reserved slot, through `shift`) comes forward by what is cut,
+-- undoing what the pause had moved it back by.
+local s = redis.call('HMGET', KEYS[1], 'paused_until', 'pause_reason', 'tat', 'shift')
 local ends = tonumber(s[1]) or 0
 if ends <= now then return 0 end
 if string.sub(s[2] or '', 1, #ARGV[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'paused_until', fmt(now))
+local cut = ends - now
+redis.call('HSET', KEYS[1], 'paused_until', fmt(now),
+  'tat', fmt(math.max(now, (tonumber(s[3]) or now) - cut)),
+  'shift', fmt((tonumber(s[4]) or 0) - cut))
 return 1
 """
 )

@@ -16,7 +16,13 @@ script that, atomically,
    publishes it on the job's ``JOB_EVENT_CHANNEL``, and the counters that must count each
    job once (completed, failed, timed out) are bumped in the same step, as is the
    day's aggregate (``DAILY_KEY``: jobs by status and model, images delivered,
-   inference milliseconds), which is kept long after the record expires.
+   inference milliseconds), which is kept long after the record expires; so is what the
+   job cost (``SPEND_KEY``, per tenant: billed for a completion, unconfirmed for an
+   ending while its prediction may still run), and its budget reservation is given back.
+
+Budgets (``worker.budgets``): the submit claim passes a ``Budget``; the script checks the
+day's caps and reserves the job's estimate in the same step as the claim, or holds the
+job (``held: budget``, ``HELD_KEY``) and writes nothing else.
 
 The status machine (``MOVES``) is defined here, once, and baked into the Lua::
 
@@ -63,6 +69,8 @@ Bookkeeping fields:
 - ``ended_by``: "webhook" when a WaveSpeed callback ended the job (the receiver then
   continued its chain, so the job's own pending message must not).
 - ``chain_callback``: "1" on the steps of a chain that has a ``callback_url``.
+- ``reserved_micros``: the estimate this job reserved against the daily budgets at its
+  submit claim (kept while it resubmits; given back by its ending).
 - ``callback_token`` / ``callback_lease_until``: who holds the right to POST the callback,
   and until when; ``callback_due_at``: the next attempt's time; ``callback_first_at``:
   the first attempt's (the retry window counts from it); ``callback_for``: the ending the
