@@ -27,6 +27,7 @@ FAULT_KINDS: Final[Mapping[str, str]] = {
     "submit_502": "submit answers HTTP 502; no prediction is created",
     "submit_503": "submit answers HTTP 503; no prediction is created",
     "submit_429": "submit answers HTTP 429 with Retry-After (knob retry_after); not created",
+    "submit_401": "submit answers HTTP 401 Invalid API key, as for a revoked key; not created",
     "submit_drop_before_create": "the request is read, then the connection is closed; "
     "no prediction is created",
     "submit_drop_after_create": "the prediction IS created, then the connection is closed "

@@ -235,6 +235,13 @@ class SubmitHandler(BaseHandler):
                 400, f"Bad request (emulator fault); you sent Authorization: {echoed}"
             )
             return False
+        if faults.fire("submit_401", model.path, prompt):
+            # What a revoked key gets, whatever key was sent (this one was accepted above).
+            self._served(submission, "submit_401")
+            self.injected_fault = True
+            self.state.stats.auth_failures += 1
+            self.send_envelope(401, "Invalid API key")
+            return False
         error_kind = faults.first_firing(SUBMIT_ERROR_KINDS, model.path, prompt)
         if error_kind is not None:
             self._served(submission, error_kind)

@@ -106,6 +106,16 @@ WEBHOOK_SEEN_KEY: Final = KEY_PREFIX + "webhook:seen:{webhook_id}"
 #: Longer than any replay can verify: a signature is good from 300 s before its timestamp
 #: to 300 s after, so 600 s after first sight, plus room for clock skew.
 WEBHOOK_SEEN_TTL: Final = 900
+#: Workers by node name, scored by their last heartbeat (Redis time): the exporter counts
+#: the ones that beat recently, so a page fires when every worker is dead or hung.
+WORKERS_KEY: Final = KEY_PREFIX + "workers"
+#: Seconds between two heartbeats of a worker (Celery's own heartbeat period).
+WORKER_HEARTBEAT_INTERVAL: Final = 2.0
+#: A worker whose last heartbeat is older than this is counted silent (dead or hung):
+#: five missed beats, so one slow Redis round trip does not make it flap.
+WORKER_SILENT_AFTER: Final = 10.0
+#: Silent workers are dropped from ``WORKERS_KEY`` after this long (scaled-down, crashed).
+WORKER_FORGET_AFTER: Final = 3600.0
 
 #: Tenants are short names (``[A-Za-z0-9_.-]``, 1 to 64 characters): they become Redis hash
 #: fields and Prometheus label values, so nothing else may appear in them.

@@ -131,7 +131,10 @@ class Settler:
             updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
             increments=tally.increments,
             count=tally.count,
-            count_if_applied=[counter_field("jobs_completed", model=state.model)],
+            count_if_applied=[
+                counter_field("jobs_completed", model=state.model),
+                counter_field("jobs_ended", model=state.model, outcome="completed"),
+            ],
             # The completion's bookkeeping, in the same step: counted once, one round trip.
             effects=[
                 *self._completion_effects(finished, prediction, now),
@@ -174,6 +177,8 @@ class Settler:
             ending = counter_field("jobs_timed_out", model=state.model)
         else:
             ending = counter_field("jobs_failed", model=state.model, code=str(error.code))
+        # Every ending by outcome in one counter: the denominator of failure ratios.
+        ended = counter_field("jobs_ended", model=state.model, outcome=status.value)
         now = self.clock()
         polls = state.polls + tally.increments.get("polls", 0)
         updates: dict[str, Any] = {
@@ -189,7 +194,7 @@ class Settler:
             updates=updates,
             increments=tally.increments,
             count=tally.count,
-            count_if_applied=[ending],
+            count_if_applied=[ending, ended],
             effects=self._path_effects(path, polls) if path else (),
             billing=billing,
         )

@@ -1470,7 +1470,8 @@ class JobStore:
                 },
                 None,
                 count_if_applied=[
-                    counter_field("jobs_cancelled", model=raw.get("model", ""), stage=stage)
+                    counter_field("jobs_cancelled", model=raw.get("model", ""), stage=stage),
+                    counter_field("jobs_ended", model=raw.get("model", ""), outcome="cancelled"),
                 ],
             )
             write.evalsha(self._transition.sha, len(keys), *keys, *args)

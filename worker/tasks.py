@@ -48,7 +48,7 @@ BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, 
 
 @dataclass(frozen=True)
 class _Parts:
-    """What one worker process builds once: its runner (Redis pool, HTTP session), its
+    """What one worker process builds once: its runner (Redis pool, HTTP pools), its
     sweeper, its nudger and its dispatcher of deferred polls."""
 
     runner: JobRunner
@@ -69,8 +69,7 @@ def _build_parts() -> _Parts:
         per_minute=settings.rate_limit_per_minute,
         max_in_flight=settings.max_in_flight,
     )
-    # One requests.Session per process; urllib3's pool is thread-safe and sized for
-    # the threads pool, and WaveSpeed sets no cookies for threads to race on.
+    # One urllib3 pool manager per process: thread-safe, and sized for the threads pool.
     client = WaveSpeedClient(
         base_url=settings.base_url,
         api_key=settings.require_api_key(),
@@ -80,7 +79,6 @@ def _build_parts() -> _Parts:
         proxy_from_env=settings.proxy_from_env,
     )
     runner = JobRunner(settings, store, limiter, client)
-    sweep_interval = max(1.0, min(30.0, settings.visibility_timeout / 10))
     balance = BalanceWatch(
         store.client,
         limiter,
@@ -88,14 +86,14 @@ def _build_parts() -> _Parts:
         threshold_micros=settings.low_balance_micros,
         interval=settings.balance_check_interval,
         clock=store.clock,
-        sweep_interval=sweep_interval,
+        sweep_interval=settings.sweeper_interval,
     )
     sweeper = Sweeper(
         store,
         runner,
         resend,
         grace=runner.takeover_grace,
-        interval=sweep_interval,
+        interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
         send_callbacks=_send_callback_deliveries,
         balance=balance,

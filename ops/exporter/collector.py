@@ -23,15 +23,19 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ops.exporter.catalogue import (
+    COUNTER_LABELS,
     COUNTERS,
+    FAILURE_CODES,
     GAUGES,
     HISTOGRAMS,
     MONEY_COUNTERS,
+    OTHER_CODE,
     PREFIX,
     UNLABELLED_COUNTERS,
 )
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
 from worker.budgets import ScopeBudget, budgets_from
+from worker.constants import WORKER_SILENT_AFTER
 from worker.money import MICROS_PER_USD
 from worker.settings import Settings
 
@@ -50,17 +54,15 @@ class WavequeueCollector(Collector):
     def __init__(
         self,
         client: redis.Redis,
+        settings: Settings,
         *,
-        visibility_timeout: float,
         clock: Callable[[], float] = time.time,
-        settings: Settings | None = None,
     ) -> None:
         self.client = client
-        self.visibility_timeout = visibility_timeout
+        #: Timings the alerts compare with and the budget caps in the settings (the
+        #: workers' own, from the same environment; run-time caps are read in Redis).
+        self.settings = settings
         self.clock = clock
-        #: The caps in the settings (the workers' WAVEQUEUE_*_BUDGET, passed to the exporter
-        #: too): the budget gauges apply them where no cap was set at run time.
-        self.settings = settings or Settings()
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -76,15 +78,31 @@ class WavequeueCollector(Collector):
         duration = _gauge("exporter_scrape_duration_seconds")
         duration.add_metric([], time.perf_counter() - started)
         yield duration
-        vt = _gauge("visibility_timeout_seconds")
-        vt.add_metric([], self.visibility_timeout)
-        yield vt
+        yield from self._timings()
         if snapshot is not None:
+            yield from self._workers(snapshot)
             yield from self._broker(snapshot)
             yield from self._jobs(snapshot)
             yield from self._counters(snapshot)
             yield from self._histograms(snapshot)
             yield from self._cost(snapshot)
+
+    def _timings(self) -> Iterator[Metric]:
+        for name, value in (
+            ("visibility_timeout_seconds", self.settings.visibility_timeout),
+            ("unacked_expected_max_age_seconds", self.settings.longest_hold),
+            ("sweeper_interval_seconds", self.settings.sweeper_interval),
+        ):
+            gauge = _gauge(name)
+            gauge.add_metric([], value)
+            yield gauge
+
+    def _workers(self, snap: Snapshot) -> Iterator[Metric]:
+        alive, silent = snap.workers_silent_for(WORKER_SILENT_AFTER)
+        for name, value in (("workers_alive", alive), ("workers_silent", silent)):
+            gauge = _gauge(name)
+            gauge.add_metric([], value)
+            yield gauge
 
     def _broker(self, snap: Snapshot) -> Iterator[Metric]:
         queues = _gauge("queue_messages", ["queue", "priority"])
@@ -129,35 +147,40 @@ class WavequeueCollector(Collector):
         yield overdue
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
-        by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}
+        by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}
+        for name in COUNTERS:
+            # Known label sets from 0: rate() counts a series' first step only if
+            # Prometheus saw it before, at 0.
+            by_name[name].update(dict.fromkeys(_known_label_sets(name), 0))
         money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
         in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
         for (name, labels), value in snap.counters.items():
             if name in money:
                 in_money[money[name]].append((labels, value))
-            else:
-                by_name.setdefault(name, []).append((labels, value))
-        for exported, samples in in_money.items():
+                continue
+            samples = by_name.setdefault(name, {})
+            key = _fold(labels)
+            samples[key] = samples.get(key, 0) + value
+        for exported, micro_samples in in_money.items():
+            # Kept in whole micro-dollars (exact sums), exported in US dollars.
             family = CounterMetricFamily(
                 PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
             )
-            for labels, micros in sorted(samples):
+            for labels, micros in sorted(micro_samples):
                 values = dict(labels)
                 family.add_metric(
                     [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
                 )
             yield family
         for name, samples in by_name.items():
-            if not samples and name in UNLABELLED_COUNTERS:
-                samples.append(((), 0))
             # One family needs one label set: take the union, "" where a field lacks one.
-            label_names = sorted({key for labels, _ in samples for key, _ in labels})
+            label_names = sorted({key for labels in samples for key, _ in labels})
             family = CounterMetricFamily(
                 PREFIX + _INVALID.sub("_", name),
                 COUNTERS.get(name, f"wavequeue worker counter {name}"),
                 labels=label_names,
             )
-            for labels, value in sorted(samples):
+            for labels, value in sorted(samples.items()):
                 values = dict(labels)
                 family.add_metric([values.get(key, "") for key in label_names], value)
             yield family
@@ -206,6 +229,31 @@ class WavequeueCollector(Collector):
         paused = _gauge("account_balance_low")
         paused.add_metric([], 1.0 if low == "1" else 0.0)
         yield paused
+
+
+def _known_label_sets(name: str) -> list[Labels]:
+    """Every combination of known label values of counter ``name`` (``()`` if unlabelled;
+    none if a label takes any value)."""
+    if name in UNLABELLED_COUNTERS:
+        return [()]
+    labels = COUNTER_LABELS.get(name)
+    if not labels or any(values is None for values in labels.values()):
+        return []
+    sets: list[Labels] = [()]
+    for label in sorted(labels):
+        sets = [(*found, (label, value)) for found in sets for value in labels[label] or ()]
+    return sets
+
+
+_KNOWN_CODES = frozenset(FAILURE_CODES)
+
+
+def _fold(labels: Labels) -> Labels:
+    """A code outside ``FAILURE_CODES`` becomes ``other`` (bounded label values)."""
+    return tuple(
+        (key, OTHER_CODE if key == "code" and value not in _KNOWN_CODES else value)
+        for key, value in labels
+    )
 
 
 def _bound(bound: float) -> str:

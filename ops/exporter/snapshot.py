@@ -6,7 +6,9 @@ about) on its own: what Redis holds, not how it is exposed.
 A scrape costs the same number of Redis commands however many jobs are in flight:
 live jobs are the counts the store's scripts keep in ``LIVE_KEY`` (one HGETALL, one
 field per status and model), and the deadline figures are a ZCOUNT and the first
-entry of ``DEADLINES_KEY``. No job record is read.
+entry of ``DEADLINES_KEY``. No job record is read. Worker heartbeats are one entry per
+worker (``WORKERS_KEY``), judged against Redis's own ``TIME`` read in the same round trip,
+the clock the workers beat with.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from worker.constants import (
     RESERVED_KEY,
     SPEND_KEY,
     WORKER_QUEUES,
+    WORKERS_KEY,
 )
 from worker.store import parse_counter_field, utc_day
 
@@ -116,6 +119,15 @@ class Snapshot:
     held: int = 0
     #: The sweeper's last balance reading: micro-dollars, when (epoch s), "1" while low.
     balance: tuple[str | None, str | None, str | None] = (None, None, None)
+    #: Redis ``TIME`` when the snapshot was read (the workers' heartbeat clock).
+    redis_time: float = 0.0
+    #: Worker node name -> its last heartbeat (Redis time).
+    worker_beats: dict[str, float] = field(default_factory=dict)
+
+    def workers_silent_for(self, seconds: float) -> tuple[int, int]:
+        """(alive, silent): workers whose last beat is at most / more than ``seconds`` old."""
+        alive = sum(1 for beat in self.worker_beats.values() if self.redis_time - beat <= seconds)
+        return alive, len(self.worker_beats) - alive
 
 
 def read_snapshot(
@@ -137,6 +149,8 @@ def read_snapshot(
     pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
+    pipe.time()
+    pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
     pipe.hgetall(SPEND_KEY.format(day=utc_day(now)))
@@ -148,9 +162,10 @@ def read_snapshot(
     *replies, spend, reserved, caps, held, balance = replies
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    (unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
-     callbacks) = replies[len(lists) : len(lists) + 9]  # fmt: skip
-    live, counters, *hists = replies[len(lists) + 9 :]
+    (
+        unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
+        callbacks, live, counters, (seconds, micros), beats, *hists,
+    ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -178,6 +193,8 @@ def read_snapshot(
             _text(balance[1]) if balance[1] is not None else None,
             _text(balance[2]) if balance[2] is not None else None,
         ),
+        redis_time=int(seconds) + int(micros) / 1e6,
+        worker_beats={_text(name): float(score) for name, score in beats},
     )
 
 
