@@ -204,7 +204,7 @@ local TERMINAL = __TERMINAL__
 -- model for the live counts, the deadline, what a callback needs, the expected fields).
 local names = {'last_write', 'status', 'model', 'deadline_at', 'callback_url', 'chain_callback',
                'chain_id', 'tenant', 'reserved_micros', 'prediction_id', 'submit_token',
-               'on_budget', 'estimated_cost_micros'}
+               'on_budget', 'estimated_cost_micros', 'held'}
 local FIXED = #names
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
@@ -269,11 +269,14 @@ if ARGV[17] ~= '' then
     local tcap = pick(rt[2], budget.caps[2])
     if tcap == nil then tcap = pick(rt[3], budget.caps[3]) or -1 end
     local amount = budget.amount
-    local spent = redis.call('HMGET', KEYS[13], 'billed', 'unconfirmed', 'billed|' .. tenant,
-                             'unconfirmed|' .. tenant)
-    local held = redis.call('HMGET', KEYS[14], 'total', tenant)
-    local over = (gcap >= 0 and num(spent[1]) + num(spent[2]) + num(held[1]) + amount > gcap)
-      or (tcap >= 0 and num(spent[3]) + num(spent[4]) + num(held[2]) + amount > tcap)
+    local over = false
+    if gcap >= 0 or tcap >= 0 then  -- no cap at all: nothing to read
+      local spent = redis.call('HMGET', KEYS[13], 'billed', 'unconfirmed', 'billed|' .. tenant,
+                               'unconfirmed|' .. tenant)
+      local held = redis.call('HMGET', KEYS[14], 'total', tenant)
+      over = (gcap >= 0 and num(spent[1]) + num(spent[2]) + num(held[1]) + amount > gcap)
+        or (tcap >= 0 and num(spent[3]) + num(spent[4]) + num(held[2]) + amount > tcap)
+    end
     if over then
       if got[12] == 'fail' then return -8 end
       -- Held: no message until room appears (the sweeper, or a raised cap, sends it).
@@ -305,8 +308,10 @@ if reserve then
   redis.call('HINCRBY', KEYS[14], 'total', reserve)
   redis.call('HINCRBY', KEYS[14], tenant, reserve)
   redis.call('HSET', KEYS[1], 'reserved_micros', reserve, 'estimated_cost_micros', reserve)
-  redis.call('HDEL', KEYS[1], 'held')
-  redis.call('ZREM', KEYS[16], ARGV[8])
+  if got[14] then
+    redis.call('HDEL', KEYS[1], 'held')
+    redis.call('ZREM', KEYS[16], ARGV[8])
+  end
 end
 if claim then redis.call('SET', KEYS[claim[1]], claim[2], 'EX', claim[3]) end
 if new and new ~= status then
@@ -341,31 +346,32 @@ if new and TERMINAL[new] then
   end
   -- What the job cost, counted once: its reservation given back, and what WaveSpeed bills
   -- (a completion's cost) or may bill (an ending while its prediction may still run).
-  redis.call('ZREM', KEYS[16], ARGV[8])
-  redis.call('HDEL', KEYS[1], 'held')
+  if got[14] then
+    redis.call('ZREM', KEYS[16], ARGV[8])
+    redis.call('HDEL', KEYS[1], 'held')
+  end
   local reserved = tonumber(got[9])
   if reserved then
     redis.call('HINCRBY', KEYS[14], 'total', -reserved)
     redis.call('HINCRBY', KEYS[14], tenant, -reserved)
   end
   local labels = '|model=' .. (got[3] or '') .. '|tenant=' .. tenant
-  local spent = false
+  -- The day's spend outlives the records; its TTL is set when its first total is written.
+  local function add(measure, amount)
+    if redis.call('HINCRBY', KEYS[13], measure, amount) == amount then
+      redis.call('EXPIRE', KEYS[13], ARGV[12])
+    end
+    redis.call('HINCRBY', KEYS[13], measure .. '|' .. tenant, amount)
+  end
   if new == 'completed' then
     local cost = num(updates['cost_micros'])
     if cost > 0 then
       local images = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
-      for _, field in ipairs({'billed', 'billed|' .. tenant}) do
-        redis.call('HINCRBY', KEYS[13], field, cost)
-      end
-      for _, field in ipairs({'images', 'images|' .. tenant}) do
-        redis.call('HINCRBY', KEYS[13], field, images)
-      end
-      for _, field in ipairs({'jobs', 'jobs|' .. tenant}) do
-        redis.call('HINCRBY', KEYS[13], field, 1)
-      end
+      add('billed', cost)
+      add('images', images)
+      add('jobs', 1)
       redis.call('HINCRBY', KEYS[6], 'spend_micros' .. labels, cost)
       redis.call('HINCRBY', KEYS[6], 'images_billed' .. labels, images)
-      spent = true
     end
   else
     if not updates['cost_micros'] then redis.call('HSET', KEYS[1], 'cost_micros', '0') end
@@ -375,15 +381,11 @@ if new and TERMINAL[new] then
     end
     local amount = reserved or num(got[13])
     if billing == 'unconfirmed' and amount > 0 then
-      for _, field in ipairs({'unconfirmed', 'unconfirmed|' .. tenant}) do
-        redis.call('HINCRBY', KEYS[13], field, amount)
-      end
+      add('unconfirmed', amount)
       redis.call('HINCRBY', KEYS[6], 'spend_unconfirmed_micros' .. labels, amount)
       redis.call('HSET', KEYS[1], 'cost_unconfirmed', '1')
-      spent = true
     end
   end
-  if spent and redis.call('TTL', KEYS[13]) < 0 then redis.call('EXPIRE', KEYS[13], ARGV[12]) end
 else
   if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
   if updates['deadline_at'] then redis.call('ZADD', KEYS[4], updates['deadline_at'], ARGV[8]) end
