@@ -204,7 +204,7 @@ local TERMINAL = __TERMINAL__
 -- model for the live counts, the deadline, what a callback needs, the expected fields).
 local names = {'last_write', 'status', 'model', 'deadline_at', 'callback_url', 'chain_callback',
                'chain_id', 'tenant', 'reserved_micros', 'prediction_id', 'submit_token',
-               'on_budget', 'estimated_cost_micros', 'held'}
+               'on_budget', 'estimated_cost_micros', 'held', 'cost_micros'}
 local FIXED = #names
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
@@ -314,6 +314,37 @@ if reserve then
   end
 end
 if claim then redis.call('SET', KEYS[claim[1]], claim[2], 'EX', claim[3]) end
+-- What the job cost, counted once. The write that records a completed prediction's cost
+-- (``cost_micros``, the first time) bills it to today's spend and gives the job's
+-- reservation back, whatever status it moves to.
+local labels = '|model=' .. (got[3] or '') .. '|tenant=' .. tenant
+-- The day's spend outlives the records; its TTL is set when its first total is written.
+local function add(measure, amount)
+  if redis.call('HINCRBY', KEYS[13], measure, amount) == amount then
+    redis.call('EXPIRE', KEYS[13], ARGV[12])
+  end
+  redis.call('HINCRBY', KEYS[13], measure .. '|' .. tenant, amount)
+end
+local function give_back()
+  local reserved = tonumber(got[9])
+  if reserved then
+    redis.call('HINCRBY', KEYS[14], 'total', -reserved)
+    redis.call('HINCRBY', KEYS[14], tenant, -reserved)
+    redis.call('HDEL', KEYS[1], 'reserved_micros')
+  end
+end
+local billed_now = false
+local cost = tonumber(updates['cost_micros'])
+if cost and cost > 0 and not got[15] then
+  give_back()
+  local images = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
+  add('billed', cost)
+  add('images', images)
+  add('jobs', 1)
+  redis.call('HINCRBY', KEYS[6], 'spend_micros' .. labels, cost)
+  redis.call('HINCRBY', KEYS[6], 'images_billed' .. labels, images)
+  billed_now = true
+end
 if new and new ~= status then
   local model = got[3] or ''
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
@@ -344,46 +375,26 @@ if new and TERMINAL[new] then
   if got[6] == '1' and got[7] then
     redis.call('ZADD', KEYS[12], 'NX', ARGV[15], 'chain:' .. got[7])
   end
-  -- What the job cost, counted once: its reservation given back, and what WaveSpeed bills
-  -- (a completion's cost) or may bill (an ending while its prediction may still run).
   if got[14] then
     redis.call('ZREM', KEYS[16], ARGV[8])
     redis.call('HDEL', KEYS[1], 'held')
   end
-  local reserved = tonumber(got[9])
-  if reserved then
-    redis.call('HINCRBY', KEYS[14], 'total', -reserved)
-    redis.call('HINCRBY', KEYS[14], tenant, -reserved)
-  end
-  local labels = '|model=' .. (got[3] or '') .. '|tenant=' .. tenant
-  -- The day's spend outlives the records; its TTL is set when its first total is written.
-  local function add(measure, amount)
-    if redis.call('HINCRBY', KEYS[13], measure, amount) == amount then
-      redis.call('EXPIRE', KEYS[13], ARGV[12])
-    end
-    redis.call('HINCRBY', KEYS[13], measure .. '|' .. tenant, amount)
-  end
-  if new == 'completed' then
-    local cost = num(updates['cost_micros'])
-    if cost > 0 then
-      local images = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
-      add('billed', cost)
-      add('images', images)
-      add('jobs', 1)
-      redis.call('HINCRBY', KEYS[6], 'spend_micros' .. labels, cost)
-      redis.call('HINCRBY', KEYS[6], 'images_billed' .. labels, images)
-    end
-  else
-    if not updates['cost_micros'] then redis.call('HSET', KEYS[1], 'cost_micros', '0') end
-    local billing = ARGV[18]
-    if billing == '' then
-      billing = (got[10] or got[11]) and 'unconfirmed' or 'none'
-    end
-    local amount = reserved or num(got[13])
-    if billing == 'unconfirmed' and amount > 0 then
-      add('unconfirmed', amount)
-      redis.call('HINCRBY', KEYS[6], 'spend_unconfirmed_micros' .. labels, amount)
-      redis.call('HSET', KEYS[1], 'cost_unconfirmed', '1')
+  -- A job that ends without a bill: its reservation back, its cost 0, and its estimate
+  -- counted as unconfirmed when WaveSpeed may still bill it (its prediction may run).
+  if not billed_now then
+    give_back()
+    if not got[15] and not updates['cost_micros'] then
+      redis.call('HSET', KEYS[1], 'cost_micros', '0')
+      local billing = ARGV[18]
+      if billing == '' then
+        billing = (got[10] or got[11]) and 'unconfirmed' or 'none'
+      end
+      local amount = tonumber(got[9]) or num(got[13])
+      if billing == 'unconfirmed' and amount > 0 then
+        add('unconfirmed', amount)
+        redis.call('HINCRBY', KEYS[6], 'spend_unconfirmed_micros' .. labels, amount)
+        redis.call('HSET', KEYS[1], 'cost_unconfirmed', '1')
+      end
     end
   end
 else
@@ -1159,12 +1170,14 @@ class JobStore:
         check the daily budgets first (see ``Budget``; ``Moved.HELD``, ``OVER_BUDGET`` and
         ``WITHIN_BUDGET`` answer it).
 
-        Cost: a move into ``completed`` bills ``updates["cost_micros"]`` to today's spend
-        (``SPEND_KEY``) under the job's tenant; any move into a terminal status gives back
-        the job's reservation. An ending that is not a completion sets ``cost_micros`` 0
-        and, when WaveSpeed may still bill it (``billing``: ``MAYBE_BILLED``, or by default
-        when the job has a prediction or a claimed submit; ``NOT_BILLED`` says it cannot),
-        counts its estimate as unconfirmed spend.
+        Cost: the write that first records a positive ``updates["cost_micros"]`` (a
+        completed prediction's bill, whatever status it moves the job to) bills it to
+        today's spend (``SPEND_KEY``) under the job's tenant and gives back the job's
+        reservation. A move into a terminal status without a bill gives the reservation
+        back, sets ``cost_micros`` 0 and, when WaveSpeed may still bill the job
+        (``billing``: ``MAYBE_BILLED``, or by default when it has a prediction or a
+        claimed submit; ``NOT_BILLED`` says it cannot), counts its estimate as
+        unconfirmed spend.
         """
         keys, args = self._transition_call(
             job_id,

@@ -274,3 +274,25 @@ def test_racing_claims_never_pass_the_cap(store: JobStore) -> None:
     assert len(applied) == 10
     assert sorted({m.name for m in verdicts.values()}) == ["APPLIED", "HELD"]
     assert store.client.hget(RESERVED_KEY, "total") == str(10 * CENTS_4)
+
+
+def test_a_cost_recorded_before_the_end_is_billed_once(store: JobStore) -> None:
+    """A completed prediction's cost may be recorded by a write that does not end the job
+    (outputs still to copy to durable storage, say): billed then, once, with the
+    reservation given back; a later ending (even not a completion) changes nothing."""
+    budgets = _budgets(store, daily_budget_micros=1_000_000)
+    job_id = _job(store)
+    assert _claim(store, budgets, job_id)
+    _submitted(store, job_id)
+    assert store.transition(
+        job_id,
+        updates={"status": "processing", "outputs": ["https://x/0.png"], "cost_micros": CENTS_4},
+    )
+    assert _spend(store)["billed"] == "40000"
+    assert store.client.hget(RESERVED_KEY, "total") == "0"
+    assert not store.snapshot(job_id).field("reserved_micros")
+    assert store.transition(job_id, updates={"status": "timed_out"})
+    assert _spend(store)["billed"] == "40000" and "unconfirmed" not in _spend(store)
+    assert store.client.hget(RESERVED_KEY, "total") == "0"
+    record = store.get(job_id)
+    assert record.cost_micros == CENTS_4 and not record.cost_unconfirmed
