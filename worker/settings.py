@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from worker.errors import ConfigError
+from worker.money import parse_tenant_amounts, usd_to_micros
 from worker.redis_urls import check_redis_url
 
 AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
@@ -78,6 +79,10 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_CALLBACK_RETRY_BASE_DELAY": "callback_retry_base_delay",
     "WAVEQUEUE_CALLBACK_RETRY_MAX_DELAY": "callback_retry_max_delay",
     "WAVEQUEUE_CALLBACK_RETRY_FOR": "callback_retry_for",
+    "WAVEQUEUE_DAILY_BUDGET": "daily_budget_micros",
+    "WAVEQUEUE_TENANT_BUDGETS": "tenant_budgets_micros",
+    "WAVEQUEUE_LOW_BALANCE": "low_balance_micros",
+    "WAVEQUEUE_BALANCE_CHECK_INTERVAL": "balance_check_interval",
 }
 
 #: The standard proxy variables; when none is set at start, WaveSpeed calls and
@@ -267,6 +272,37 @@ class Settings(BaseModel):
         except ValueError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    # Cost and budgets (worker.budgets, worker.balance). The environment gives US dollars
+    # ("250", "12.50"); the fields hold whole micro-dollars (an int is taken as such).
+    #: The whole account's daily cap (UTC day); unset, no cap.
+    daily_budget_micros: int | None = None
+    #: Per-tenant daily caps, ``acme=50,beta=12.50``; ``*=5`` caps every tenant that has no
+    #: cap of its own. ``wavequeue budget set`` overrides them at run time.
+    tenant_budgets_micros: dict[str, int] = Field(default_factory=dict)
+    #: Below this account balance (read by the sweeper), submission pauses fleet-wide;
+    #: unset, the balance is not read.
+    low_balance_micros: int | None = None
+    #: How often the sweeper reads the account balance (s).
+    balance_check_interval: float = Field(60.0, ge=1.0)
+
+    @field_validator("daily_budget_micros", "low_balance_micros", mode="before")
+    @classmethod
+    def _amount(cls, value: object) -> object:
+        if value is None:
+            return None
+        plain_int = isinstance(value, int) and not isinstance(value, bool)
+        micros = int(value) if plain_int else usd_to_micros(value)  # type: ignore[call-overload]
+        if micros < 0:
+            raise ValueError("must not be negative")
+        return micros
+
+    @field_validator("tenant_budgets_micros", mode="before")
+    @classmethod
+    def _tenant_amounts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return parse_tenant_amounts(value)
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import parking
 from worker.app import app, settings
+from worker.balance import BalanceWatch
 from worker.callbacks import CallbackDelivery, members_for
 from worker.chains import send_callback_deliveries, send_job_and_rest
 from worker.constants import DELIVER_CALLBACK_TASK, RUN_JOB_TASK
@@ -78,6 +79,15 @@ def _build_parts() -> _Parts:
         proxy_from_env=settings.proxy_from_env,
     )
     runner = JobRunner(settings, store, limiter, client)
+    balance = BalanceWatch(
+        store.client,
+        limiter,
+        client,
+        threshold_micros=settings.low_balance_micros,
+        interval=settings.balance_check_interval,
+        clock=store.clock,
+        sweep_interval=settings.sweeper_interval,
+    )
     sweeper = Sweeper(
         store,
         runner,
@@ -86,6 +96,7 @@ def _build_parts() -> _Parts:
         interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
         send_callbacks=_send_callback_deliveries,
+        balance=balance,
     )
     nudger = Nudger(sweeper.bring_back)
     due_polls = DuePollDispatcher(store, send_due_poll, nudger.add, clock=store.clock)

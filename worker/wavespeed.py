@@ -46,6 +46,7 @@ from worker.errors import (
 )
 from worker.http_pool import pool_manager
 from worker.models import MODEL_PREFIX
+from worker.money import usd_text_to_micros_rounded
 from worker.outside_text import printable
 
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
@@ -363,6 +364,21 @@ class WaveSpeedClient:
             raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
         return secret
 
+    def balance(self) -> int:
+        """The account's balance in micro-dollars (``GET /api/v3/balance``: ``data.balance``,
+        US dollars as a JSON number, read through its decimal text, never as a float)."""
+        envelope = self._get_json(f"{self.base_url}/api/v3/balance", numbers_as_text=True)
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        amount = data.get("balance") if isinstance(data, Mapping) else None
+        try:
+            if not isinstance(amount, str):
+                raise ValueError("not a number")
+            return usd_text_to_micros_rounded(amount)
+        except ValueError:
+            raise PermanentError(
+                "WaveSpeed answered the balance without a usable amount", code="malformed"
+            ) from None
+
     def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
         return self.http.urlopen(
             "POST",
@@ -374,8 +390,9 @@ class WaveSpeedClient:
             redirect=False,
         )
 
-    def _get_json(self, url: str) -> Any:
-        """GET ``url`` and decode its 200 answer; every failure mapped (not a submit)."""
+    def _get_json(self, url: str, *, numbers_as_text: bool = False) -> Any:
+        """GET ``url`` and decode its 200 answer; every failure mapped (not a submit).
+        ``numbers_as_text``: JSON numbers come back as their text (money, read exactly)."""
         try:
             response = self.http.urlopen(
                 "GET", url, headers=self._headers, timeout=self.timeout, retries=_GET_RETRIES
@@ -385,6 +402,8 @@ class WaveSpeedClient:
         if response.status != 200:
             raise self._http_error(response, during_submit=False)
         try:
+            if numbers_as_text:
+                return json.loads(response.data, parse_float=str, parse_int=str)
             return json.loads(response.data)
         except _UNREADABLE_ANSWER as exc:
             raise map_transport_error(exc, during_submit=False) from None

@@ -40,6 +40,17 @@ GAUGES: Final[dict[str, str]] = {
     "in Redis for a worker's dispatcher",
     "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
     "poll still waits (stays near 0 while any worker's dispatcher runs)",
+    "budget_used_usd": "What a daily budget counts today (UTC), by scope (account, tenant): "
+    "billed, unconfirmed (may be billed) and reserved by jobs in flight",
+    "budget_cap_usd": "A daily cap, by scope (account, tenant; only those with a cap): the "
+    "run-time cap (wavequeue budget set) or the setting",
+    "budget_remaining_usd": "What a capped scope may still spend today (UTC)",
+    "spend_reserved_usd": "Estimates reserved by jobs claimed for submission and not ended",
+    "jobs_held_budget": "Jobs held because a daily budget had no room (held: budget)",
+    "account_balance_usd": "The WaveSpeed account balance as the sweeper last read it "
+    "(only with WAVEQUEUE_LOW_BALANCE set)",
+    "account_balance_low": "1 while submission is paused fleet-wide for a low balance",
+    "account_balance_read_age_seconds": "How long ago the sweeper last read the balance",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }
@@ -102,6 +113,26 @@ COUNTERS: Final[dict[str, str]] = {
     "wait, or a delivery message lost)",
     "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
     "already or being attempted, and did nothing",
+    "images_billed": "Images WaveSpeed billed (completed jobs), by model and tenant",
+    "jobs_held": "Times a job was held for a daily budget with no room, by reason and tenant",
+    "low_balance_pauses": "Times the sweeper paused submission fleet-wide for a low balance",
+    "sweeper_held_woken": "Jobs held for a budget that the sweeper sent again (room appeared: "
+    "a new UTC day, a raised cap, a reservation given back)",
+}
+
+#: Money counters the workers keep in whole micro-dollars (``worker.money``), exported in
+#: US dollars: exported name -> (the counter's name in ``wq:counters``, help).
+MONEY_COUNTERS: Final[dict[str, tuple[str, str]]] = {
+    "spend_usd": (
+        "spend_micros",
+        "US dollars WaveSpeed billed for completed jobs (price per image x images), by "
+        "model and tenant",
+    ),
+    "spend_unconfirmed_usd": (
+        "spend_unconfirmed_micros",
+        "US dollars WaveSpeed may bill for jobs that ended while their prediction may still "
+        "run (cancelled after submit, timed out, submit outcome unknown), by model and tenant",
+    ),
 }
 
 #: Every error code a failed job can carry that gets a series of its own; any other code
@@ -118,7 +149,7 @@ FAILURE_CODES: Final = (
     # The worker's own codes (worker/wavespeed.py, worker/runner.py, worker/settle.py).
     "submit_outcome_unknown", "connect", "transport", "tls", "client", "malformed",
     "unknown_status", "upload", "missing_input", "invalid_input", "inline_image_missing",
-    "unknown",
+    "budget_exceeded", "unknown",
 )  # fmt: skip
 OTHER_CODE: Final = "other"
 #: How a job ended (``jobs_ended``); ratios of failures leave ``cancelled`` out.
@@ -161,6 +192,9 @@ COUNTER_LABELS: Final[dict[str, dict[str, tuple[str, ...] | None]]] = {
     "callbacks_delivered": {"kind": CALLBACK_KINDS},
     "callbacks_failed": {"kind": CALLBACK_KINDS},
     "callback_attempts_failed": {"status": None},
+    # Tenants are the users' names: exported as they come, from their first count.
+    "images_billed": {"model": MODELS, "tenant": None},
+    "jobs_held": {"reason": ("budget",), "tenant": None},
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -182,6 +216,8 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "webhooks_deferred",
         "sweeper_callbacks",
         "callback_copies_ignored",
+        "low_balance_pauses",
+        "sweeper_held_woken",
     }
 )
 
@@ -204,6 +240,7 @@ def exported_names() -> set[str]:
     """Every sample name a scrape can contain (counters with ``_total``, histogram series)."""
     names = {PREFIX + name for name in GAUGES}
     names |= {f"{PREFIX}{name}_total" for name in COUNTERS}
+    names |= {f"{PREFIX}{name}_total" for name in MONEY_COUNTERS}
     for name in HISTOGRAMS:
         names |= {f"{PREFIX}{name}{suffix}" for suffix in ("_bucket", "_sum", "_count")}
     return names

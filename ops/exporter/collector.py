@@ -28,12 +28,15 @@ from ops.exporter.catalogue import (
     FAILURE_CODES,
     GAUGES,
     HISTOGRAMS,
+    MONEY_COUNTERS,
     OTHER_CODE,
     PREFIX,
     UNLABELLED_COUNTERS,
 )
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
+from worker.budgets import ScopeBudget, budgets_from
 from worker.constants import WORKER_SILENT_AFTER
+from worker.money import MICROS_PER_USD
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ class WavequeueCollector(Collector):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        #: Timings the alerts compare with (the workers' own, from the same environment).
+        #: Timings the alerts compare with and the budget caps in the settings (the
+        #: workers' own, from the same environment; run-time caps are read in Redis).
         self.settings = settings
         self.clock = clock
 
@@ -81,6 +85,7 @@ class WavequeueCollector(Collector):
             yield from self._jobs(snapshot)
             yield from self._counters(snapshot)
             yield from self._histograms(snapshot)
+            yield from self._cost(snapshot)
 
     def _timings(self) -> Iterator[Metric]:
         for name, value in (
@@ -147,10 +152,26 @@ class WavequeueCollector(Collector):
             # Known label sets from 0: rate() counts a series' first step only if
             # Prometheus saw it before, at 0.
             by_name[name].update(dict.fromkeys(_known_label_sets(name), 0))
+        money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
+        in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
         for (name, labels), value in snap.counters.items():
+            if name in money:
+                in_money[money[name]].append((labels, value))
+                continue
             samples = by_name.setdefault(name, {})
             key = _fold(labels)
             samples[key] = samples.get(key, 0) + value
+        for exported, micro_samples in in_money.items():
+            # Kept in whole micro-dollars (exact sums), exported in US dollars.
+            family = CounterMetricFamily(
+                PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
+            )
+            for labels, micros in sorted(micro_samples):
+                values = dict(labels)
+                family.add_metric(
+                    [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
+                )
+            yield family
         for name, samples in by_name.items():
             # One family needs one label set: take the union, "" where a field lacks one.
             label_names = sorted({key for labels in samples for key, _ in labels})
@@ -173,6 +194,41 @@ class WavequeueCollector(Collector):
             family = HistogramMetricFamily(PREFIX + name, help_text, labels=[])
             family.add_metric([], buckets, histogram.sum)
             yield family
+
+    def _cost(self, snap: Snapshot) -> Iterator[Metric]:
+        account, tenants = budgets_from(
+            self.settings, snap.runtime_caps, snap.spend_today, snap.reserved
+        )
+        scopes: list[tuple[list[str], ScopeBudget]] = [(["account", ""], account)]
+        scopes += [(["tenant", name], scope) for name, scope in tenants.items()]
+        used = _gauge("budget_used_usd", ["scope", "tenant"])
+        cap = _gauge("budget_cap_usd", ["scope", "tenant"])
+        remaining = _gauge("budget_remaining_usd", ["scope", "tenant"])
+        for labels, scope in scopes:
+            used.add_metric(labels, scope.usage.counted / MICROS_PER_USD)
+            if scope.cap.micros is not None:
+                cap.add_metric(labels, scope.cap.micros / MICROS_PER_USD)
+                remaining.add_metric(labels, (scope.remaining or 0) / MICROS_PER_USD)
+        yield used
+        yield cap
+        yield remaining
+        reserved = _gauge("spend_reserved_usd")
+        reserved.add_metric([], account.usage.reserved / MICROS_PER_USD)
+        yield reserved
+        held = _gauge("jobs_held_budget")
+        held.add_metric([], snap.held)
+        yield held
+        micros, checked_at, low = snap.balance
+        balance = _gauge("account_balance_usd")
+        age = _gauge("account_balance_read_age_seconds")
+        if micros is not None and checked_at is not None:
+            balance.add_metric([], int(micros) / MICROS_PER_USD)
+            age.add_metric([], max(0.0, snap.taken_at - float(checked_at)))
+        yield balance
+        yield age
+        paused = _gauge("account_balance_low")
+        paused.add_metric([], 1.0 if low == "1" else 0.0)
+        yield paused
 
 
 def _known_label_sets(name: str) -> list[Labels]:

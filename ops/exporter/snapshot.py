@@ -22,18 +22,23 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from ops.exporter.catalogue import HISTOGRAMS
 from worker.constants import (
+    BALANCE_KEY,
+    BUDGETS_KEY,
     CALLBACKS_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
     DUE_POLLS_KEY,
+    HELD_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
     PARKED_KEY,
+    RESERVED_KEY,
+    SPEND_KEY,
     WORKER_QUEUES,
     WORKERS_KEY,
 )
-from worker.store import parse_counter_field
+from worker.store import parse_counter_field, utc_day
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
 UNACKED_KEY = Channel.unacked_key
@@ -106,6 +111,14 @@ class Snapshot:
     earliest_deferred_poll: float | None
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    #: Today's (UTC) spend hash, the reservations, the run-time caps (raw fields).
+    spend_today: dict[str, str] = field(default_factory=dict)
+    reserved: dict[str, str] = field(default_factory=dict)
+    runtime_caps: dict[str, str] = field(default_factory=dict)
+    #: Jobs held for a daily budget.
+    held: int = 0
+    #: The sweeper's last balance reading: micro-dollars, when (epoch s), "1" while low.
+    balance: tuple[str | None, str | None, str | None] = (None, None, None)
     #: Redis ``TIME`` when the snapshot was read (the workers' heartbeat clock).
     redis_time: float = 0.0
     #: Worker node name -> its last heartbeat (Redis time).
@@ -140,7 +153,13 @@ def read_snapshot(
     pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
+    pipe.hgetall(SPEND_KEY.format(day=utc_day(now)))
+    pipe.hgetall(RESERVED_KEY)
+    pipe.hgetall(BUDGETS_KEY)
+    pipe.zcard(HELD_KEY)
+    pipe.hmget(BALANCE_KEY, ["micros", "checked_at", "low"])
     replies = pipe.execute()
+    *replies, spend, reserved, caps, held, balance = replies
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
     (
@@ -165,9 +184,22 @@ def read_snapshot(
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
             for name, raw in zip(HISTOGRAMS, hists, strict=True)
         },
+        spend_today=_texts(spend),
+        reserved=_texts(reserved),
+        runtime_caps=_texts(caps),
+        held=int(held),
+        balance=(
+            _text(balance[0]) if balance[0] is not None else None,
+            _text(balance[1]) if balance[1] is not None else None,
+            _text(balance[2]) if balance[2] is not None else None,
+        ),
         redis_time=int(seconds) + int(micros) / 1e6,
         worker_beats={_text(name): float(score) for name, score in beats},
     )
+
+
+def _texts(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def _live_jobs(raw: dict[bytes | str, bytes | str]) -> dict[tuple[str, str], int]:

@@ -235,8 +235,20 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
     # jobs_live carries labels that only data gives it (status, model); counters are
     # exported from 0 for every known label set.
     missing = {name for name in exported_names() if name not in found}
-    # Only a backend's HTTP status takes any value: its counter starts at its first count.
-    assert missing == {"wavequeue_jobs_live", "wavequeue_callback_attempts_failed_total"}
+    # A backend's HTTP status and tenants take any value: their counters start at their first
+    # count; caps only once set; the balance once the sweeper has read it.
+    assert missing == {
+        "wavequeue_jobs_live",
+        "wavequeue_callback_attempts_failed_total",
+        "wavequeue_spend_usd_total",
+        "wavequeue_spend_unconfirmed_usd_total",
+        "wavequeue_images_billed_total",
+        "wavequeue_jobs_held_total",
+        "wavequeue_budget_cap_usd",
+        "wavequeue_budget_remaining_usd",
+        "wavequeue_account_balance_usd",
+        "wavequeue_account_balance_read_age_seconds",
+    }
 
 
 def _live_jobs(store: JobStore, count: int, *, deadline_in: float) -> list[str]:
@@ -300,3 +312,44 @@ def test_a_scrape_costs_the_same_commands_however_many_jobs_are_live(redis_url: 
     ]
     assert found["wavequeue_jobs_past_deadline"] == [({}, 0.0)]
     assert found["wavequeue_jobs_past_deadline_max_seconds"] == [({}, 0.0)]
+
+
+def test_spend_is_exported_in_dollars_and_budgets_per_scope(redis_url: str) -> None:
+    """Money kept in micro-dollars comes out in US dollars; each capped scope (the account,
+    a tenant with a cap in the settings or set at run time) gets its cap, use and room."""
+    from worker.budgets import Budgets
+    from worker.settings import Settings
+
+    store = JobStore.from_url(redis_url, record_ttl=60)
+    labels = {"model": "flux-kontext-pro", "tenant": "acme"}
+    store.client.hincrby(COUNTERS_KEY, counter_field("spend_micros", **labels), 120_000)
+    store.client.hincrby(COUNTERS_KEY, counter_field("images_billed", **labels), 3)
+    day = time.strftime("%Y-%m-%d", time.gmtime(store.clock()))
+    store.client.hset(
+        f"wq:spend:{day}", mapping={"billed": 120_000, "billed|acme": 120_000, "jobs": 3}
+    )
+    store.client.hset("wq:spend:reserved", mapping={"total": 80_000, "beta": 80_000})
+    settings = Settings(daily_budget_micros=10_000_000, tenant_budgets_micros={"acme": 500_000})
+    Budgets(store.client, settings).set_cap("beta", 1_000_000)
+    store.client.zadd("wq:budget:held", {"j1": 1.0, "j2": 2.0})
+    store.client.hset("wq:balance", mapping={"micros": 156_780_000, "checked_at": 1.0, "low": "1"})
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    registry = CollectorRegistry()
+    registry.register(WavequeueCollector(client, settings))
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    client.close()
+
+    assert found["wavequeue_spend_usd_total"] == [(labels, 0.12)]
+    assert found["wavequeue_images_billed_total"] == [(labels, 3.0)]
+    caps = {(d["scope"], d["tenant"]): v for d, v in found["wavequeue_budget_cap_usd"]}
+    assert caps == {("account", ""): 10.0, ("tenant", "acme"): 0.5, ("tenant", "beta"): 1.0}
+    left = {(d["scope"], d["tenant"]): v for d, v in found["wavequeue_budget_remaining_usd"]}
+    assert left == {("account", ""): 9.8, ("tenant", "acme"): 0.38, ("tenant", "beta"): 0.92}
+    assert found["wavequeue_spend_reserved_usd"] == [({}, 0.08)]
+    assert found["wavequeue_jobs_held_budget"] == [({}, 2.0)]
+    assert found["wavequeue_account_balance_usd"] == [({}, 156.78)]
+    assert found["wavequeue_account_balance_low"] == [({}, 1.0)]

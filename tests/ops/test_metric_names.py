@@ -21,11 +21,11 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.exporter.catalogue import COUNTERS
+from ops.exporter.catalogue import COUNTERS, MONEY_COUNTERS
 from ops.exporter.collector import WavequeueCollector
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.settings import Settings
-from worker.store import JobStore
+from worker.store import JobStore, counter_field
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
@@ -69,6 +69,8 @@ def exporter_metric_names(redis_url: str) -> set[str]:
     store = JobStore.from_url(redis_url, record_ttl=60)
     for name in COUNTERS:
         store.count(name, model="m", code="1")
+    for stored, _ in MONEY_COUNTERS.values():
+        store.client.hincrby("wq:counters", counter_field(stored, model="m", tenant="t"), 40_000)
     store.observe("end_to_end_seconds", 3.0, LATENCY_BUCKETS)
     store.observe("polls_per_job", 2, POLL_COUNT_BUCKETS)
     store.client.zadd("wq:deadlines", {"j1": 1.0})
@@ -133,10 +135,10 @@ def test_dashboard_uses_only_exported_metrics(known: set[str]) -> None:
     assert any(name.startswith("flower_") for name in used)  # the workers row
 
 
-def test_dashboard_covers_queues_throughput_latency_failures_workers() -> None:
+def test_dashboard_covers_queues_throughput_latency_failures_workers_cost() -> None:
     board = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers"]
+    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers", "Cost"]
     datasource = yaml.safe_load(
         (ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]

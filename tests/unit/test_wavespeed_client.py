@@ -99,6 +99,31 @@ def test_webhook_secret(client: WaveSpeedClient, emulator: EmulatorHandle) -> No
     assert client.webhook_secret() == answer.json()["data"]["secret"]
 
 
+def test_balance_in_micro_dollars(client: WaveSpeedClient, emulator: EmulatorHandle) -> None:
+    assert client.balance() == 1_000_000_000
+    emulator.configure(balance="156.78")
+    assert client.balance() == 156_780_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "micros"),
+    [(b"0.30000000000000004", 300_000), (b"12", 12_000_000), (b"1e2", 100_000_000)],
+)
+def test_balance_reads_the_number_as_text(raw: bytes, micros: int) -> None:
+    body = b'{"code":200,"message":"success","data":{"balance":' + raw + b',"currency":"USD"}}'
+    with scripted_server(lambda _: Reply(200, body, {"Content-Type": "application/json"})) as srv:
+        assert client_for(srv.base_url).balance() == micros
+
+
+@pytest.mark.parametrize("data", [{"balance": "ten"}, {"balance": True}, {"currency": "USD"}])
+def test_a_balance_without_an_amount_is_refused(data: dict[str, object]) -> None:
+    with (
+        scripted_server(lambda _: envelope(data)) as server,
+        pytest.raises(PermanentError, match="balance"),
+    ):
+        client_for(server.base_url).balance()
+
+
 # --- a submit that never left: safe to retry -------------------------------------------
 
 
