@@ -88,8 +88,9 @@ def prepare_chain(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
-    tenant: object = None,
     callback_url: object = None,
+    tenant: object = None,
+    on_budget: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -130,9 +131,10 @@ def prepare_chain(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
-        tenant=tenant,
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
+        tenant=tenant,
+        on_budget=on_budget,
     )
     if problems:
         raise ValidationError(problems)

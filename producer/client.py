@@ -17,6 +17,7 @@ import datetime
 import functools
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,8 @@ from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.budgets import Budgets, BudgetStatus, DaySpend, last_days, wake_held
+from worker.constants import DEFAULT_TENANT, TENANT_PATTERN
 from worker.errors import ConfigError
 from worker.inline_images import marker_ids, with_images
 from worker.job_listing import DEFAULT_PAGE, JobPage, check_filter, list_jobs
@@ -51,8 +54,10 @@ from worker.models import (
     JobState,
     JobStatus,
     Priority,
+    price_of,
     validate_request,
 )
+from worker.money import ANY_TENANT, usd_to_micros
 from worker.redis_connection import unavailable
 from worker.settings import Settings
 from worker.store import JobStore, NewJob, request_fingerprint
@@ -105,6 +110,8 @@ def _options_of(options: JobOptions) -> dict[str, Any]:
         "deadline": options.deadline,
         "metadata": dict(options.metadata),
         "tenant": options.tenant,
+        "callback_url": options.callback_url,
+        "on_budget": str(options.on_budget),
     }
 
 
@@ -133,8 +140,9 @@ class JobOptionsInput(NamedTuple):
     deadline: float | None
     metadata: Mapping[str, Any] | None
     idempotency_key: str | None
-    tenant: str | None = None
     callback_url: str | None = None
+    tenant: str | None = None
+    on_budget: str | None = None
 
 
 class JobClient:
@@ -234,11 +242,15 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
-        tenant: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
-        ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
+        ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only.
+        ``tenant``: who the job is for (spend and budgets count per tenant; default
+        ``default``); ``on_budget``: ``wait`` (default) or ``fail`` when a daily budget
+        has no room for it."""
         fields = {
             "prompt": prompt,
             "seed": seed,
@@ -248,7 +260,7 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, tenant, callback_url
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
         )
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
@@ -266,8 +278,9 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
-        tenant: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -281,7 +294,7 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, tenant, callback_url
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
         )
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
@@ -298,8 +311,9 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
-        tenant: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -310,7 +324,7 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, tenant, callback_url
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
         )
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
@@ -330,8 +344,9 @@ class JobClient:
             deadline=options.deadline,
             metadata=options.metadata,
             idempotency_key=options.idempotency_key,
-            tenant=options.tenant,
             callback_url=options.callback_url,
+            tenant=options.tenant,
+            on_budget=options.on_budget,
         )
         return self.submit(prepared)
 
@@ -440,8 +455,10 @@ class JobClient:
             deadline_at=now + options.deadline,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
-            tenant=options.tenant,
             callback_url=options.callback_url,
+            tenant=options.tenant,
+            on_budget=options.on_budget,
+            estimated_cost_micros=price_of(prepared.model, _images_of(prepared.body)),
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority], record.model)
         fingerprint = None
@@ -546,8 +563,9 @@ class JobClient:
         deadline: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
-        tenant: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -569,13 +587,14 @@ class JobClient:
             deadline=deadline,
             metadata=metadata,
             idempotency_key=idempotency_key,
-            tenant=tenant,
             callback_url=callback_url,
+            tenant=tenant,
+            on_budget=on_budget,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
         now = self.store.clock()
-        job_ids: list[str] = []
+        job_ids: builtins.list[str] = []
         # The key stands for the whole chain: every step's request and the options.
         fingerprint = request_fingerprint(
             [(step.model, step.body) for step in prepared.steps], _options_of(options)
@@ -711,98 +730,6 @@ class JobClient:
         self._send_chain(run_ids, old.priority.queue, models)
         return new_job_id
 
-    # finding jobs ---------------------------------------------------------------
-
-    @_redis_errors_mapped
-    def list(
-        self,
-        *,
-        status: str | Iterable[str] | None = None,
-        model: str | Iterable[str] | None = None,
-        tenant: str | Iterable[str] | None = None,
-        since: float | datetime.datetime | datetime.timedelta | None = None,
-        limit: int = DEFAULT_PAGE,
-        cursor: str | None = None,
-    ) -> JobPage:
-        """A page of jobs, the most recent status change first: ``page.jobs`` (states,
-        without their requests; ``get`` reads one whole) and ``page.next_cursor`` to pass
-        as ``cursor`` for the next page (None at the end).
-
-        ``status``, ``model`` and ``tenant`` each take one value or several; ``since`` keeps
-        jobs that entered their status at or after a time (an epoch number or a
-        ``datetime``) or within a ``timedelta`` of now: ``status="failed",
-        since=timedelta(hours=1)`` is what failed in the last hour. Served from an index
-        the store keeps (``worker.job_listing``): a page costs O(limit), never a scan.
-        Finished jobs are listed as long as their records are kept (WAVEQUEUE_RECORD_TTL).
-        """
-        if isinstance(since, datetime.timedelta):
-            since = self.store.clock() - since.total_seconds()
-        elif isinstance(since, datetime.datetime):
-            since = since.timestamp()
-        wanted = check_filter(
-            status=status, model=model, tenant=tenant, since=since, limit=limit, cursor=cursor
-        )
-        return list_jobs(self.store, wanted, limit=limit, cursor=cursor)
-
-    # retrying a job -------------------------------------------------------------
-
-    @_redis_errors_mapped
-    def retry(self, job_id: str) -> str:
-        """Run a failed or timed-out job again; returns the id of the job that runs.
-
-        A chain's step resumes its chain from the failed step (``retry_chain``). A single
-        job is enqueued anew: same model, request, priority, metadata and deadline length,
-        ``retry_of`` naming the old job, whose record stays as it ended (nothing revives a
-        finished record). Retrying the same job again, or concurrently, returns the same
-        new job; to retry that one in turn, retry its own id. ``NotRetryableError`` when the
-        job has not failed or timed out.
-        """
-        old = self.store.get(job_id)
-        if old.chain_id is not None:
-            return self.retry_chain(old.chain_id)
-        if old.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
-            raise NotRetryableError(
-                f"job {job_id} is {old.status.value}; only a failed or timed-out job can be retried"
-            )
-        body = old.input
-        image_ids = marker_ids(body)
-        if image_ids:
-            # It failed before the worker uploaded its inline images: take them back (the
-            # new record stores them again, under keys of its own).
-            stored = self.store.inline_images(image_ids)
-            if len(stored) < len(image_ids):
-                raise NotRetryableError(
-                    f"job {job_id}'s inline image is no longer stored (it expired with the "
-                    "record); submit it again"
-                )
-            body = with_images(body, stored)
-        now = self.store.clock()
-        record = JobRecord(
-            id=uuid.uuid4().hex,
-            model=old.model,
-            input=body,
-            status=JobStatus.QUEUED,
-            priority=old.priority,
-            created_at=now,
-            deadline_at=now + (old.deadline_at - old.created_at),
-            metadata=old.metadata,
-            tenant=old.tenant,
-            callback_url=old.callback_url,
-            retry_of=old.id,
-        )
-        message = self._messages().build(record.id, QUEUE_OF[old.priority], old.model)
-        # One retry per failed record, however many callers ask at once.
-        key = _retry_key(old.id)
-        new_id, created = self.store.create(NewJob(record, key, message=message.outgoing))
-        if created and message.sent_event is not None:
-            self._sent_events([message.sent_event])
-        return new_id
-
-    @_redis_errors_mapped
-    def retried_as(self, job_id: str) -> str | None:
-        """The job that ``retry`` started for this one, if any (kept as long as records)."""
-        return self.store.idempotent_job(_retry_key(job_id))
-
     def _with_stored_images(self, chain_id: str, step: int, body: dict[str, Any]) -> dict[str, Any]:
         """A step that failed before the worker uploaded its inline images still holds
         markers: take the images back from their keys (the new record stores them again,
@@ -871,6 +798,155 @@ class JobClient:
                 send_callback_deliveries(self._celery(), owed)
             except (OperationalError, redis.RedisError) as exc:
                 log.warning("callbacks of cancelled jobs not sent (%s); the workers will", exc)
+
+    # cost and budgets ---------------------------------------------------------
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.store.client, self.settings, clock=self.store.clock)
+
+    @_redis_errors_mapped
+    def budget(self, tenant: str = DEFAULT_TENANT) -> BudgetStatus:
+        """Today's daily budgets for ``tenant`` and the whole account: caps, what was
+        billed, what may be billed, what jobs in flight reserved, and ``remaining`` (the
+        smaller of the two; None when neither is capped), all in micro-dollars. Ask before
+        enqueueing a batch: a job's estimate is the price per image times its images."""
+        return self.budgets.status(_checked_tenant(tenant))
+
+    @_redis_errors_mapped
+    def set_budget(self, amount: object, tenant: str | None = None) -> int:
+        """Cap ``tenant`` (None: the whole account; ``"*"``: every tenant without a cap of
+        its own) at ``amount`` US dollars a day ("12.50"; None lifts the cap), overriding
+        the settings until ``clear_budget``. Jobs held for a budget are sent again at once
+        if they now fit; returns how many were."""
+        micros = None if amount is None else _amount(amount)
+        self.budgets.set_cap(_cap_scope(tenant), micros)
+        return self._wake_held()
+
+    @_redis_errors_mapped
+    def clear_budget(self, tenant: str | None = None) -> int:
+        """Forget a cap set at run time: the settings' cap applies again. Returns how many
+        held jobs were sent again."""
+        self.budgets.clear_cap(_cap_scope(tenant))
+        return self._wake_held()
+
+    @_redis_errors_mapped
+    def spend(self, days: int = 1) -> list[DaySpend]:
+        """What the last ``days`` UTC days spent (today first), per tenant."""
+        budgets = self.budgets
+        return budgets.spend(last_days(self.store.clock(), days))
+
+    def _wake_held(self) -> int:
+        from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+        from worker.chains import send_job_and_rest  # noqa: PLC0415 - same
+
+        budgets = self.budgets
+        budgets.due_again()
+        app = self._celery()
+        try:
+            return wake_held(
+                budgets,
+                self.store.snapshots,
+                lambda snap: send_job_and_rest(app, self.store, snap.state, {}),
+            )
+        except OperationalError as exc:
+            log.warning("held jobs not sent (%s); the workers' sweeper will", exc)
+            return 0
+
+    # finding jobs ---------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        model: str | Iterable[str] | None = None,
+        tenant: str | Iterable[str] | None = None,
+        since: float | datetime.datetime | datetime.timedelta | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of jobs, the most recent status change first: ``page.jobs`` (states,
+        without their requests; ``get`` reads one whole) and ``page.next_cursor`` to pass
+        as ``cursor`` for the next page (None at the end).
+
+        ``status``, ``model`` and ``tenant`` each take one value or several; ``since`` keeps
+        jobs that entered their status at or after a time (an epoch number or a
+        ``datetime``) or within a ``timedelta`` of now: ``status="failed",
+        since=timedelta(hours=1)`` is what failed in the last hour. Served from an index
+        the store keeps (``worker.job_listing``): a page costs O(limit), never a scan.
+        Finished jobs are listed as long as their records are kept (WAVEQUEUE_RECORD_TTL).
+        """
+        if isinstance(since, datetime.timedelta):
+            since = self.store.clock() - since.total_seconds()
+        elif isinstance(since, datetime.datetime):
+            since = since.timestamp()
+        wanted = check_filter(
+            status=status, model=model, tenant=tenant, since=since, limit=limit, cursor=cursor
+        )
+        return list_jobs(self.store, wanted, limit=limit, cursor=cursor)
+
+    # retrying a job -------------------------------------------------------------
+
+    @_redis_errors_mapped
+    def retry(self, job_id: str) -> str:
+        """Run a failed or timed-out job again; returns the id of the job that runs.
+
+        A chain's step resumes its chain from the failed step (``retry_chain``). A single
+        job is enqueued anew: same model, request, priority, metadata, tenant, callback and
+        deadline length, ``retry_of`` naming the old job, whose record stays as it ended
+        (nothing revives a finished record). Retrying the same job again, or concurrently,
+        returns the same new job; to retry that one in turn, retry its own id.
+        ``NotRetryableError`` when the job has not failed or timed out.
+        """
+        old = self.store.get(job_id)
+        if old.chain_id is not None:
+            return self.retry_chain(old.chain_id)
+        if old.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+            raise NotRetryableError(
+                f"job {job_id} is {old.status.value}; only a failed or timed-out job can be retried"
+            )
+        body = old.input
+        image_ids = marker_ids(body)
+        if image_ids:
+            # It failed before the worker uploaded its inline images: take them back (the
+            # new record stores them again, under keys of its own).
+            stored = self.store.inline_images(image_ids)
+            if len(stored) < len(image_ids):
+                raise NotRetryableError(
+                    f"job {job_id}'s inline image is no longer stored (it expired with the "
+                    "record); submit it again"
+                )
+            body = with_images(body, stored)
+        now = self.store.clock()
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            model=old.model,
+            input=body,
+            status=JobStatus.QUEUED,
+            priority=old.priority,
+            created_at=now,
+            deadline_at=now + (old.deadline_at - old.created_at),
+            metadata=old.metadata,
+            tenant=old.tenant,
+            on_budget=old.on_budget,
+            estimated_cost_micros=price_of(old.model, _images_of(body)),
+            callback_url=old.callback_url,
+            retry_of=old.id,
+        )
+        message = self._messages().build(record.id, QUEUE_OF[old.priority], old.model)
+        # One retry per failed record, however many callers ask at once.
+        key = _retry_key(old.id)
+        new_id, created = self.store.create(NewJob(record, key, message=message.outgoing))
+        if created and message.sent_event is not None:
+            self._sent_events([message.sent_event])
+        return new_id
+
+    @_redis_errors_mapped
+    def retried_as(self, job_id: str) -> str | None:
+        """The job that ``retry`` started for this one, if any (kept as long as records)."""
+        return self.store.idempotent_job(_retry_key(job_id))
 
     # lookup by either kind of id ----------------------------------------------
 
@@ -961,6 +1037,8 @@ class JobClient:
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key if number == 1 else None,
             tenant=options.tenant,
+            on_budget=options.on_budget,
+            estimated_cost_micros=price_of(step.model, _images_of(step.body)),
         )
 
     @staticmethod
@@ -1019,9 +1097,38 @@ class JobClient:
             step=old.step,
             metadata=old.metadata,
             tenant=old.tenant,
+            on_budget=old.on_budget,
+            estimated_cost_micros=price_of(old.model, _images_of(body)),
         )
 
     def _until_deadlines(self, records: Sequence[JobState]) -> float:
         """Seconds until the last of these records' deadlines, plus the grace period."""
         last = max(record.deadline_at for record in records)
         return max(last - self.store.clock(), 0.0) + self.wait_grace
+
+
+def _images_of(body: Mapping[str, Any]) -> int:
+    """Images a request asks for: what it costs (``num_images``, else one)."""
+    count = body.get("num_images", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 1
+
+
+def _checked_tenant(tenant: object) -> str:
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
+        raise ValidationError({"tenant": "must be 1 to 64 characters of A-Z a-z 0-9 _ . -"})
+    return tenant
+
+
+def _cap_scope(tenant: str | None) -> str | None:
+    """None (the whole account), ``*`` or a tenant name."""
+    return tenant if tenant is None or tenant == ANY_TENANT else _checked_tenant(tenant)
+
+
+def _amount(amount: object) -> int:
+    try:
+        micros = usd_to_micros(amount)
+    except ValueError as exc:
+        raise ValidationError({"amount": str(exc)}) from None
+    if micros < 0:
+        raise ValidationError({"amount": "must not be negative"})
+    return micros

@@ -1,5 +1,6 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key, tenant, callback URL; and the queue a priority routes to.
+idempotency key, callback URL, tenant and what to do at a spent budget; and the queue a
+priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -19,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker.constants import DEFAULT_TENANT, TENANT_PATTERN
 from worker.limits import (
     MAX_CALLBACK_URL_CHARS,
     MAX_DEADLINE_SECONDS,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_METADATA_BYTES,
-    MAX_TENANT_CHARS,
 )
-from worker.models import DEFAULT_TENANT, Priority
+from worker.models import OnBudget, Priority
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_IDEMPOTENCY_KEY_CHARS
@@ -47,9 +48,12 @@ class JobOptions:
     deadline: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
-    tenant: str = DEFAULT_TENANT
     #: Where the worker POSTs the final record (``worker.callbacks``).
     callback_url: str | None = None
+    #: Who the job is for: spend and budgets count per tenant.
+    tenant: str = DEFAULT_TENANT
+    #: At a spent daily budget: wait (held) or fail at once.
+    on_budget: OnBudget = OnBudget.WAIT
 
     @property
     def queue(self) -> str:
@@ -64,9 +68,10 @@ def check_options(
     metadata: object,
     idempotency_key: object,
     default_deadline: float,
-    tenant: object = None,
     callback_url: object = None,
     callbacks_signed: bool = True,
+    tenant: object = None,
+    on_budget: object = None,
 ) -> JobOptions | None:
     """``callbacks_signed``: the client has ``WAVEQUEUE_CALLBACK_SECRET`` (a backend that
     asks for callbacks verifies them with it): without it, a ``callback_url`` is refused."""
@@ -76,19 +81,37 @@ def check_options(
     checked_deadline = _deadline(problems, default_deadline if deadline is None else deadline)
     checked_metadata = _metadata(problems, {} if metadata is None else metadata)
     checked_key = _idempotency_key(problems, idempotency_key)
-    checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
     checked_callback = _callback_url(problems, callback_url, callbacks_signed)
+    checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
+    checked_on_budget = _on_budget(problems, OnBudget.WAIT if on_budget is None else on_budget)
     if len(problems) > before:
         return None
+    assert checked_tenant is not None and checked_on_budget is not None
     assert checked_priority is not None and checked_deadline is not None
     return JobOptions(
         priority=checked_priority,
         deadline=checked_deadline,
         metadata=checked_metadata or {},
         idempotency_key=checked_key,
-        tenant=checked_tenant or DEFAULT_TENANT,
         callback_url=checked_callback,
+        tenant=checked_tenant,
+        on_budget=checked_on_budget,
     )
+
+
+def _tenant(problems: dict[str, str], value: object) -> str | None:
+    if not isinstance(value, str) or not re.fullmatch(TENANT_PATTERN, value):
+        problems["tenant"] = "must be 1 to 64 characters of A-Z a-z 0-9 _ . -"
+        return None
+    return value
+
+
+def _on_budget(problems: dict[str, str], value: object) -> OnBudget | None:
+    try:
+        return OnBudget(value if isinstance(value, str) else "")
+    except ValueError:
+        problems["on_budget"] = "must be 'wait' or 'fail'"
+        return None
 
 
 def _priority(problems: dict[str, str], value: object) -> Priority | None:
@@ -139,19 +162,6 @@ def _idempotency_key(problems: dict[str, str], value: object) -> str | None:
         return None
     if len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
         problems["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        return None
-    return value
-
-
-_TENANT = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT_CHARS - 1}}}")
-
-
-def _tenant(problems: dict[str, str], value: object) -> str | None:
-    if not isinstance(value, str) or not _TENANT.fullmatch(value):
-        problems["tenant"] = (
-            f"must be 1-{MAX_TENANT_CHARS} letters, digits, '.', '_' or '-' (starting with a "
-            "letter or digit)"
-        )
         return None
     return value
 

@@ -40,7 +40,15 @@ DEFAULT_MODEL_FOR_KIND: Mapping[EndpointKind, str] = {
 }
 
 #: Keys of a request mapping (a batch line, a chain step) that are options, not fields.
-OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key", "tenant", "callback_url")
+OPTION_KEYS = (
+    "priority",
+    "deadline",
+    "metadata",
+    "idempotency_key",
+    "callback_url",
+    "tenant",
+    "on_budget",
+)
 
 
 @dataclass(frozen=True)
@@ -163,8 +171,9 @@ def prepare_job(
     deadline: object = None,
     metadata: object = None,
     idempotency_key: object = None,
-    tenant: object = None,
     callback_url: object = None,
+    tenant: object = None,
+    on_budget: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
     problems: dict[str, str] = {}
@@ -178,9 +187,10 @@ def prepare_job(
         metadata=metadata,
         idempotency_key=idempotency_key,
         default_deadline=limits.default_deadline,
-        tenant=tenant,
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
+        tenant=tenant,
+        on_budget=on_budget,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
@@ -197,8 +207,8 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``, ``tenant``, ``callback_url``; every other key is a WaveSpeed field
-    of that model.
+    ``idempotency_key``, ``callback_url``, ``tenant``, ``on_budget``; every other key is a
+    WaveSpeed field of that model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

@@ -38,8 +38,6 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_METADATA_BYTES = 4096
 #: Characters in an idempotency key.
 MAX_IDEMPOTENCY_KEY_CHARS = 200
-#: Characters in a tenant name (letters, digits, ``.``, ``_``, ``-``).
-MAX_TENANT_CHARS = 64
 #: The longest deadline a job may ask for (records of live jobs do not expire).
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600.0
 #: Characters in a callback URL (where the worker POSTs a job's final record).

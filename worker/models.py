@@ -27,11 +27,12 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
+from worker.constants import DEFAULT_TENANT, QUEUE_HIGH, QUEUE_NORMAL, TENANT_PATTERN
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
 from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
+from worker.money import usd_to_micros
 
 MODEL_PREFIX = "wavespeed-ai/"
 
@@ -124,11 +125,13 @@ class EndpointKind(StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One WaveSpeed model: ``model`` is the path after ``wavespeed-ai/``."""
+    """One WaveSpeed model: ``model`` is the path after ``wavespeed-ai/``; ``price_micros``
+    what WaveSpeed charges per image it delivers, in micro-dollars (``worker.money``)."""
 
     model: str
     kind: EndpointKind
     request: type[_Request]
+    price_micros: int
 
     @property
     def path(self) -> str:
@@ -136,19 +139,30 @@ class Endpoint:
         return MODEL_PREFIX + self.model
 
 
+#: WaveSpeed's list prices per image (its model pages: FLUX Kontext Pro $0.04, Kontext Max
+#: $0.08; ``num_images`` multiplies). The emulator keeps the same table on its side.
+KONTEXT_PRO_PRICE = usd_to_micros("0.04")
+KONTEXT_MAX_PRICE = usd_to_micros("0.08")
+
 ENDPOINTS: dict[str, Endpoint] = {
     e.model: e
     for e in (
-        Endpoint("flux-kontext-pro", EndpointKind.EDIT, KontextProEdit),
+        Endpoint("flux-kontext-pro", EndpointKind.EDIT, KontextProEdit, KONTEXT_PRO_PRICE),
         Endpoint(
-            "flux-kontext-max/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextMaxTextToImage
+            "flux-kontext-max/text-to-image",
+            EndpointKind.TEXT_TO_IMAGE,
+            KontextMaxTextToImage,
+            KONTEXT_MAX_PRICE,
         ),
-        Endpoint("flux-kontext-max", EndpointKind.EDIT, KontextMaxEdit),
+        Endpoint("flux-kontext-max", EndpointKind.EDIT, KontextMaxEdit, KONTEXT_MAX_PRICE),
         Endpoint(
-            "flux-kontext-pro/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextProTextToImage
+            "flux-kontext-pro/text-to-image",
+            EndpointKind.TEXT_TO_IMAGE,
+            KontextProTextToImage,
+            KONTEXT_PRO_PRICE,
         ),
-        Endpoint("flux-kontext-pro/multi", EndpointKind.MULTI, KontextMultiEdit),
-        Endpoint("flux-kontext-max/multi", EndpointKind.MULTI, KontextMultiEdit),
+        Endpoint("flux-kontext-pro/multi", EndpointKind.MULTI, KontextMultiEdit, KONTEXT_PRO_PRICE),
+        Endpoint("flux-kontext-max/multi", EndpointKind.MULTI, KontextMultiEdit, KONTEXT_MAX_PRICE),
     )
 }
 
@@ -164,6 +178,25 @@ def get_endpoint(model: str) -> Endpoint:
         known = ", ".join(sorted(ENDPOINTS))
         raise ValidationError({"model": f"unknown model {model!r}; known: {known}"})
     return endpoint
+
+
+def price_of(model: str, images: int) -> int:
+    """What ``images`` images of ``model`` cost, in micro-dollars (0 for a model this
+    version does not know: a record written by a newer one)."""
+    endpoint = ENDPOINTS.get(model.removeprefix(MODEL_PREFIX))
+    return 0 if endpoint is None else endpoint.price_micros * max(0, int(images))
+
+
+Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
+
+
+class OnBudget(StrEnum):
+    """What a job does when a daily budget it counts against has no room for it."""
+
+    #: Wait (``held: budget``) until the day resets or the cap is raised.
+    WAIT = "wait"
+    #: End ``failed`` at once with ``budget_exceeded``.
+    FAIL = "fail"
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
@@ -287,10 +320,6 @@ def can_move(current: JobStatus, new: JobStatus) -> bool:
     return not current.is_terminal and new.rank > current.rank
 
 
-#: The tenant of a job that names none.
-DEFAULT_TENANT = "default"
-
-
 class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
@@ -318,6 +347,22 @@ class JobState(BaseModel):
     priority: Priority = Priority.NORMAL
     #: Images the request asks for (``num_images``): what the rate limiter counts.
     images: int = 1
+    #: Who the job is for: spend and budgets are counted per tenant.
+    tenant: Tenant = DEFAULT_TENANT
+    #: What to do when a daily budget has no room (``worker.budgets``).
+    on_budget: OnBudget = OnBudget.WAIT
+    #: Micro-dollars: the price list's figure for the images asked for (set when enqueued,
+    #: reserved against the budgets at the submit claim) ...
+    estimated_cost_micros: int | None = None
+    #: ... and what WaveSpeed billed, set when the job ends: the price per image times the
+    #: images delivered when it completed, 0 otherwise (a failed prediction is not billed).
+    cost_micros: int | None = None
+    #: The job ended while a prediction of it may still run (cancelled after its submit,
+    #: timed out, submit outcome unknown): WaveSpeed may bill it; its estimate is counted
+    #: as unconfirmed spend, against the budgets, but not as billed.
+    cost_unconfirmed: bool = False
+    #: Why a live job is not being submitted: ``budget`` while a daily cap has no room.
+    held: str | None = None
     prediction_id: str | None = None
     outputs: list[str] = Field(default_factory=list)
     has_nsfw_contents: list[bool] = Field(default_factory=list)
@@ -332,8 +377,6 @@ class JobState(BaseModel):
     chain_id: str | None = None
     step: int | None = None
     idempotency_key: str | None = None
-    #: Who the job is for (a product or a customer); jobs are listed by it.
-    tenant: str = DEFAULT_TENANT
     #: The failed or timed-out job this one runs again (``JobClient.retry``).
     retry_of: str | None = None
     #: Where the worker POSTs the final record once the job ends (``worker.callbacks``),

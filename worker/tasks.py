@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import parking
 from worker.app import app, settings
+from worker.balance import BalanceWatch
 from worker.callbacks import CallbackDelivery, members_for
 from worker.chains import send_callback_deliveries, send_job_and_rest
 from worker.constants import DELIVER_CALLBACK_TASK, RUN_JOB_TASK
@@ -48,7 +49,7 @@ BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, 
 
 @dataclass(frozen=True)
 class _Parts:
-    """What one worker process builds once: its runner (Redis pool, HTTP session), its
+    """What one worker process builds once: its runner (Redis pool, HTTP pools), its
     sweeper, its nudger and its dispatcher of deferred polls."""
 
     runner: JobRunner
@@ -69,8 +70,7 @@ def _build_parts() -> _Parts:
         per_minute=settings.rate_limit_per_minute,
         max_in_flight=settings.max_in_flight,
     )
-    # One requests.Session per process; urllib3's pool is thread-safe and sized for
-    # the threads pool, and WaveSpeed sets no cookies for threads to race on.
+    # One urllib3 pool manager per process: thread-safe, and sized for the threads pool.
     client = WaveSpeedClient(
         base_url=settings.base_url,
         api_key=settings.require_api_key(),
@@ -80,14 +80,24 @@ def _build_parts() -> _Parts:
         proxy_from_env=settings.proxy_from_env,
     )
     runner = JobRunner(settings, store, limiter, client)
+    balance = BalanceWatch(
+        store.client,
+        limiter,
+        client,
+        threshold_micros=settings.low_balance_micros,
+        interval=settings.balance_check_interval,
+        clock=store.clock,
+        sweep_interval=settings.sweeper_interval,
+    )
     sweeper = Sweeper(
         store,
         runner,
         resend,
         grace=runner.takeover_grace,
-        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+        interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
         send_callbacks=_send_callback_deliveries,
+        balance=balance,
     )
     nudger = Nudger(sweeper.bring_back)
     due_polls = DuePollDispatcher(store, send_due_poll, nudger.add, clock=store.clock)

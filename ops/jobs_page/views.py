@@ -25,6 +25,7 @@ from producer.chain_status import ChainStatus
 from worker.errors import WavequeueError
 from worker.job_listing import DEFAULT_PAGE
 from worker.models import ENDPOINTS, JobState, JobStatus
+from worker.money import dollars
 from worker.timeline import parse_timeline
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ SINCE_CHOICES = {"": "any time", "15m": "15 minutes", "1h": "1 hour", "6h": "6 h
                  "24h": "24 hours"}  # fmt: skip
 _SPAN = {"m": 60, "h": 3600}
 _JOB_ID = r"[0-9a-f]{1,64}"
-#: Until issue #13 prices jobs, the cost column says it does not know.
+#: The cost column of a job whose cost is not known (not priced, not yet estimated).
 UNKNOWN_COST = "—"
 #: The figures at the top, in order, with their labels.
 FIGURE_LABELS = {
@@ -73,6 +74,17 @@ def age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
+def cost_text(state: JobState) -> str:
+    """What the job cost (billed), or its estimate ("~") until it ends; "—" if neither."""
+    if state.cost_micros is not None:
+        if state.cost_unconfirmed and state.estimated_cost_micros:
+            return f"{dollars(state.cost_micros)} (up to {dollars(state.estimated_cost_micros)})"
+        return dollars(state.cost_micros)
+    if state.estimated_cost_micros is not None:
+        return "~" + dollars(state.estimated_cost_micros)
+    return UNKNOWN_COST
+
+
 def row_of(state: JobState, now: float) -> dict[str, Any]:
     """A job as the list shows it (and as the live refresh sends it)."""
     return {
@@ -82,7 +94,7 @@ def row_of(state: JobState, now: float) -> dict[str, Any]:
         "tenant": state.tenant,
         "age": age(now - state.created_at),
         "polls": state.polls,
-        "cost": UNKNOWN_COST,
+        "cost": cost_text(state),
         "error": f"[{state.error.code}] {state.error.message}" if state.error else "",
     }
 

@@ -100,8 +100,9 @@ def chain_command(
     deadline: float | None,
     metadata: str | None,
     idempotency_key: str | None,
-    tenant: str | None,
     callback_url: str | None,
+    tenant: str | None,
+    on_budget: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -139,8 +140,9 @@ def chain_command(
         "deadline": deadline,
         "metadata": chain_metadata,
         "idempotency_key": idempotency_key,
-        "tenant": tenant,
         "callback_url": callback_url,
+        "tenant": tenant,
+        "on_budget": on_budget,
     }
     with make_client() as client:
         if problems:

@@ -37,6 +37,7 @@ from producer.errors import (
 )
 from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
+from worker.money import dollars
 from worker.outside_text import printable
 from worker.redis_urls import redact
 from worker.settings import Settings
@@ -149,6 +150,14 @@ def describe_record(record: JobRecord) -> str:
         line += f", {record.completed_at - record.created_at:.1f}s"
     line += f", {record.priority.value} priority)"
     lines = [line]
+    if record.held:
+        lines.append(
+            f"  held: {record.held} (a daily budget has no room for it; it goes on when the "
+            "UTC day turns or the cap is raised: wavequeue budget)"
+        )
+    cost = _cost_text(record)
+    if cost:
+        lines.append(f"  tenant {record.tenant}, {cost}")
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
     if record.retry_of is not None:
@@ -162,6 +171,20 @@ def describe_record(record: JobRecord) -> str:
     if callback:
         lines.append(callback)
     return "\n".join(lines)
+
+
+def _cost_text(record: JobRecord) -> str:
+    """What the job cost (or is estimated to), in words; "" when nothing is known."""
+    if record.cost_micros is not None:
+        if record.cost_unconfirmed and record.estimated_cost_micros:
+            return (
+                f"cost $0.00 billed so far; WaveSpeed may still bill "
+                f"{dollars(record.estimated_cost_micros)} (its prediction may have run)"
+            )
+        return f"cost {dollars(record.cost_micros)}"
+    if record.estimated_cost_micros is not None:
+        return f"estimated cost {dollars(record.estimated_cost_micros)}"
+    return ""
 
 
 def describe_callback(fields: Mapping[str, Any]) -> str:
@@ -281,15 +304,22 @@ job_options = [
         "(the same key with a different request is an error).",
     ),
     click.option(
-        "--tenant",
-        default=None,
-        help="Who the job is for (default 'default'); `wavequeue jobs --tenant` lists by it.",
-    ),
-    click.option(
         "--callback-url",
         default=None,
         help="POST the final record here (http/https, signed) once it ends; needs "
         "WAVEQUEUE_CALLBACK_SECRET.",
+    ),
+    click.option(
+        "--tenant",
+        default=None,
+        help="Who the job is for: spend and daily budgets count per tenant, and "
+        "`wavequeue jobs --tenant` lists by it (default: default).",
+    ),
+    click.option(
+        "--on-budget",
+        type=click.Choice(["wait", "fail"]),
+        default=None,
+        help="When a daily budget has no room: wait until it has (default) or fail at once.",
     ),
 ]
 

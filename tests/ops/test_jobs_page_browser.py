@@ -158,6 +158,11 @@ def test_the_jobs_page_shows_the_exporters_figures_and_its_retry_runs_a_job(  # 
             )
             assert set(listed) == {*done, failed_id, *waiting}
             assert listed[:5] == waiting[::-1]  # the latest status change first
+            # Cost: what a completed job was billed (Kontext Max, one image), an estimate
+            # for a waiting one.
+            cost = "document.querySelector('tr[data-job-id=\"{}\"] td:nth-child(7)').textContent"
+            assert browser.evaluate(cost.format(done[0])) == "$0.08"
+            assert browser.evaluate(cost.format(waiting[0])) == "~$0.08"
             shot = browser.screenshot(tmp_path / "jobs.png")
             assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
 
