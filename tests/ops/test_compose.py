@@ -269,10 +269,9 @@ def test_prometheus_scrapes_the_compose_services() -> None:
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     # Flower's /metrics asks for its login: the credentials come from files compose writes.
     flower = next(job for job in config["scrape_configs"] if job["job_name"] == "flower")
-    files = flower["basic_auth"]
+    assert flower["basic_auth"]["username"] == "__FLOWER_USER__"
     command = SERVICES["prometheus"]["command"][0]
-    assert f"> {files['username_file']}" in command
-    assert f"> {files['password_file']}" in command
+    assert f"> {flower['basic_auth']['password_file']}" in command
 
 
 def test_dev_emulator_outputs_open_from_the_host() -> None:
@@ -303,13 +302,28 @@ def test_healthcheck_knows_every_service(service: str) -> None:
     assert port_of(command, service) > 0 or service == "worker"
 
 
-def test_prometheus_writes_flowers_first_credential_into_its_files(tmp_path: Path) -> None:
-    script = interpolated(SERVICES["prometheus"]["command"][0]).replace(
-        "/prometheus/", f"{tmp_path}/"
+def test_prometheus_scrapes_flower_with_its_first_login(tmp_path: Path) -> None:
+    """The prometheus service's command, run by a real shell against the repository's
+    prometheus.yml (paths moved under tmp_path): the config it starts with names Flower's
+    first user, the password sits in an owner-only file, and promtool accepts it."""
+    command = SERVICES["prometheus"]["command"][0]
+    script = (
+        interpolated(command)
+        .replace("> /prometheus/", f"> {tmp_path}/")
+        .replace("/etc/prometheus/prometheus.yml", str(ROOT / "ops/prometheus/prometheus.yml"))
     )
     script = script.split("&& exec ")[0] + "&& true"
     env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "ops:pa:ss-word,viewer:other"}
     subprocess.run(["sh", "-c", script], env=env, check=True, timeout=30)
-    assert (tmp_path / "flower_user").read_text() == "ops"
     assert (tmp_path / "flower_password").read_text() == "pa:ss-word"
     assert oct((tmp_path / "flower_password").stat().st_mode & 0o777) == "0o600"
+    config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    flower = next(job for job in config["scrape_configs"] if job["job_name"] == "flower")
+    assert flower["basic_auth"] == {
+        "username": "ops", "password_file": "/prometheus/flower_password",
+    }  # fmt: skip
+    assert "pa:ss-word" not in (tmp_path / "prometheus.yml").read_text()
+    odd = {**env, "FLOWER_BASIC_AUTH": "o/ps:pw"}
+    refused = subprocess.run(["sh", "-c", script], env=odd, capture_output=True, text=True,
+                             timeout=30, check=False)  # fmt: skip
+    assert refused.returncode == 78 and "must be letters" in refused.stderr

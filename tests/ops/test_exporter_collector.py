@@ -297,7 +297,9 @@ def test_a_scrape_costs_the_same_commands_however_many_jobs_are_live(redis_url: 
     calls_with_many, found = _commands_of_one_scrape(redis_url)
 
     assert calls_with_many == calls_with_few
-    assert sum(calls_with_many.values()) < 40
+    # Beside the fixed reads, the list index's figures (oldest waiting, ended in the last
+    # hour): one SMEMBERS and five commands per model and tenant that has had jobs (one).
+    assert sum(calls_with_many.values()) < 40 + 1 + 5
     live = {(labels["status"], n) for labels, n in found["wavequeue_jobs_live"] if n}
     assert live == {("queued", 3 + 3000 + 2 - 1 - 50), ("processing", 1), ("submitted", 50)}
     assert found["wavequeue_jobs_past_deadline"] == [({}, 2.0)]

@@ -87,6 +87,8 @@ def test_the_worker_refuses_an_unusable_proxy_at_start() -> None:
     done = subprocess.run(
         [str(Path(sys.executable).with_name("wavequeue")), "worker"],
         env={
+            # A Redis is named (nothing listens there): the proxy is what must be refused.
+            "REDIS_URL": "redis://127.0.0.1:1/0",
             "WAVESPEED_API_KEY": "k",
             "HTTPS_PROXY": "ftp://user:hunter2@proxy.internal:21",
             "PATH": "/usr/bin:/bin",
