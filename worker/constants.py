@@ -16,6 +16,8 @@ JOB_KEY: Final = KEY_PREFIX + "job:{job_id}"
 REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
+#: Live jobs by ``<status>|<tenant>``, kept in the same steps (per-tenant depth and in-flight).
+TENANT_LIVE_KEY: Final = KEY_PREFIX + "tenants:live"
 #: One inline image (a ``data:`` URI) of a job, until the worker uploads it: the request
 #: holds a marker instead (``worker.inline_images``), so records never hold the bytes.
 INLINE_KEY: Final = KEY_PREFIX + "inline:{image_id}"
@@ -33,11 +35,6 @@ LATENCY_KEY: Final = KEY_PREFIX + "latency:{model}"
 #: Shared WaveSpeed token bucket (images per minute) and in-flight set.
 RATE_BUCKET_KEY: Final = KEY_PREFIX + "ratelimit:bucket"
 IN_FLIGHT_KEY: Final = KEY_PREFIX + "ratelimit:inflight"
-#: Jobs refused for the in-flight cap, parked until a slot frees (scored by when parked).
-PARKED_KEY: Final = KEY_PREFIX + "ratelimit:parked"
-#: Parked jobs a wake has taken and sent again (scored by when): a grant or an ending
-#: removes them; the sweeper parks again those whose wake never arrived.
-WAKING_KEY: Final = KEY_PREFIX + "ratelimit:waking"
 #: Counters the exporter reads (submissions, polls, 429s, failures by code). Each field
 #: is ``name`` or ``name|label=value|label=value`` (see ``store.counter_field``).
 COUNTERS_KEY: Final = KEY_PREFIX + "counters"

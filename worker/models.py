@@ -33,6 +33,9 @@ from worker.image_refs import ImageReferenceError, check_image_reference
 from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
 
+# The tenant rules live in worker.tenants (settings read them too); re-exported here.
+from worker.tenants import DEFAULT_TENANT, tenant_problem
+
 MODEL_PREFIX = "wavespeed-ai/"
 
 AspectRatio = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
@@ -251,6 +254,9 @@ class JobStatus(StrEnum):
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
     PROCESSING = "processing"
+    #: Completed at WaveSpeed, its outputs not yet copied to durable storage (the job asked
+    #: to keep them, ``worker.keep_outputs``): live until the copy succeeds.
+    PERSISTING = "persisting"
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -275,10 +281,11 @@ _RANK = {
     JobStatus.SUBMITTING: 1,
     JobStatus.SUBMITTED: 2,
     JobStatus.PROCESSING: 3,
-    JobStatus.COMPLETED: 4,
-    JobStatus.FAILED: 4,
-    JobStatus.TIMED_OUT: 4,
-    JobStatus.CANCELLED: 4,
+    JobStatus.PERSISTING: 4,
+    JobStatus.COMPLETED: 5,
+    JobStatus.FAILED: 5,
+    JobStatus.TIMED_OUT: 5,
+    JobStatus.CANCELLED: 5,
 }
 
 
@@ -300,6 +307,14 @@ class Priority(StrEnum):
 class JobError(BaseModel):
     code: int | str
     message: str
+
+
+def check_tenant(value: str) -> str:
+    """``value`` if it is a tenant name; ``ValidationError`` naming ``tenant`` otherwise."""
+    why = tenant_problem(value)
+    if why is not None:
+        raise ValidationError({"tenant": why})
+    return value
 
 
 class JobState(BaseModel):
@@ -336,6 +351,19 @@ class JobState(BaseModel):
     callback_status: int | None = None
     callback_delivered_at: float | None = None
     callback_failed_at: float | None = None
+    #: Who the job is for: submission slots are shared fairly between tenants with work
+    #: waiting (``worker.fairness``), and tenants are counted apart.
+    tenant: str = DEFAULT_TENANT
+    #: Copy the outputs to durable storage before the job completes (``worker.keep_outputs``):
+    #: True or False as the job asked, None for the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
+    keep_outputs: bool | None = None
+    #: Where the outputs were copied (``file://...``, ``s3://bucket/key``), in the order of
+    #: ``outputs`` (which keeps WaveSpeed's URLs; WaveSpeed deletes them after 7 days).
+    stored_outputs: list[str] = Field(default_factory=list)
+    #: Copies tried and failed so far, and the last failure (while ``persisting``, or on a
+    #: job that ended without its copy: see ``worker.keep_outputs``).
+    persist_attempts: int = 0
+    persist_error: JobError | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import redis
 
+from worker.admission import Send, admit_waiting, send_admitted
 from worker.clock import Clock
 from worker.constants import PREDICTION_OWNER_KEY
 from worker.errors import (
@@ -51,11 +52,11 @@ from worker.errors import (
     TransientError,
     WaveSpeedError,
 )
+from worker.fairness import line_member
 from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
 from worker.latency import LatencyProfiles
 from worker.models import JobState, JobStatus, image_reference_problems
-from worker.parking import take_unparked
-from worker.ratelimit import AccountLimiter
+from worker.ratelimit import AccountLimiter, Admission
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
 from worker.settle import (
@@ -127,15 +128,16 @@ class Deferred:
 
 @dataclass(frozen=True)
 class Parked:
-    """Refused for the in-flight cap: the job waits in the limiter's parked set, with no
-    message, until a run that frees a slot (or the sweeper, seeing free slots) sends it
-    again. A line of thousands behind the cap costs nothing while it waits."""
+    """No submission slot now: the job waits in the fair line (``worker.fairness``) with no
+    message, until the limiter gives it a slot and whoever made that call sends it again.
+    A line of thousands costs nothing while it waits."""
 
 
 Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
 
-#: A parked job is sent again by the sweeper's usual re-send after this long at most, if
-#: no wake reached it (its parked entry lost with a failover, say).
+#: A job in the line is sent again by the sweeper's usual re-send after this long at most,
+#: if no slot reached it (its line entry lost with a failover, say): it finds itself still
+#: in line and parks again.
 PARK_HORIZON = 600.0
 
 
@@ -183,6 +185,8 @@ class JobRunner:
         )
         #: How overdue a poll must be before an older copy concludes its message was lost.
         self.takeover_grace = (settings.visibility_timeout - settings.longest_countdown) / 2
+        #: Sends the message of a job given a submission slot (the Celery task sets it).
+        self.send: Send | None = None
 
     # entry --------------------------------------------------------------------
 
@@ -321,9 +325,18 @@ class JobRunner:
             images=state.images,
             slot_ttl=time_left + self.settings.visibility_timeout,
             deadline=state.deadline_at,
+            member=line_member(
+                state.id,
+                tenant=state.tenant,
+                priority=state.priority,
+                order=state.created_at,
+                images=state.images,
+                deadline=state.deadline_at,
+            ),
         )
+        self.send_admitted(permit.admitted)
         if not permit.granted:
-            if permit.reason == "in_flight":
+            if permit.in_line:
                 return self._park(snap, now)
             tally = _Tally({}, [counter_field("limiter_waits")])
             # The limiter says when this job's slot on the schedule comes.
@@ -669,9 +682,9 @@ class JobRunner:
         return self._reschedule_submit(snap, delay, "error", tally, token=token)
 
     def _park(self, snap: JobSnapshot, now: float) -> Outcome:
-        """The limiter parked the job (atomically with refusing it): no message until a
-        slot frees. Its next run is due at the horizon, for the sweeper's re-send if no
-        wake ever comes."""
+        """The limiter put the job in the line (atomically with refusing it): no message
+        until it is given a slot. Its next run is due at the horizon, for the sweeper's
+        re-send if no slot ever reaches it."""
         moved = self.store.transition(
             snap.state.id,
             expect={"prediction_id": "", "submit_token": ""},
@@ -683,9 +696,22 @@ class JobRunner:
             return Duplicate(f"park not recorded ({moved.name.lower()})")
         return Parked()
 
-    def unparked(self, count: int) -> list[JobSnapshot]:
-        """Up to ``count`` parked jobs that still wait for a slot (``worker.parking``)."""
-        return take_unparked(self.store, self.limiter, count)
+    def send_admitted(self, admitted: tuple[Admission, ...]) -> int:
+        """Send the jobs of the line that a limiter call gave slots to (``worker.admission``)."""
+        if not admitted or self.send is None:
+            return 0
+        return send_admitted(
+            self.store, admitted, self.send, longest_countdown=self.settings.longest_countdown
+        )
+
+    def admit_waiting(self) -> int:
+        """Give the free submission slots to jobs in the line and send them: after an ending
+        freed an in-flight slot, and on every sweeper pass. Never fails its caller."""
+        if self.send is None:
+            return 0
+        return admit_waiting(
+            self.store, self.limiter, self.send, longest_countdown=self.settings.longest_countdown
+        )
 
     def _reschedule_submit(
         self,

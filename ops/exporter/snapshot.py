@@ -27,9 +27,9 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
-    PARKED_KEY,
     WORKER_QUEUES,
 )
+from worker.fairness import LINE_KEY
 from worker.store import parse_counter_field
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
@@ -118,7 +118,7 @@ def read_snapshot(
     pipe.zcount(DEADLINES_KEY, "-inf", f"({now!r}")
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
-    pipe.zcard(PARKED_KEY)
+    pipe.zcard(LINE_KEY)  # jobs waiting in the fair line for a submission slot
     pipe.zcard(DUE_POLLS_KEY)
     pipe.zrange(DUE_POLLS_KEY, 0, 0, withscores=True)
     pipe.zcard(CALLBACKS_KEY)

@@ -61,17 +61,14 @@ def fetch_secret(settings: Settings) -> str:
 
 def build_receiver(settings: Settings, secret: str) -> WebhookReceiver:
     store = JobStore.from_settings(settings)
-    limiter = AccountLimiter(
-        store.client,
-        per_minute=settings.rate_limit_per_minute,
-        max_in_flight=settings.max_in_flight,
-    )
+    limiter = AccountLimiter.from_settings(store.client, settings)
     return WebhookReceiver(
         store=store,
         limiter=limiter,
         verifier=Verifier(signing_key(secret), clock=time.time),
         url_key=settings.require_webhook_url_key(),
         sender=Sender(make_app(settings), store),
+        longest_countdown=settings.longest_countdown,
     )
 
 

@@ -37,12 +37,12 @@ from typing import Any
 
 import redis
 
-from worker import parking
+from worker.admission import admit_waiting
 from worker.chains import continue_chain, send_job_and_rest
 from worker.clock import Clock
 from worker.constants import PREDICTION_OWNER_KEY, WEBHOOK_SEEN_KEY, WEBHOOK_SEEN_TTL
 from worker.errors import JobNotFoundError, PermanentError, UnreadableRecordError
-from worker.models import JobStatus
+from worker.models import JobState, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.settle import Finished, Settler
 from worker.store import Claim, JobSnapshot, JobStore, Moved, counter_field
@@ -74,6 +74,10 @@ class Sender:
     def resend(self, snap: JobSnapshot) -> None:
         send_job_and_rest(self.app, self.store, snap.state, {})
 
+    def admit(self, state: JobState, countdown: float) -> None:
+        """A job of the fair line given a submission slot: its message, due at the slot."""
+        send_job_and_rest(self.app, self.store, state, {}, countdown=countdown)
+
 
 class WebhookReceiver:
     def __init__(
@@ -85,6 +89,7 @@ class WebhookReceiver:
         url_key: bytes,
         sender: Sender,
         clock: Clock | None = None,
+        longest_countdown: float = 60.0,
     ) -> None:
         self.store = store
         self.limiter = limiter
@@ -93,6 +98,8 @@ class WebhookReceiver:
         self.sender = sender
         self.clock: Clock = clock or store.clock
         self.settler = Settler(store, clock=self.clock)
+        #: A message for a slot further off comes back early and waits again.
+        self.longest_countdown = longest_countdown
 
     def receive(self, job_id: str, mac: str, headers: Mapping[str, str], body: bytes) -> Reply:
         self._count("webhooks_received")
@@ -223,7 +230,10 @@ class WebhookReceiver:
                 finished.state.id,
                 exc,
             )
-        parking.wake_parked(self.store, self.limiter, 1, self.sender.resend)
+        # An in-flight slot may have freed: the next job of the line gets it.
+        admit_waiting(
+            self.store, self.limiter, self.sender.admit, longest_countdown=self.longest_countdown
+        )
 
     # counting -----------------------------------------------------------------
 
