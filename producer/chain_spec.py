@@ -89,6 +89,8 @@ def prepare_chain(
     metadata: object = None,
     idempotency_key: object = None,
     callback_url: object = None,
+    tenant: object = None,
+    keep_outputs: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -131,6 +133,8 @@ def prepare_chain(
         default_deadline=limits.default_deadline,
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
+        tenant=tenant,
+        keep_outputs=keep_outputs,
     )
     if problems:
         raise ValidationError(problems)

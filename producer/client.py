@@ -105,6 +105,8 @@ class JobOptionsInput(NamedTuple):
     metadata: Mapping[str, Any] | None
     idempotency_key: str | None
     callback_url: str | None = None
+    tenant: str | None = None
+    keep_outputs: bool | None = None
 
 
 class JobClient:
@@ -205,6 +207,8 @@ class JobClient:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        keep_outputs: bool | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
         ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
@@ -216,7 +220,9 @@ class JobClient:
             "num_images": num_images,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
+        options = JobOptionsInput(
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+        )
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
     def edit(
@@ -234,6 +240,8 @@ class JobClient:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        keep_outputs: bool | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -246,7 +254,9 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
             "safety_tolerance": safety_tolerance,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
+        options = JobOptionsInput(
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+        )
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
     def multi_edit(
@@ -263,6 +273,8 @@ class JobClient:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        keep_outputs: bool | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -272,7 +284,9 @@ class JobClient:
             "guidance_scale": guidance_scale,
             "aspect_ratio": aspect_ratio,
         }
-        options = JobOptionsInput(priority, deadline, metadata, idempotency_key, callback_url)
+        options = JobOptionsInput(
+            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+        )
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
     def _enqueue(
@@ -292,6 +306,8 @@ class JobClient:
             metadata=options.metadata,
             idempotency_key=options.idempotency_key,
             callback_url=options.callback_url,
+            tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
         )
         return self.submit(prepared)
 
@@ -401,6 +417,8 @@ class JobClient:
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key,
             callback_url=options.callback_url,
+            tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority])
         job = NewJob(record, options.idempotency_key, message=message.outgoing)
@@ -494,6 +512,8 @@ class JobClient:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        tenant: str | None = None,
+        keep_outputs: bool | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -516,6 +536,8 @@ class JobClient:
             metadata=metadata,
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            tenant=tenant,
+            keep_outputs=keep_outputs,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
@@ -803,6 +825,8 @@ class JobClient:
             step=number,
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key if number == 1 else None,
+            tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
         )
 
     @staticmethod
@@ -860,6 +884,8 @@ class JobClient:
             chain_id=old.chain_id,
             step=old.step,
             metadata=old.metadata,
+            tenant=old.tenant,
+            keep_outputs=old.keep_outputs,
         )
 
     def _until_deadlines(self, records: Sequence[JobState]) -> float:

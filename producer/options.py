@@ -1,5 +1,5 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key, callback URL; and the queue a priority routes to.
+idempotency key, callback URL, tenant, keep outputs; and the queue a priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -25,6 +25,7 @@ from worker.limits import (
     MAX_METADATA_BYTES,
 )
 from worker.models import Priority
+from worker.tenants import DEFAULT_TENANT, tenant_problem
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_IDEMPOTENCY_KEY_CHARS
@@ -47,6 +48,12 @@ class JobOptions:
     idempotency_key: str | None = None
     #: Where the worker POSTs the final record (``worker.callbacks``).
     callback_url: str | None = None
+    #: Who the job is for: submission slots are shared fairly between tenants
+    #: (``worker.fairness``).
+    tenant: str = DEFAULT_TENANT
+    #: Copy the outputs to durable storage before completing (``worker.keep_outputs``);
+    #: None: the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
+    keep_outputs: bool | None = None
 
     @property
     def queue(self) -> str:
@@ -63,6 +70,8 @@ def check_options(
     default_deadline: float,
     callback_url: object = None,
     callbacks_signed: bool = True,
+    tenant: object = None,
+    keep_outputs: object = None,
 ) -> JobOptions | None:
     """``callbacks_signed``: the client has ``WAVEQUEUE_CALLBACK_SECRET`` (a backend that
     asks for callbacks verifies them with it): without it, a ``callback_url`` is refused."""
@@ -73,6 +82,8 @@ def check_options(
     checked_metadata = _metadata(problems, {} if metadata is None else metadata)
     checked_key = _idempotency_key(problems, idempotency_key)
     checked_callback = _callback_url(problems, callback_url, callbacks_signed)
+    checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
+    checked_keep = _keep_outputs(problems, keep_outputs)
     if len(problems) > before:
         return None
     assert checked_priority is not None and checked_deadline is not None
@@ -82,7 +93,25 @@ def check_options(
         metadata=checked_metadata or {},
         idempotency_key=checked_key,
         callback_url=checked_callback,
+        tenant=checked_tenant or DEFAULT_TENANT,
+        keep_outputs=checked_keep,
     )
+
+
+def _tenant(problems: dict[str, str], value: object) -> str | None:
+    why = tenant_problem(value)
+    if why is not None:
+        problems["tenant"] = why
+        return None
+    assert isinstance(value, str)
+    return value
+
+
+def _keep_outputs(problems: dict[str, str], value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    problems["keep_outputs"] = f"must be true or false, not {type(value).__name__}"
+    return None
 
 
 def _priority(problems: dict[str, str], value: object) -> Priority | None:

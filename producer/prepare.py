@@ -40,7 +40,15 @@ DEFAULT_MODEL_FOR_KIND: Mapping[EndpointKind, str] = {
 }
 
 #: Keys of a request mapping (a batch line, a chain step) that are options, not fields.
-OPTION_KEYS = ("priority", "deadline", "metadata", "idempotency_key", "callback_url")
+OPTION_KEYS = (
+    "priority",
+    "deadline",
+    "metadata",
+    "idempotency_key",
+    "callback_url",
+    "tenant",
+    "keep_outputs",
+)
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,8 @@ def prepare_job(
     metadata: object = None,
     idempotency_key: object = None,
     callback_url: object = None,
+    tenant: object = None,
+    keep_outputs: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
     problems: dict[str, str] = {}
@@ -179,6 +189,8 @@ def prepare_job(
         default_deadline=limits.default_deadline,
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
+        tenant=tenant,
+        keep_outputs=keep_outputs,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
     if problems:
@@ -195,8 +207,8 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``, ``callback_url``; every other key is a WaveSpeed field of that
-    model.
+    ``idempotency_key``, ``callback_url``, ``tenant``, ``keep_outputs``; every other key
+    is a WaveSpeed field of that model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

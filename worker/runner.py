@@ -54,6 +54,7 @@ from worker.errors import (
 )
 from worker.fairness import line_member
 from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
+from worker.keep_outputs import CopyError, OutputKeeper
 from worker.latency import LatencyProfiles
 from worker.models import JobState, JobStatus, image_reference_problems
 from worker.ratelimit import AccountLimiter, Admission
@@ -64,6 +65,7 @@ from worker.settle import (
     NOTHING,
     Duplicate,
     Finished,
+    Persisting,
     Settler,
     Tally,
 )
@@ -168,6 +170,7 @@ class JobRunner:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        keeper: OutputKeeper | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -177,8 +180,15 @@ class JobRunner:
         self.rng = rng or random.Random()
         #: Each model's recent latency, read from Redis at most every half minute.
         self.latency = LatencyProfiles(store, clock=self.clock)
+        #: Copies the outputs of jobs that keep them (``worker.keep_outputs``).
+        self.keeper = keeper or OutputKeeper(settings)
         #: Applies a prediction's end to its job: the same code the webhook receiver runs.
-        self.settler = Settler(store, clock=self.clock)
+        self.settler = Settler(
+            store,
+            clock=self.clock,
+            keeps=self.keeper.wants,
+            persist_retry_for=settings.persist_retry_for,
+        )
         #: With webhooks on: the key that MACs each job's callback URL.
         self.webhook_url_key = (
             settings.require_webhook_url_key() if settings.webhooks_enabled else None
@@ -190,10 +200,15 @@ class JobRunner:
 
     # entry --------------------------------------------------------------------
 
-    def run(self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None) -> Outcome:
+    def run(  # noqa: PLR0911 - one return per kind of run
+        self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None
+    ) -> Outcome:
         snap = self.store.snapshot(job_id)
         if snap.state.is_terminal:
             return self._ended(snap)
+        if snap.state.status is JobStatus.PERSISTING:
+            # Completed at WaveSpeed: only its outputs' copy is left (no deadline applies).
+            return self._persist(snap)
         now = self.clock()
         if now >= snap.state.deadline_at:
             if snap.field("prediction_id") and poll_seq == int(snap.number("poll_seq")):
@@ -227,7 +242,9 @@ class JobRunner:
             return self._time_out(snap)
         if prediction.status.value == "completed":
             polled = _Tally({"polls": 1}, [counter_field("polls", model=snap.state.model)])
-            return self.settler.complete(snap, prediction, path="poll", tally=polled)
+            return self._then_persist(
+                self.settler.complete(snap, prediction, path="poll", tally=polled)
+            )
         return self._time_out(snap)
 
     def time_out(self, snap: JobSnapshot) -> Outcome:
@@ -564,7 +581,7 @@ class JobRunner:
             return self._schedule(snap, my_seq, delay, "poll", polled, extra=extra)
         settled = self.settler.settle(snap, prediction, path="poll", tally=polled)
         if settled is not None:
-            return settled
+            return self._then_persist(settled)
         failure = failure_of(prediction)
         assert isinstance(failure, TransientError)  # settle() ends every other failure
         return self._resubmit_after_remote_failure(snap, prediction, failure, polled)
@@ -633,6 +650,62 @@ class JobRunner:
         if self._deferral(delay, due) is not None:
             return Deferred(due, poll_seq)
         return Reschedule(delay, poll_seq, reason)
+
+    # keeping outputs ----------------------------------------------------------
+
+    def _then_persist(self, settled: Finished | Persisting | Duplicate) -> Outcome:
+        """A job that keeps its outputs copies them in the same run that saw it complete."""
+        if isinstance(settled, Persisting):
+            return self._persist(self.store.snapshot(settled.state.id))
+        return settled
+
+    def _persist(self, snap: JobSnapshot) -> Outcome:
+        """Copy the outputs of a ``persisting`` job, then complete it; a copy that fails is
+        tried again on its own schedule (never a new submit), and given up on after
+        ``persist_retry_for`` (the job then completes with WaveSpeed's URLs only)."""
+        state = snap.state
+        try:
+            stored = self.keeper.copy(state.id, state.outputs)
+        except CopyError as exc:
+            return self._persist_failed(snap, str(exc))
+        return self.settler.complete_kept(snap, stored)
+
+    def _persist_failed(self, snap: JobSnapshot, why: str) -> Outcome:
+        state = snap.state
+        now = self.clock()
+        attempts = state.persist_attempts
+        if now >= snap.number("persist_give_up_at"):
+            log.error("job %s: gave up keeping its outputs: %s", state.id, why)
+            message = (
+                f"outputs not kept after {attempts + 1} attempt(s), the last: {why}; "
+                "they stay at WaveSpeed's URLs until WaveSpeed deletes them (7 days)"
+            )
+            return self.settler.complete_kept(snap, [], given_up=message)
+        # Doubling from the base, half to all of it (never "at once": storage that failed
+        # a moment ago rarely works a moment later).
+        ceiling = min(
+            self.settings.persist_retry_max_delay,
+            self.settings.persist_retry_base_delay * 2**attempts,
+        )
+        delay = ceiling * self.rng.uniform(0.5, 1.0)
+        delay = round(max(0.05, min(delay, snap.number("persist_give_up_at") - now)), 3)
+        due = now + delay
+        moved = self.store.transition(
+            state.id,
+            # Of two copies of the message, one schedules the next attempt.
+            expect={"status": JobStatus.PERSISTING.value, "persist_attempts": str(attempts)},
+            updates={
+                "persist_error": {"code": "persist_failed", "message": why},
+                "next_run_at": due,
+            },
+            increments={"persist_attempts": 1},
+            count=[counter_field("persist_failures", model=state.model)],
+            defer_until=self._deferral(delay, due),
+        )
+        if not moved:
+            return Duplicate(f"next copy not scheduled ({moved.name.lower()})")
+        log.warning("job %s: outputs not kept yet (%s); next try in %.0fs", state.id, why, delay)
+        return self._next_poll(delay, due, int(snap.number("poll_seq")), "persist")
 
     # errors and endings -------------------------------------------------------
 

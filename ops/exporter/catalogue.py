@@ -24,7 +24,14 @@ GAUGES: Final[dict[str, str]] = {
     "them out at their next poll)",
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
-    "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "jobs_parked": "Jobs waiting in the fair line for a submission slot (the rate limit or "
+    "the in-flight cap), with no message",
+    "jobs_persisting": "Jobs completed at WaveSpeed whose outputs are not yet kept "
+    "(persisting: the copy to durable storage has not succeeded yet)",
+    "tenant_jobs_live": "Jobs not yet terminal, by tenant and status",
+    "tenant_waiting": "Jobs of a tenant waiting in the fair line for a submission slot",
+    "tenant_in_flight": "Jobs of a tenant submitted (or being submitted) and not yet "
+    "completed at WaveSpeed",
     "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
     "waiting for their next attempt or being attempted",
     "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
@@ -65,11 +72,12 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_timed_out": "Live jobs past their deadline that the sweeper ended",
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
-    "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "parked": "Submits that found no slot (the rate limit or the in-flight cap) and joined "
+    "the fair line to wait for one",
     "inline_uploads": "Inline images (data URIs, local files) the workers uploaded to "
     "WaveSpeed's media storage before a job's first submit, by model",
-    "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
-    "from the run that freed a slot was lost, or a slot expired)",
+    "sweeper_woken": "Jobs of the fair line a sweeper pass gave slots to and sent (a slot "
+    "freed by a run that died, an in-flight slot that aged out, a lost message)",
     "jobs_ended_by": "Jobs a prediction's end finished (completed, or failed remotely), by "
     "how they learnt it: path=webhook or path=poll",
     "polls_before_end": "Result polls made by the jobs of jobs_ended_by, by the same path "
@@ -90,6 +98,15 @@ COUNTERS: Final[dict[str, str]] = {
     "wait, or a delivery message lost)",
     "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
     "already or being attempted, and did nothing",
+    "tenant_jobs_ended": "Jobs ended, by tenant and status (completed, failed, timed_out, "
+    "cancelled); kept after the records expire",
+    "tenant_admitted": "Submission slots the shared limiter granted, by tenant",
+    "outputs_kept": "Jobs whose outputs were copied to durable storage before they "
+    "completed, by model",
+    "outputs_not_kept": "Jobs that completed without their outputs kept: the copy was given "
+    "up on after WAVEQUEUE_PERSIST_RETRY_FOR, by model",
+    "persist_failures": "Attempts to copy a job's outputs to durable storage that failed "
+    "(each is tried again later; never a new submit), by model",
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first

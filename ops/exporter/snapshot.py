@@ -27,9 +27,10 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
+    TENANT_LIVE_KEY,
     WORKER_QUEUES,
 )
-from worker.fairness import LINE_KEY
+from worker.fairness import DEPTH_KEY, LINE_KEY
 from worker.store import parse_counter_field
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
@@ -94,7 +95,7 @@ class Snapshot:
     #: The earliest deadline of a live job (epoch seconds), if any job is live.
     earliest_deadline: float | None
     inflight: int
-    #: Jobs parked behind the in-flight cap, waiting for a slot.
+    #: Jobs waiting in the fair line for a submission slot (rate or in-flight cap).
     parked: int
     #: Callbacks owed (the outbox): not yet delivered, nor given up on.
     callbacks_pending: int
@@ -103,6 +104,10 @@ class Snapshot:
     earliest_deferred_poll: float | None
     counters: dict[tuple[str, Labels], int]
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    #: (status, tenant) -> live jobs (``TENANT_LIVE_KEY``).
+    tenant_live: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: tenant -> jobs of that tenant in the fair line (``fairness.DEPTH_KEY``).
+    tenant_waiting: dict[str, int] = field(default_factory=dict)
 
 
 def read_snapshot(
@@ -124,6 +129,8 @@ def read_snapshot(
     pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
+    pipe.hgetall(TENANT_LIVE_KEY)
+    pipe.hgetall(DEPTH_KEY)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
     replies = pipe.execute()
@@ -131,7 +138,7 @@ def read_snapshot(
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
     (unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
      callbacks) = replies[len(lists) : len(lists) + 9]  # fmt: skip
-    live, counters, *hists = replies[len(lists) + 9 :]
+    live, counters, tenant_live, tenant_waiting, *hists = replies[len(lists) + 9 :]
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -150,6 +157,8 @@ def read_snapshot(
             name: Histogram.parse({_text(k): _text(v) for k, v in raw.items()})
             for name, raw in zip(HISTOGRAMS, hists, strict=True)
         },
+        tenant_live=_live_jobs(tenant_live),
+        tenant_waiting={_text(name): int(value) for name, value in tenant_waiting.items()},
     )
 
 

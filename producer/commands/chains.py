@@ -98,6 +98,8 @@ def chain_command(
     metadata: str | None,
     idempotency_key: str | None,
     callback_url: str | None,
+    tenant: str | None,
+    keep_outputs: bool | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -136,6 +138,8 @@ def chain_command(
         "metadata": chain_metadata,
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
+        "tenant": tenant,
+        "keep_outputs": keep_outputs,
     }
     with make_client() as client:
         if problems:

@@ -277,6 +277,18 @@ job_options = [
         help="POST the final record here (http/https, signed) once it ends; needs "
         "WAVEQUEUE_CALLBACK_SECRET.",
     ),
+    click.option(
+        "--tenant",
+        default=None,
+        help="Who the job is for (default 'default'): submission slots are shared fairly "
+        "between tenants.",
+    ),
+    click.option(
+        "--keep-outputs/--no-keep-outputs",
+        default=None,
+        help="Copy the outputs to durable storage before the job completes (default: the "
+        "workers' WAVEQUEUE_KEEP_OUTPUTS).",
+    ),
 ]
 
 

@@ -103,6 +103,14 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
         "wavequeue_callbacks_delivered_total",
         "wavequeue_callbacks_failed_total",
         "wavequeue_callback_attempts_failed_total",
+        "wavequeue_tenant_jobs_live",
+        "wavequeue_tenant_waiting",
+        "wavequeue_tenant_in_flight",
+        "wavequeue_tenant_jobs_ended_total",
+        "wavequeue_tenant_admitted_total",
+        "wavequeue_outputs_kept_total",
+        "wavequeue_outputs_not_kept_total",
+        "wavequeue_persist_failures_total",
     }
 
 

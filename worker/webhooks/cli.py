@@ -18,6 +18,7 @@ import click
 
 from worker.celery_config import make_app
 from worker.errors import ConfigError, PermanentError, TransientError
+from worker.keep_outputs import OutputKeeper
 from worker.ratelimit import AccountLimiter
 from worker.settings import Settings
 from worker.store import JobStore
@@ -69,6 +70,8 @@ def build_receiver(settings: Settings, secret: str) -> WebhookReceiver:
         url_key=settings.require_webhook_url_key(),
         sender=Sender(make_app(settings), store),
         longest_countdown=settings.longest_countdown,
+        keeps=OutputKeeper(settings).wants,
+        persist_retry_for=settings.persist_retry_for,
     )
 
 

@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from worker.constants import PREDICTION_OWNER_KEY, WEBHOOK_SEEN_KEY, WEBHOOK_SEE
 from worker.errors import JobNotFoundError, PermanentError, UnreadableRecordError
 from worker.models import JobState, JobStatus
 from worker.ratelimit import AccountLimiter
-from worker.settle import Finished, Settler
+from worker.settle import Finished, Persisting, Settler
 from worker.store import Claim, JobSnapshot, JobStore, Moved, counter_field
 from worker.wavespeed import MAX_ERROR_TEXT, Prediction, parse_prediction, redact
 from worker.webhooks.signature import SignatureError, Verifier
@@ -90,6 +90,8 @@ class WebhookReceiver:
         sender: Sender,
         clock: Clock | None = None,
         longest_countdown: float = 60.0,
+        keeps: Callable[[JobState], bool] | None = None,
+        persist_retry_for: float = 86400.0,
     ) -> None:
         self.store = store
         self.limiter = limiter
@@ -97,7 +99,9 @@ class WebhookReceiver:
         self.url_key = url_key
         self.sender = sender
         self.clock: Clock = clock or store.clock
-        self.settler = Settler(store, clock=self.clock)
+        self.settler = Settler(
+            store, clock=self.clock, keeps=keeps, persist_retry_for=persist_retry_for
+        )
         #: A message for a slot further off comes back early and waits again.
         self.longest_countdown = longest_countdown
 
@@ -140,6 +144,12 @@ class WebhookReceiver:
         settled = self.settler.settle(snap, prediction, path="webhook")
         if settled is None:
             return self._ignored("left_to_poll")
+        if isinstance(settled, Persisting):
+            # Completed; its outputs are to be kept first: a worker copies them (the job's
+            # message, with the rest of its chain, which goes on once the job completes).
+            self._count("webhooks_applied")
+            self._send_for_copy(settled)
+            return Reply(200, settled.state.status.value)
         if not isinstance(settled, Finished):
             return self._ignored("job_ended")
         self._count("webhooks_applied")
@@ -234,6 +244,18 @@ class WebhookReceiver:
         admit_waiting(
             self.store, self.limiter, self.sender.admit, longest_countdown=self.longest_countdown
         )
+
+    def _send_for_copy(self, persisting: Persisting) -> None:
+        """Never fails the callback: the job waits in ``persisting`` indexed for the
+        sweeper, which sends it if this message is lost."""
+        try:
+            self.sender.admit(persisting.state, 0.0)
+        except Exception as exc:  # noqa: BLE001 - the sweeper re-sends an overdue job
+            log.warning(
+                "job %s: could not send it to keep its outputs (%s); the sweeper will",
+                persisting.state.id,
+                exc,
+            )
 
     # counting -----------------------------------------------------------------
 
