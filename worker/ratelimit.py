@@ -283,8 +283,9 @@ local holds_slot = redis.call('ZSCORE', KEYS[2], job)
 local slot = tonumber(redis.call('ZSCORE', KEYS[4], job))
 if slot then
   slot = slot + shift
-  -- Early: the slot stays this job's, nobody else takes it.
-  if slot > now then return {0, fmt(slot - now), 'rate'} end
+  -- Early: the slot stays this job's, nobody else takes it. (Within a millisecond is on
+  -- time: slots are stored to the microsecond.)
+  if slot - now > 0.001 then return {0, fmt(slot - now), 'rate'} end
   -- Its slot has come. It still needs the pause over and room in the window; until
   -- then it keeps its slot.
   if paused_until > now then return {0, fmt(paused_until - now), 'paused'} end
@@ -403,9 +404,7 @@ def _now_arg(now: float | None) -> str:
 
 
 def _admissions(flat: list[Any]) -> tuple[Admission, ...]:
-    return tuple(
-        Admission(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)
-    )
+    return tuple(Admission(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat) - 1, 2))
 
 
 class AccountLimiter:

@@ -693,7 +693,11 @@ class JobRunner:
         moved = self.store.transition(
             state.id,
             # Of two copies of the message, one schedules the next attempt.
-            expect={"status": JobStatus.PERSISTING.value, "persist_attempts": str(attempts)},
+            expect={
+                "status": JobStatus.PERSISTING.value,
+                # A count of 0 is not stored (the record keeps only what is set).
+                "persist_attempts": ["", "0"] if attempts == 0 else str(attempts),
+            },
             updates={
                 "persist_error": {"code": "persist_failed", "message": why},
                 "next_run_at": due,

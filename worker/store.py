@@ -153,9 +153,7 @@ _ENDINGS = frozenset({_S.FAILED, _S.TIMED_OUT, _S.CANCELLED})
 MOVES: Mapping[JobStatus, frozenset[JobStatus]] = {
     _S.QUEUED: frozenset({_S.SUBMITTING, *_ENDINGS}),
     _S.SUBMITTING: frozenset({_S.SUBMITTED, *_ENDINGS}),
-    _S.SUBMITTED: frozenset(
-        {_S.PROCESSING, _S.PERSISTING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}
-    ),
+    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.PERSISTING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
     _S.PROCESSING: frozenset({_S.PERSISTING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
     # Completed at WaveSpeed: the copy of its outputs completes it; a cancel stops the copy.
     _S.PERSISTING: frozenset({_S.COMPLETED, _S.CANCELLED}),
@@ -557,10 +555,10 @@ def parse_counter_field(field: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def _encode(value: Any, field: str) -> str:
+    if value is None or (field in _JSON_FIELDS and value == ""):
+        return ""  # unset: the field is removed from the hash
     if field in _JSON_FIELDS:
         return json.dumps(value, separators=(",", ":"))
-    if value is None:
-        return ""
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)

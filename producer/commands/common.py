@@ -40,6 +40,7 @@ from worker.models import JobRecord, JobStatus
 from worker.outside_text import printable
 from worker.redis_urls import redact
 from worker.settings import Settings
+from worker.tenants import DEFAULT_TENANT
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -144,11 +145,21 @@ def describe_record(record: JobRecord) -> str:
     line = f"job {record.id} {record.status.value} ({printable(record.model, 80)}"
     if record.completed_at is not None:
         line += f", {record.completed_at - record.created_at:.1f}s"
-    line += f", {record.priority.value} priority)"
-    lines = [line]
+    line += f", {record.priority.value} priority"
+    if record.tenant != DEFAULT_TENANT:
+        line += f", tenant {record.tenant}"
+    lines = [line + ")"]
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
     lines.extend(f"  {printable(output, 2000)}" for output in record.outputs)
+    lines.extend(f"  kept {printable(location, 2000)}" for location in record.stored_outputs)
+    if record.status is JobStatus.PERSISTING:
+        lines.append(f"  completed at WaveSpeed, outputs not yet kept{_persist_note(record)}")
+    elif record.persist_error is not None:
+        lines.append(
+            "  outputs NOT kept: "
+            + error_text(record.persist_error.code, record.persist_error.message)
+        )
     if record.error is not None:
         lines.append(f"  error {error_text(record.error.code, record.error.message)}")
     if record.metadata:
@@ -157,6 +168,14 @@ def describe_record(record: JobRecord) -> str:
     if callback:
         lines.append(callback)
     return "\n".join(lines)
+
+
+def _persist_note(record: JobRecord) -> str:
+    """How the copy of a persisting job's outputs is going, for one status line."""
+    if record.persist_error is None:
+        return " (copying)"
+    last = error_text(record.persist_error.code, record.persist_error.message)
+    return f" ({record.persist_attempts} failed attempt(s), retried; last {last})"
 
 
 def describe_callback(fields: Mapping[str, Any]) -> str:
