@@ -41,6 +41,9 @@ from worker.outside_text import printable
 from worker.safe_fetch import FetchError, fetch
 from worker.settings import Settings
 
+#: The variables boto3 itself reads for the S3 target (never ``Settings``: its credentials
+#: are boto3's, from the environment, a profile or an instance role).
+BOTO3_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 #: Longest a message about a failed copy quotes.
 MAX_COPY_ERROR_CHARS = 300
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})

@@ -268,17 +268,18 @@ class Settings(BaseModel):
     # Tenants (``worker.fairness``).
     #: Round-robin weights of tenants with work waiting: ``acme=3,beta=1``; a tenant not
     #: named weighs 1.
-    tenant_weights: str = ""
+    tenant_weights: str | None = None
 
     @field_validator("tenant_weights")
     @classmethod
-    def _weights_parse(cls, value: str) -> str:
-        parse_weights(value)  # ValueError in words
+    def _weights_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_weights(value)  # ValueError in words
         return value
 
     @property
     def tenant_weight_map(self) -> dict[str, int]:
-        return parse_weights(self.tenant_weights)
+        return parse_weights(self.tenant_weights or "")
 
     # Keeping outputs (``worker.keep_outputs``).
     #: Copy every job's outputs to durable storage before it completes, unless the job
