@@ -27,14 +27,13 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+# The tenant rules live in worker.tenants (settings read them too); named here as well.
+from worker import tenants
 from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
 from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
-
-# The tenant rules live in worker.tenants (settings read them too); re-exported here.
-from worker.tenants import DEFAULT_TENANT, tenant_problem
 
 MODEL_PREFIX = "wavespeed-ai/"
 
@@ -307,6 +306,11 @@ class Priority(StrEnum):
 class JobError(BaseModel):
     code: int | str
     message: str
+
+
+#: The tenant of a job or chain that names none (``worker.tenants``).
+DEFAULT_TENANT = tenants.DEFAULT_TENANT
+tenant_problem = tenants.tenant_problem
 
 
 def check_tenant(value: str) -> str:

@@ -132,5 +132,9 @@ def test_per_tenant_figures_outlive_the_records(redis_url: str) -> None:
     assert (
         store.counters()[("tenant_jobs_ended", (("status", "completed"), ("tenant", "acme")))] == 1
     )
-    live = {k: int(v) for k, v in client.hgetall(TENANT_LIVE_KEY).items() if k.endswith("|acme")}
+    live = {
+        str(k): int(v)
+        for k, v in client.hgetall(TENANT_LIVE_KEY).items()
+        if str(k).endswith("|acme")
+    }
     assert set(live.values()) == {0}  # counted in, counted out: nothing live is left
