@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest venv clean bench bench-quick chromium constraints
+.PHONY: test demo lint typecheck pytest venv clean bench bench-quick chromium prometheus constraints
 
 venv: $(STAMP)
 
@@ -39,7 +39,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The Flower browser test drives headless Chromium (Debian package `chromium`).
@@ -51,6 +51,18 @@ chromium:
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else \
 	    echo "chromium missing and not root: the browser test will be skipped"; \
+	  fi; }
+
+# The alert tests run Debian's `prometheus` package (`prometheus` and `promtool`): promtool
+# unit-tests the rules, a real Prometheus scrapes the exporter and Flower while faults are
+# induced. Installed here when missing and we are root; if that fails, they skip and say why.
+prometheus:
+	@{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) \
+	      || echo "prometheus could not be installed: the alert tests will be skipped"; \
+	  else \
+	    echo "prometheus missing and not root: the alert tests will be skipped"; \
 	  fi; }
 
 test: lint typecheck pytest

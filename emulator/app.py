@@ -35,6 +35,8 @@ def make_app(state: EmulatorState, *, access_log: bool = False) -> tornado.web.A
         (r"/api/v3/media/upload/binary", handlers.BinaryUploadHandler),
         (r"/api/v3/media/uploads", handlers.UploadTicketHandler),
         (r"/api/v3/webhook/secret", handlers.WebhookSecretHandler),
+        (r"/api/v3/balance", handlers.BalanceHandler),
+        (r"/api/v3/account/balance", handlers.BalanceHandler),
         (r"/api/v3/(.+)", handlers.SubmitHandler),
         (r"/media/([^/]+)", handlers.MediaHandler),
         (r"/uploads/([^/]+)", handlers.UploadTargetHandler),

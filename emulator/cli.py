@@ -38,6 +38,7 @@ def build_config(
     max_concurrency: int | None,
     image_scale: float,
     webhook_resign_retries: bool = True,
+    balance: str | None = None,
 ) -> EmulatorConfig:
     """Turn the flags into the same partial-config mapping ``POST /_emulator/config`` takes."""
     per_model: dict[str, str] = {}
@@ -61,6 +62,8 @@ def build_config(
         "image_scale": image_scale,
         "webhook_resign_retries": webhook_resign_retries,
     }
+    if balance is not None:
+        changes["balance"] = balance
     return EmulatorConfig(api_key=api_key or None).updated(changes)
 
 
@@ -117,6 +120,12 @@ def build_config(
     help="Whether a webhook retry gets a new timestamp and signature, or repeats the first "
     "attempt's (then a retry sent over 5 minutes later fails a receiver's freshness check).",
 )
+@click.option(
+    "--balance",
+    default=None,
+    help="The account's balance in US dollars (default 1000), debited per completed image "
+    "(Kontext Pro $0.04, Max $0.08); GET /api/v3/balance reads it.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off: it slows polling).")
 def emulator_command(
     *,
@@ -132,6 +141,7 @@ def emulator_command(
     max_concurrency: int | None,
     image_scale: float,
     webhook_resign_retries: bool,
+    balance: str | None,
     access_log: bool,
 ) -> None:
     """Run a WaveSpeed v3 API emulator (submit, result, media, uploads, webhooks, faults)."""
@@ -147,6 +157,7 @@ def emulator_command(
             max_concurrency=max_concurrency,
             image_scale=image_scale,
             webhook_resign_retries=webhook_resign_retries,
+            balance=balance,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

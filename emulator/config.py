@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from emulator.account import DEFAULT_BALANCE_MICROS, parse_usd
 from emulator.errors import ConfigError
 from emulator.registry import canonical_model, find_model
 
@@ -26,6 +27,7 @@ FAULT_KINDS: Final[Mapping[str, str]] = {
     "submit_502": "submit answers HTTP 502; no prediction is created",
     "submit_503": "submit answers HTTP 503; no prediction is created",
     "submit_429": "submit answers HTTP 429 with Retry-After (knob retry_after); not created",
+    "submit_401": "submit answers HTTP 401 Invalid API key, as for a revoked key; not created",
     "submit_drop_before_create": "the request is read, then the connection is closed; "
     "no prediction is created",
     "submit_drop_after_create": "the prediction IS created, then the connection is closed "
@@ -189,6 +191,9 @@ class EmulatorConfig:
     #: behaviour is not documented). Off, a retry repeats the first attempt's headers, so
     #: one sent more than 5 minutes after the first fails a receiver's freshness check.
     webhook_resign_retries: bool = True
+    #: The account balance (micro-dollars): at start and after a reset; setting it through
+    #: ``POST /_emulator/config`` (``"balance": 12.5``, US dollars) sets the current one.
+    balance_micros: int = DEFAULT_BALANCE_MICROS
 
     def latency_for(self, model: str) -> LatencySpec:
         return self.model_latency.get(model, self.latency)
@@ -203,10 +208,14 @@ class EmulatorConfig:
             raise ConfigError("the config must be a JSON object")
         values: dict[str, Any] = {}
         for key, raw in changes.items():
+            if key == "balance":
+                values["balance_micros"] = parse_usd("balance", raw)
+                continue
             if key not in _TOP_LEVEL_PARSERS:
                 if key == "api_key":
                     raise ConfigError("api_key is set at startup (--api-key) only")
-                raise ConfigError(f"unknown config key {key!r}; keys: {sorted(_TOP_LEVEL_PARSERS)}")
+                keys = sorted([*_TOP_LEVEL_PARSERS, "balance"])
+                raise ConfigError(f"unknown config key {key!r}; keys: {keys}")
             values[key] = _TOP_LEVEL_PARSERS[key](self, raw)
         return replace(self, **values)
 
@@ -222,6 +231,7 @@ class EmulatorConfig:
             "image_scale": self.image_scale,
             "faults": {kind: spec.to_json(kind) for kind, spec in self.faults.items()},
             "webhook_resign_retries": self.webhook_resign_retries,
+            "balance_micros": self.balance_micros,
         }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import tornado.web
 
+from emulator.account import usd_number
 from emulator.errors import InvalidRequestError
 from emulator.faults import RESULT_ERROR_KINDS, SUBMIT_ERROR_KINDS
 from emulator.media import MEDIA_PATH
@@ -234,6 +235,13 @@ class SubmitHandler(BaseHandler):
                 400, f"Bad request (emulator fault); you sent Authorization: {echoed}"
             )
             return False
+        if faults.fire("submit_401", model.path, prompt):
+            # What a revoked key gets, whatever key was sent (this one was accepted above).
+            self._served(submission, "submit_401")
+            self.injected_fault = True
+            self.state.stats.auth_failures += 1
+            self.send_envelope(401, "Invalid API key")
+            return False
         error_kind = faults.first_firing(SUBMIT_ERROR_KINDS, model.path, prompt)
         if error_kind is not None:
             self._served(submission, error_kind)
@@ -414,6 +422,17 @@ class WebhookSecretHandler(BaseHandler):
         if self.authorize() is None:
             return
         self.send_envelope(200, "success", {"secret": self.state.webhook_secret})
+
+
+class BalanceHandler(BaseHandler):
+    """``GET /api/v3/balance`` (also ``/api/v3/account/balance``): the account's balance in
+    US dollars, debited per completed image at the model's price."""
+
+    def get(self) -> None:
+        if self.authorize() is None:
+            return
+        balance = usd_number(self.state.account.balance_micros)
+        self.send_envelope(200, "success", {"balance": balance, "currency": "USD"})
 
 
 class NotFoundHandler(BaseHandler):

@@ -1,6 +1,7 @@
 """``/_emulator/*``: what tests read and change. Plain JSON (no envelope), no auth.
 
-* ``GET  /_emulator/stats``             counters (see ``stats.Stats.to_json``)
+* ``GET  /_emulator/stats``             counters (see ``stats.Stats.to_json``), and ``billing``:
+                                        the balance and what was debited (micro-dollars)
 * ``GET  /_emulator/predictions``       every prediction (``?model=``, ``?status=`` filter)
 * ``GET  /_emulator/predictions/<id>``  one: model, input as received, status, polls, times
 * ``GET  /_emulator/config``            the current config (never the API key)
@@ -29,9 +30,9 @@ class IntrospectionHandler(BaseHandler):
 class StatsHandler(IntrospectionHandler):
     def get(self) -> None:
         state = self.state
-        self.send_json(
-            state.stats.to_json(state.predictions.polls_per_prediction(), state.faults.served)
-        )
+        stats = state.stats.to_json(state.predictions.polls_per_prediction(), state.faults.served)
+        stats["billing"] = state.account.to_json()
+        self.send_json(stats)
 
 
 class PredictionListHandler(IntrospectionHandler):

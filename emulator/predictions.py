@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from emulator.account import Account
 from emulator.errors import MediaUnreachableError
 from emulator.images import decode_image, encode_png
 from emulator.limits import ConcurrencyGate
@@ -188,8 +189,10 @@ class PredictionService:
         webhooks: WebhookSender,
         delivery_plan: Callable[[str, str], DeliveryPlan] | None = None,
         max_concurrency: int | None,
+        account: Account | None = None,
     ) -> None:
         self._stats = stats
+        self.account = account or Account()
         self._media = media
         self._executor = executor
         self._webhooks = webhooks
@@ -260,6 +263,8 @@ class PredictionService:
             self.gate.release(prediction.owner)
         if prediction.status == "completed":
             self._stats.predictions_completed += 1
+            # Billed per image delivered; a failed prediction costs nothing.
+            self.account.debit(len(prediction.outputs), prediction.model.price_micros)
         else:
             self._stats.predictions_failed += 1
         if prediction.webhook_url:

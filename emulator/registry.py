@@ -52,6 +52,8 @@ class ModelSpec:
     name: str
     fields: Mapping[str, FieldSpec]
     make_outputs: images.OutputMaker
+    #: What WaveSpeed bills per image of a completed prediction, in micro-dollars.
+    price_micros: int
     # The outputs' count comes from this field when the model has it (num_images).
     count_field: str | None = None
 
@@ -76,6 +78,9 @@ ASPECT_RATIO = FieldSpec(FieldKind.STRING, default="1:1", choices=ASPECT_RATIOS)
 OPTIONAL_ASPECT_RATIO = FieldSpec(FieldKind.STRING, default=None, choices=ASPECT_RATIOS)
 SAFETY_TOLERANCE = FieldSpec(FieldKind.STRING, default="2", choices=SAFETY_TOLERANCES)
 NUM_IMAGES = FieldSpec(FieldKind.INTEGER, default=1, minimum=1, maximum=4)
+#: WaveSpeed's list prices per image (FLUX Kontext Pro $0.04, Kontext Max $0.08).
+PRO_PRICE = 40_000
+MAX_PRICE = 80_000
 SYNC_MODE = FieldSpec(FieldKind.BOOLEAN, default=False)
 
 _MULTI_FIELDS: Mapping[str, FieldSpec] = {
@@ -100,6 +105,7 @@ MODELS: Mapping[str, ModelSpec] = {
                 "enable_sync_mode": SYNC_MODE,
             },
             images.edit_outputs,
+            PRO_PRICE,
         ),
         ModelSpec(
             "flux-kontext-max/text-to-image",
@@ -111,6 +117,7 @@ MODELS: Mapping[str, ModelSpec] = {
                 "enable_sync_mode": SYNC_MODE,
             },
             images.text_to_image_outputs,
+            MAX_PRICE,
         ),
         ModelSpec(
             "flux-kontext-max",
@@ -123,6 +130,7 @@ MODELS: Mapping[str, ModelSpec] = {
                 "enable_sync_mode": SYNC_MODE,
             },
             images.edit_outputs,
+            MAX_PRICE,
         ),
         ModelSpec(
             "flux-kontext-pro/text-to-image",
@@ -136,10 +144,11 @@ MODELS: Mapping[str, ModelSpec] = {
                 "enable_sync_mode": SYNC_MODE,
             },
             images.text_to_image_outputs,
+            PRO_PRICE,
             count_field="num_images",
         ),
-        ModelSpec("flux-kontext-pro/multi", _MULTI_FIELDS, images.multi_outputs),
-        ModelSpec("flux-kontext-max/multi", _MULTI_FIELDS, images.multi_outputs),
+        ModelSpec("flux-kontext-pro/multi", _MULTI_FIELDS, images.multi_outputs, PRO_PRICE),
+        ModelSpec("flux-kontext-max/multi", _MULTI_FIELDS, images.multi_outputs, MAX_PRICE),
     )
 }
 

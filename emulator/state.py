@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator.account import Account
 from emulator.config import EmulatorConfig
 from emulator.faults import FaultInjector
 from emulator.limits import RateLimiter
@@ -71,6 +72,7 @@ class EmulatorState:
             webhooks=self.webhooks,
             delivery_plan=self.delivery_plan,
             max_concurrency=config.max_concurrency,
+            account=Account(balance_micros=config.balance_micros),
         )
 
     def reset(self) -> None:
@@ -89,7 +91,14 @@ class EmulatorState:
         rearm = list(raw_faults) if isinstance(raw_faults, Mapping) else []
         self.faults.configure(config.faults, rearm=rearm)
         self.predictions.gate.set_limit(config.max_concurrency)
+        if "balance" in changes:
+            # A top-up (or a drain): the account holds this much from now on.
+            self.predictions.account.balance_micros = config.balance_micros
         return config
+
+    @property
+    def account(self) -> Account:
+        return self.predictions.account
 
     def plan(self, model: str, prompt: str) -> PredictionPlan:
         """Draw the latency and decide the ending of a new prediction (faults included)."""

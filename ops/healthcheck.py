@@ -7,7 +7,9 @@ command line, it checks that instead (handy outside Docker). Exit 0 healthy, 1 n
 
 - worker: answers a Celery ping (by its node name, ``celery@<hostname>`` unless
   ``--hostname`` says otherwise);
-- flower, exporter, emulator, webhooks: their HTTP server answers on the command's port.
+- flower, emulator, webhooks: their HTTP server answers on the command's port;
+- exporter: its ``/metrics`` answers and says it could read Redis
+  (``wavequeue_redis_up 1``): an exporter cut off from Redis serves only that 0.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 #: Subcommand token -> (role, default port).
 ROLES: dict[str, tuple[str, int]] = {
@@ -70,6 +73,21 @@ def http_answers(port: int, path: str = "/") -> bool:
     return response.status_code < 500
 
 
+def exporter_reads_redis(port: int) -> bool:
+    """The exporter's scrape could read Redis: ``wavequeue_redis_up`` is 1."""
+    try:
+        response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT)
+    except requests.RequestException:
+        return False
+    if response.status_code != 200:
+        return False
+    return any(
+        sample.name == "wavequeue_redis_up" and sample.value == 1
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    )
+
+
 def worker_answers(argv: Sequence[str]) -> bool:
     from celery.utils.nodenames import default_nodename, host_format  # noqa: PLC0415
 
@@ -86,6 +104,8 @@ def healthy(argv: Sequence[str]) -> bool:
         raise SystemExit(f"healthcheck: no wavequeue service in {' '.join(argv)!r}")
     if role == "worker":
         return worker_answers(argv)
+    if role == "exporter":
+        return exporter_reads_redis(port_of(argv, role))
     return http_answers(port_of(argv, role), HEALTH_PATHS.get(role, "/"))
 
 

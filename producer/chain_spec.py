@@ -91,6 +91,7 @@ def prepare_chain(
     callback_url: object = None,
     tenant: object = None,
     keep_outputs: object = None,
+    on_budget: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
     problems: dict[str, str] = {}
@@ -135,6 +136,7 @@ def prepare_chain(
         callbacks_signed=limits.callbacks_signed,
         tenant=tenant,
         keep_outputs=keep_outputs,
+        on_budget=on_budget,
     )
     if problems:
         raise ValidationError(problems)

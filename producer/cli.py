@@ -31,6 +31,7 @@ class LazyGroup(click.Group):
 #: Subcommand -> where it lives. Later issues add producer, worker and ops commands.
 COMMANDS: dict[str, str] = {
     "batch": "producer.commands.batch:batch_command",
+    "budget": "producer.commands.spend:budget_command",
     "cancel": "producer.commands.cancel:cancel_command",
     "chain": "producer.commands.chains:chain_command",
     "download": "producer.commands.download:download_command",
@@ -39,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "exporter": "ops.exporter.cli:exporter_command",
     "generate": "producer.commands.submit:generate_command",
     "retry": "producer.commands.chains:retry_command",
+    "spend": "producer.commands.spend:spend_command",
     "stats": "ops.stats:stats_command",
     "status": "producer.commands.inspect:status_command",
     "up": "ops.localstack.stack:up_command",

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,6 +33,8 @@ from producer.job_waiter import JobsWaiter, Progress
 from producer.options import JobOptions
 from producer.prepare import Limits, PreparedJob, prepare_from_mapping, prepare_job
 from producer.waiting import DEFAULT_REREAD_INTERVAL, Check, wait_for
+from worker.budgets import Budgets, BudgetStatus, DaySpend, last_days, wake_held
+from worker.constants import DEFAULT_TENANT, TENANT_PATTERN
 from worker.errors import ConfigError
 from worker.inline_images import marker_ids, with_images
 from worker.models import (
@@ -43,8 +46,10 @@ from worker.models import (
     JobState,
     JobStatus,
     Priority,
+    price_of,
     validate_request,
 )
+from worker.money import ANY_TENANT, usd_to_micros
 from worker.redis_connection import unavailable
 from worker.settings import Settings
 from worker.store import JobStore, NewJob
@@ -107,6 +112,7 @@ class JobOptionsInput(NamedTuple):
     callback_url: str | None = None
     tenant: str | None = None
     keep_outputs: bool | None = None
+    on_budget: str | None = None
 
 
 class JobClient:
@@ -209,9 +215,13 @@ class JobClient:
         callback_url: str | None = None,
         tenant: str | None = None,
         keep_outputs: bool | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
-        ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only."""
+        ``safety_tolerance`` exist on ``flux-kontext-pro/text-to-image`` only.
+        ``tenant``: who the job is for (spend and budgets count per tenant; default
+        ``default``); ``on_budget``: ``wait`` (default) or ``fail`` when a daily budget
+        has no room for it."""
         fields = {
             "prompt": prompt,
             "seed": seed,
@@ -221,7 +231,14 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
@@ -242,6 +259,7 @@ class JobClient:
         callback_url: str | None = None,
         tenant: str | None = None,
         keep_outputs: bool | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
         ``flux-kontext-pro`` takes ``safety_tolerance``; ``flux-kontext-max`` takes
@@ -255,7 +273,14 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
@@ -275,6 +300,7 @@ class JobClient:
         callback_url: str | None = None,
         tenant: str | None = None,
         keep_outputs: bool | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
         fields = {
@@ -285,7 +311,14 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, keep_outputs
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
@@ -308,6 +341,7 @@ class JobClient:
             callback_url=options.callback_url,
             tenant=options.tenant,
             keep_outputs=options.keep_outputs,
+            on_budget=options.on_budget,
         )
         return self.submit(prepared)
 
@@ -419,6 +453,8 @@ class JobClient:
             callback_url=options.callback_url,
             tenant=options.tenant,
             keep_outputs=options.keep_outputs,
+            on_budget=options.on_budget,
+            estimated_cost_micros=price_of(prepared.model, _images_of(prepared.body)),
         )
         message = self._messages().build(record.id, QUEUE_OF[options.priority])
         job = NewJob(record, options.idempotency_key, message=message.outgoing)
@@ -514,6 +550,7 @@ class JobClient:
         callback_url: str | None = None,
         tenant: str | None = None,
         keep_outputs: bool | None = None,
+        on_budget: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
 
@@ -538,6 +575,7 @@ class JobClient:
             callback_url=callback_url,
             tenant=tenant,
             keep_outputs=keep_outputs,
+            on_budget=on_budget,
         )
         options = prepared.options
         chain_id = uuid.uuid4().hex
@@ -740,6 +778,61 @@ class JobClient:
             except (OperationalError, redis.RedisError) as exc:
                 log.warning("callbacks of cancelled jobs not sent (%s); the workers will", exc)
 
+    # cost and budgets ---------------------------------------------------------
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.store.client, self.settings, clock=self.store.clock)
+
+    @_redis_errors_mapped
+    def budget(self, tenant: str = DEFAULT_TENANT) -> BudgetStatus:
+        """Today's daily budgets for ``tenant`` and the whole account: caps, what was
+        billed, what may be billed, what jobs in flight reserved, and ``remaining`` (the
+        smaller of the two; None when neither is capped), all in micro-dollars. Ask before
+        enqueueing a batch: a job's estimate is the price per image times its images."""
+        return self.budgets.status(_checked_tenant(tenant))
+
+    @_redis_errors_mapped
+    def set_budget(self, amount: object, tenant: str | None = None) -> int:
+        """Cap ``tenant`` (None: the whole account; ``"*"``: every tenant without a cap of
+        its own) at ``amount`` US dollars a day ("12.50"; None lifts the cap), overriding
+        the settings until ``clear_budget``. Jobs held for a budget are sent again at once
+        if they now fit; returns how many were."""
+        micros = None if amount is None else _amount(amount)
+        self.budgets.set_cap(_cap_scope(tenant), micros)
+        return self._wake_held()
+
+    @_redis_errors_mapped
+    def clear_budget(self, tenant: str | None = None) -> int:
+        """Forget a cap set at run time: the settings' cap applies again. Returns how many
+        held jobs were sent again."""
+        self.budgets.clear_cap(_cap_scope(tenant))
+        return self._wake_held()
+
+    @_redis_errors_mapped
+    def spend(self, days: int = 1) -> list[DaySpend]:
+        """What the last ``days`` UTC days spent (today first), per tenant."""
+        budgets = self.budgets
+        return budgets.spend(last_days(self.store.clock(), days))
+
+    def _wake_held(self) -> int:
+        from kombu.exceptions import OperationalError  # noqa: PLC0415 - Celery loads only when sending
+
+        from worker.chains import send_job_and_rest  # noqa: PLC0415 - same
+
+        budgets = self.budgets
+        budgets.due_again()
+        app = self._celery()
+        try:
+            return wake_held(
+                budgets,
+                self.store.snapshots,
+                lambda snap: send_job_and_rest(app, self.store, snap.state, {}),
+            )
+        except OperationalError as exc:
+            log.warning("held jobs not sent (%s); the workers' sweeper will", exc)
+            return 0
+
     # lookup by either kind of id ----------------------------------------------
 
     def lookup(self, any_id: str) -> JobRecord | ChainStatus:
@@ -827,6 +920,8 @@ class JobClient:
             idempotency_key=options.idempotency_key if number == 1 else None,
             tenant=options.tenant,
             keep_outputs=options.keep_outputs,
+            on_budget=options.on_budget,
+            estimated_cost_micros=price_of(step.model, _images_of(step.body)),
         )
 
     @staticmethod
@@ -886,9 +981,38 @@ class JobClient:
             metadata=old.metadata,
             tenant=old.tenant,
             keep_outputs=old.keep_outputs,
+            on_budget=old.on_budget,
+            estimated_cost_micros=price_of(old.model, _images_of(body)),
         )
 
     def _until_deadlines(self, records: Sequence[JobState]) -> float:
         """Seconds until the last of these records' deadlines, plus the grace period."""
         last = max(record.deadline_at for record in records)
         return max(last - self.store.clock(), 0.0) + self.wait_grace
+
+
+def _images_of(body: Mapping[str, Any]) -> int:
+    """Images a request asks for: what it costs (``num_images``, else one)."""
+    count = body.get("num_images", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 1
+
+
+def _checked_tenant(tenant: object) -> str:
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
+        raise ValidationError({"tenant": "must be 1 to 64 characters of A-Z a-z 0-9 _ . -"})
+    return tenant
+
+
+def _cap_scope(tenant: str | None) -> str | None:
+    """None (the whole account), ``*`` or a tenant name."""
+    return tenant if tenant is None or tenant == ANY_TENANT else _checked_tenant(tenant)
+
+
+def _amount(amount: object) -> int:
+    try:
+        micros = usd_to_micros(amount)
+    except ValueError as exc:
+        raise ValidationError({"amount": str(exc)}) from None
+    if micros < 0:
+        raise ValidationError({"amount": "must not be negative"})
+    return micros

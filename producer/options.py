@@ -1,5 +1,6 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key, callback URL, tenant, keep outputs; and the queue a priority routes to.
+idempotency key, callback URL, tenant, keep outputs and what to do at a spent budget; and
+the queue a priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -24,7 +25,7 @@ from worker.limits import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_METADATA_BYTES,
 )
-from worker.models import Priority
+from worker.models import OnBudget, Priority
 from worker.tenants import DEFAULT_TENANT, tenant_problem
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
@@ -49,11 +50,13 @@ class JobOptions:
     #: Where the worker POSTs the final record (``worker.callbacks``).
     callback_url: str | None = None
     #: Who the job is for: submission slots are shared fairly between tenants
-    #: (``worker.fairness``).
+    #: (``worker.fairness``); spend and budgets count per tenant.
     tenant: str = DEFAULT_TENANT
     #: Copy the outputs to durable storage before completing (``worker.keep_outputs``);
     #: None: the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
     keep_outputs: bool | None = None
+    #: At a spent daily budget: wait (held) or fail at once.
+    on_budget: OnBudget = OnBudget.WAIT
 
     @property
     def queue(self) -> str:
@@ -72,6 +75,7 @@ def check_options(
     callbacks_signed: bool = True,
     tenant: object = None,
     keep_outputs: object = None,
+    on_budget: object = None,
 ) -> JobOptions | None:
     """``callbacks_signed``: the client has ``WAVEQUEUE_CALLBACK_SECRET`` (a backend that
     asks for callbacks verifies them with it): without it, a ``callback_url`` is refused."""
@@ -84,8 +88,10 @@ def check_options(
     checked_callback = _callback_url(problems, callback_url, callbacks_signed)
     checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
     checked_keep = _keep_outputs(problems, keep_outputs)
+    checked_on_budget = _on_budget(problems, OnBudget.WAIT if on_budget is None else on_budget)
     if len(problems) > before:
         return None
+    assert checked_tenant is not None and checked_on_budget is not None
     assert checked_priority is not None and checked_deadline is not None
     return JobOptions(
         priority=checked_priority,
@@ -93,8 +99,9 @@ def check_options(
         metadata=checked_metadata or {},
         idempotency_key=checked_key,
         callback_url=checked_callback,
-        tenant=checked_tenant or DEFAULT_TENANT,
+        tenant=checked_tenant,
         keep_outputs=checked_keep,
+        on_budget=checked_on_budget,
     )
 
 
@@ -112,6 +119,14 @@ def _keep_outputs(problems: dict[str, str], value: object) -> bool | None:
         return value
     problems["keep_outputs"] = f"must be true or false, not {type(value).__name__}"
     return None
+
+
+def _on_budget(problems: dict[str, str], value: object) -> OnBudget | None:
+    try:
+        return OnBudget(value if isinstance(value, str) else "")
+    except ValueError:
+        problems["on_budget"] = "must be 'wait' or 'fail'"
+        return None
 
 
 def _priority(problems: dict[str, str], value: object) -> Priority | None:

@@ -14,6 +14,7 @@ from celery import signals
 
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
+from worker.heartbeat import WorkerHeartbeat
 from worker.reconnect import RestoreHeldMessages
 from worker.run_logs import PER_RUN_LOGGERS
 from worker.settings import Settings
@@ -32,6 +33,8 @@ app = make_app(settings)
 # back to their queue when its consumer reconnects, not after the visibility timeout.
 app.steps["consumer"].add(RestoreHeldMessages)
 app.steps["consumer"].add(UnbufferedTaskEvents)
+# Alive workers are counted from these beats (Flower keeps a killed worker "online").
+app.steps["consumer"].add(WorkerHeartbeat)
 
 __all__ = [
     "PER_RUN_LOGGERS",  # imported for its signal handler: one log line per job

@@ -10,12 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 # Imported for their effects: every process that sends run_job slims its messages
 # (a signal handler), and kombu reuses one redis-py client per channel.
 import worker.kombu_clients
 import worker.messages  # noqa: F401
-from worker.constants import DELIVER_CALLBACK_TASK, QUEUE_CALLBACKS, QUEUE_NORMAL, RUN_JOB_TASK
+from worker.constants import (
+    DELIVER_CALLBACK_TASK,
+    QUEUE_CALLBACKS,
+    QUEUE_NORMAL,
+    RUN_JOB_TASK,
+    WORKER_QUEUES,
+)
 from worker.redis_connection import celery_options
 from worker.settings import Settings
 
@@ -42,6 +49,15 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
         **celery_options(settings)["transport_options"],
     }
+
+
+def declared_queues() -> tuple[Queue, ...]:
+    """Every queue a worker consumes, each with the exchange and routing key of its own
+    name: what celery creates for a queue named on first use (``task_create_missing_queues``)."""
+    return tuple(
+        Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in WORKER_QUEUES
+    )
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -86,7 +102,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # messages back to the queue (kombu restores unacked messages at shutdown).
         "worker_soft_shutdown_timeout": 10.0,
         "worker_enable_soft_shutdown_on_idle": True,
-        # Redis queues are plain lists: naming them is enough (task_create_missing_queues).
+        # Every queue declared: Flower's broker page and /api/queues/length list the
+        # queues of the workers it knows, else these; without them, a Flower started
+        # before the workers (or with none online) never shows wavequeue.high (nor
+        # wavequeue.callbacks). Same exchange and routing key as the queues celery would
+        # create on first use.
+        "task_queues": declared_queues(),
         "task_default_queue": QUEUE_NORMAL,
         "task_routes": {
             RUN_JOB_TASK: {"queue": QUEUE_NORMAL},

@@ -21,6 +21,7 @@ import click
 
 from worker.constants import WORKER_QUEUES
 from worker.errors import ConfigError
+from worker.http_pool import environment_proxy
 from worker.settings import Settings
 
 DEFAULT_POOL = "threads"
@@ -47,7 +48,10 @@ def worker_command(
 ) -> None:
     """Start a worker that runs wavequeue jobs (extra arguments go to `celery worker`)."""
     try:
-        Settings.from_env().check_for_worker()
+        settings = Settings.from_env()
+        settings.check_for_worker()
+        if settings.proxy_from_env:  # a proxy that cannot be used stops the start, not each job
+            environment_proxy(settings.base_url)
     except ConfigError as exc:
         click.echo(f"wavequeue worker: {exc}", err=True)
         sys.exit(78)  # EX_CONFIG

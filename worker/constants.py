@@ -28,6 +28,26 @@ INLINE_KEY: Final = KEY_PREFIX + "inline:{image_id}"
 DAILY_KEY: Final = KEY_PREFIX + "daily:{day}"
 #: How long a day's aggregate is kept: a year and a bit, so a year ago is still there.
 DAILY_TTL: Final = 400 * 24 * 3600
+#: One UTC day's spend (``worker.budgets``), kept by the terminal transition like
+#: ``DAILY_KEY`` (and as long): fields ``<measure>`` for the whole account and
+#: ``<measure>|<tenant>`` per tenant, where a measure is ``billed`` (micro-dollars WaveSpeed
+#: charged for completed jobs), ``images`` and ``jobs`` (billed), or ``unconfirmed``
+#: (micro-dollars of jobs that ended while their prediction may still be billed).
+SPEND_KEY: Final = KEY_PREFIX + "spend:{day}"
+#: Micro-dollars reserved by jobs claimed for submission and not ended yet: ``total`` and
+#: one field per tenant. A reservation is taken in the submit claim and given back (or
+#: turned into ``billed``) by the job's terminal transition.
+RESERVED_KEY: Final = KEY_PREFIX + "spend:reserved"
+#: Daily caps set at run time (``wavequeue budget set``), micro-dollars or ``none`` (no cap):
+#: field ``global``, ``tenant:<name>`` and ``tenant:*`` (every tenant without its own).
+#: They override the settings (WAVEQUEUE_DAILY_BUDGET, WAVEQUEUE_TENANT_BUDGETS).
+BUDGETS_KEY: Final = KEY_PREFIX + "budgets"
+#: Jobs held because a daily cap had no room (``held: budget``), scored by when they may be
+#: woken next; the sweeper (or ``wavequeue budget set``) sends them again when room appears.
+HELD_KEY: Final = KEY_PREFIX + "budget:held"
+#: The account balance as the sweeper last read it (``worker.balance``): ``micros``,
+#: ``checked_at``, ``low`` ("1" while submission is paused for it).
+BALANCE_KEY: Final = KEY_PREFIX + "balance"
 CHAIN_KEY: Final = KEY_PREFIX + "chain:{chain_id}"
 IDEMPOTENCY_KEY: Final = KEY_PREFIX + "idem:{key}"
 #: Recent inference latencies per model (a capped list), used to time the first poll.
@@ -83,6 +103,23 @@ WEBHOOK_SEEN_KEY: Final = KEY_PREFIX + "webhook:seen:{webhook_id}"
 #: Longer than any replay can verify: a signature is good from 300 s before its timestamp
 #: to 300 s after, so 600 s after first sight, plus room for clock skew.
 WEBHOOK_SEEN_TTL: Final = 900
+#: Workers by node name, scored by their last heartbeat (Redis time): the exporter counts
+#: the ones that beat recently, so a page fires when every worker is dead or hung.
+WORKERS_KEY: Final = KEY_PREFIX + "workers"
+#: Seconds between two heartbeats of a worker (Celery's own heartbeat period).
+WORKER_HEARTBEAT_INTERVAL: Final = 2.0
+#: A worker whose last heartbeat is older than this is counted silent (dead or hung):
+#: five missed beats, so one slow Redis round trip does not make it flap.
+WORKER_SILENT_AFTER: Final = 10.0
+#: Silent workers are dropped from ``WORKERS_KEY`` after this long (scaled-down, crashed).
+WORKER_FORGET_AFTER: Final = 3600.0
+
+#: Tenants are short names (``[A-Za-z0-9_.-]``, 1 to 64 characters, starting with a letter
+#: or digit): they become Redis hash fields, members of the fair line (``worker.fairness``)
+#: and Prometheus label values, so nothing else may appear in them (``worker.tenants``).
+TENANT_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: The tenant of a job that names none.
+DEFAULT_TENANT: Final = "default"
 
 #: The one task name producers send by; they never import worker.tasks.
 RUN_JOB_TASK: Final = "wavequeue.run_job"

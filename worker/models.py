@@ -29,11 +29,12 @@ from pydantic_core import PydanticCustomError
 
 # The tenant rules live in worker.tenants (settings read them too); named here as well.
 from worker import tenants
-from worker.constants import QUEUE_HIGH, QUEUE_NORMAL
+from worker.constants import DEFAULT_TENANT, QUEUE_HIGH, QUEUE_NORMAL, TENANT_PATTERN
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
 from worker.inline_images import is_marker
 from worker.limits import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REQUEST_BYTES, megabytes
+from worker.money import usd_to_micros
 
 MODEL_PREFIX = "wavespeed-ai/"
 
@@ -126,11 +127,13 @@ class EndpointKind(StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One WaveSpeed model: ``model`` is the path after ``wavespeed-ai/``."""
+    """One WaveSpeed model: ``model`` is the path after ``wavespeed-ai/``; ``price_micros``
+    what WaveSpeed charges per image it delivers, in micro-dollars (``worker.money``)."""
 
     model: str
     kind: EndpointKind
     request: type[_Request]
+    price_micros: int
 
     @property
     def path(self) -> str:
@@ -138,19 +141,30 @@ class Endpoint:
         return MODEL_PREFIX + self.model
 
 
+#: WaveSpeed's list prices per image (its model pages: FLUX Kontext Pro $0.04, Kontext Max
+#: $0.08; ``num_images`` multiplies). The emulator keeps the same table on its side.
+KONTEXT_PRO_PRICE = usd_to_micros("0.04")
+KONTEXT_MAX_PRICE = usd_to_micros("0.08")
+
 ENDPOINTS: dict[str, Endpoint] = {
     e.model: e
     for e in (
-        Endpoint("flux-kontext-pro", EndpointKind.EDIT, KontextProEdit),
+        Endpoint("flux-kontext-pro", EndpointKind.EDIT, KontextProEdit, KONTEXT_PRO_PRICE),
         Endpoint(
-            "flux-kontext-max/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextMaxTextToImage
+            "flux-kontext-max/text-to-image",
+            EndpointKind.TEXT_TO_IMAGE,
+            KontextMaxTextToImage,
+            KONTEXT_MAX_PRICE,
         ),
-        Endpoint("flux-kontext-max", EndpointKind.EDIT, KontextMaxEdit),
+        Endpoint("flux-kontext-max", EndpointKind.EDIT, KontextMaxEdit, KONTEXT_MAX_PRICE),
         Endpoint(
-            "flux-kontext-pro/text-to-image", EndpointKind.TEXT_TO_IMAGE, KontextProTextToImage
+            "flux-kontext-pro/text-to-image",
+            EndpointKind.TEXT_TO_IMAGE,
+            KontextProTextToImage,
+            KONTEXT_PRO_PRICE,
         ),
-        Endpoint("flux-kontext-pro/multi", EndpointKind.MULTI, KontextMultiEdit),
-        Endpoint("flux-kontext-max/multi", EndpointKind.MULTI, KontextMultiEdit),
+        Endpoint("flux-kontext-pro/multi", EndpointKind.MULTI, KontextMultiEdit, KONTEXT_PRO_PRICE),
+        Endpoint("flux-kontext-max/multi", EndpointKind.MULTI, KontextMultiEdit, KONTEXT_MAX_PRICE),
     )
 }
 
@@ -166,6 +180,25 @@ def get_endpoint(model: str) -> Endpoint:
         known = ", ".join(sorted(ENDPOINTS))
         raise ValidationError({"model": f"unknown model {model!r}; known: {known}"})
     return endpoint
+
+
+def price_of(model: str, images: int) -> int:
+    """What ``images`` images of ``model`` cost, in micro-dollars (0 for a model this
+    version does not know: a record written by a newer one)."""
+    endpoint = ENDPOINTS.get(model.removeprefix(MODEL_PREFIX))
+    return 0 if endpoint is None else endpoint.price_micros * max(0, int(images))
+
+
+Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
+
+
+class OnBudget(StrEnum):
+    """What a job does when a daily budget it counts against has no room for it."""
+
+    #: Wait (``held: budget``) until the day resets or the cap is raised.
+    WAIT = "wait"
+    #: End ``failed`` at once with ``budget_exceeded``.
+    FAIL = "fail"
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
@@ -308,8 +341,7 @@ class JobError(BaseModel):
     message: str
 
 
-#: The tenant of a job or chain that names none (``worker.tenants``).
-DEFAULT_TENANT = tenants.DEFAULT_TENANT
+#: Why a value is not a tenant name (``worker.tenants``), or None.
 tenant_problem = tenants.tenant_problem
 
 
@@ -333,6 +365,23 @@ class JobState(BaseModel):
     priority: Priority = Priority.NORMAL
     #: Images the request asks for (``num_images``): what the rate limiter counts.
     images: int = 1
+    #: Who the job is for: submission slots are shared fairly between tenants with work
+    #: waiting (``worker.fairness``); spend, budgets and figures are counted per tenant.
+    tenant: Tenant = DEFAULT_TENANT
+    #: What to do when a daily budget has no room (``worker.budgets``).
+    on_budget: OnBudget = OnBudget.WAIT
+    #: Micro-dollars: the price list's figure for the images asked for (set when enqueued,
+    #: reserved against the budgets at the submit claim) ...
+    estimated_cost_micros: int | None = None
+    #: ... and what WaveSpeed billed, set when the job ends: the price per image times the
+    #: images delivered when it completed, 0 otherwise (a failed prediction is not billed).
+    cost_micros: int | None = None
+    #: The job ended while a prediction of it may still run (cancelled after its submit,
+    #: timed out, submit outcome unknown): WaveSpeed may bill it; its estimate is counted
+    #: as unconfirmed spend, against the budgets, but not as billed.
+    cost_unconfirmed: bool = False
+    #: Why a live job is not being submitted: ``budget`` while a daily cap has no room.
+    held: str | None = None
     prediction_id: str | None = None
     outputs: list[str] = Field(default_factory=list)
     has_nsfw_contents: list[bool] = Field(default_factory=list)
@@ -355,9 +404,6 @@ class JobState(BaseModel):
     callback_status: int | None = None
     callback_delivered_at: float | None = None
     callback_failed_at: float | None = None
-    #: Who the job is for: submission slots are shared fairly between tenants with work
-    #: waiting (``worker.fairness``), and tenants are counted apart.
-    tenant: str = DEFAULT_TENANT
     #: Copy the outputs to durable storage before the job completes (``worker.keep_outputs``):
     #: True or False as the job asked, None for the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
     keep_outputs: bool | None = None

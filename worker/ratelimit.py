@@ -355,6 +355,26 @@ return fmt(ends)
 )
 
 
+_RESUME_LUA = (
+    _NOW_LUA
+    + """
+-- KEYS[1] state hash; ARGV: reason prefix, now ('' = TIME). Ends the pause now if its
+-- latest reason starts with the prefix (what paused it is over); any other pause stands.
+-- The schedule (and every reserved slot, through `shift`) comes forward by what is cut,
+-- undoing what the pause had moved it back by.
+local s = redis.call('HMGET', KEYS[1], 'paused_until', 'pause_reason', 'tat', 'shift')
+local ends = tonumber(s[1]) or 0
+if ends <= now then return 0 end
+if string.sub(s[2] or '', 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+local cut = ends - now
+redis.call('HSET', KEYS[1], 'paused_until', fmt(now),
+  'tat', fmt(math.max(now, (tonumber(s[3]) or now) - cut)),
+  'shift', fmt((tonumber(s[4]) or 0) - cut))
+return 1
+"""
+)
+
+
 @dataclass(frozen=True)
 class Admission:
     """A job in the line that was given a submission slot: send its message so that it
@@ -441,6 +461,7 @@ class AccountLimiter:
         self.horizon = max(0.0, horizon)
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._pause = client.register_script(_PAUSE_LUA)
+        self._resume = client.register_script(_RESUME_LUA)
         self._client = client
 
     @classmethod
@@ -558,6 +579,13 @@ class AccountLimiter:
             args=[repr(length), reason[:_MAX_REASON_LENGTH], _now_arg(now)],
         )
         return float(ends)
+
+    def resume(self, reason_prefix: str, *, now: float | None = None) -> bool:
+        """End the fleet-wide pause now if the reason it was last extended for starts with
+        ``reason_prefix`` (the low-balance pause, once the balance is back); a pause for
+        anything else (a 429) runs its course. True when a pause was ended."""
+        ended = self._resume(keys=[RATE_BUCKET_KEY], args=[reason_prefix, _now_arg(now)])
+        return bool(int(ended))
 
     def paused_until(self) -> float:
         """Redis time (Unix seconds) the fleet-wide pause ends; 0.0 if never paused. A gauge

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import redis
 
 from worker.admission import Send, admit_waiting, send_admitted
+from worker.budgets import BUDGET_EXCEEDED, Budgets
 from worker.clock import Clock
 from worker.constants import PREDICTION_OWNER_KEY
 from worker.errors import (
@@ -56,7 +57,7 @@ from worker.fairness import line_member
 from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
 from worker.keep_outputs import CopyError, OutputKeeper
 from worker.latency import LatencyProfiles
-from worker.models import JobState, JobStatus, image_reference_problems
+from worker.models import JobState, JobStatus, OnBudget, image_reference_problems, price_of
 from worker.ratelimit import AccountLimiter, Admission
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
@@ -69,7 +70,15 @@ from worker.settle import (
     Settler,
     Tally,
 )
-from worker.store import Claim, JobSnapshot, JobStore, Moved, counter_field
+from worker.store import (
+    NOT_BILLED,
+    Budget,
+    Claim,
+    JobSnapshot,
+    JobStore,
+    Moved,
+    counter_field,
+)
 from worker.wavespeed import Prediction, failure_of
 from worker.webhooks.urls import callback_url
 
@@ -132,7 +141,11 @@ class Deferred:
 class Parked:
     """No submission slot now: the job waits in the fair line (``worker.fairness``) with no
     message, until the limiter gives it a slot and whoever made that call sends it again.
-    A line of thousands costs nothing while it waits."""
+    A line of thousands costs nothing while it waits. Or held for a daily budget
+    (``reason="budget"``): it waits in ``HELD_KEY`` the same way, until room appears
+    (``worker.budgets.wake_held``)."""
+
+    reason: str = "in_flight"
 
 
 Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
@@ -189,6 +202,8 @@ class JobRunner:
             keeps=self.keeper.wants,
             persist_retry_for=settings.persist_retry_for,
         )
+        #: The daily budgets the submit claim checks (``worker.budgets``).
+        self.budgets = Budgets(store.client, settings, clock=self.clock)
         #: With webhooks on: the key that MACs each job's callback URL.
         self.webhook_url_key = (
             settings.require_webhook_url_key() if settings.webhooks_enabled else None
@@ -337,6 +352,17 @@ class JobRunner:
                 ),
             )
         time_left = state.deadline_at - now
+        cost = price_of(state.model, state.images)
+        if self.budgets.may_bind():
+            # Asked before the limiter: a job the budgets would refuse must not take a
+            # slot of the rate schedule (thousands of them would delay everyone else).
+            checked = self.store.transition(
+                state.id,
+                expect={"prediction_id": "", "submit_token": ""},
+                budget=self._budget(snap, cost, "check", now),
+            )
+            if checked is not Moved.WITHIN_BUDGET:
+                return self._refused_by_budget(snap, checked, cost)
         permit = self.limiter.acquire(
             state.id,
             images=state.images,
@@ -360,9 +386,30 @@ class JobRunner:
             wait = permit.wait + self.rng.uniform(0, 0.25)
             wait = min(wait, self.settings.retry_max_delay, time_left)
             return self._reschedule_submit(snap, wait, "rate_limit", tally)
-        return self._claim_and_send(snap, now)
+        return self._claim_and_send(snap, now, cost)
 
-    def _claim_and_send(self, snap: JobSnapshot, now: float) -> Outcome:
+    def _budget(self, snap: JobSnapshot, cost: int, mode: str, now: float) -> Budget:
+        hold_until = min(snap.state.deadline_at, now + PARK_HORIZON)
+        return self.budgets.budget(snap.state.tenant, cost, mode=mode, hold_until=hold_until)
+
+    def _refused_by_budget(self, snap: JobSnapshot, verdict: Moved, cost: int) -> Outcome:
+        """A budget check or claim that did not go through: held (the store parked the
+        job, with no message), to fail now (the job asked), or moved on meanwhile."""
+        state = snap.state
+        if verdict is Moved.HELD:
+            self.store.count("jobs_held", reason="budget", tenant=state.tenant)
+            if state.held is None:  # once per hold, not at every wake that finds no room
+                why = self.budgets.status(state.tenant).describe(cost)
+                log.info("job %s held: %s", state.id, why)
+            return Parked(reason="budget")
+        if verdict is Moved.OVER_BUDGET:
+            why = self.budgets.status(state.tenant).describe(cost)
+            message = f"{why} (on_budget={OnBudget.FAIL.value}: not waiting)"
+            expect = {"prediction_id": "", "submit_token": ""}
+            return self._fail(snap, expect, BUDGET_EXCEEDED, message, billing=NOT_BILLED)
+        return Duplicate(f"budget check not applied ({verdict.name.lower()})")
+
+    def _claim_and_send(self, snap: JobSnapshot, now: float, cost: int) -> Outcome:
         """With a permit: take the right to POST (compare-and-set), check the request
         once more, and send it."""
         state = snap.state
@@ -381,7 +428,12 @@ class JobRunner:
             increments={"attempts": 1},
             # Never submit past the deadline, however long the limiter or the queue took.
             live_at=self.clock(),
+            # The job's estimate is reserved against the daily budgets, or it is held.
+            budget=self._budget(snap, cost, "reserve", now),
         )
+        if claimed in (Moved.HELD, Moved.OVER_BUDGET):
+            self.limiter.release(state.id)  # the slot just taken is nobody's
+            return self._refused_by_budget(snap, claimed, cost)
         if not claimed or request is None:
             return self._not_claimed(state.id, claimed)
         # The URL rule again, with this worker's setting, before anything is sent on.
@@ -392,7 +444,9 @@ class JobRunner:
             self.limiter.release(state.id)
             reasons = "; ".join(f"{field}: {why}" for field, why in problems.items())
             message = f"refused before submitting: {reasons}"
-            return self._fail(snap, {"submit_token": token}, INVALID_INPUT, message)
+            return self._fail(
+                snap, {"submit_token": token}, INVALID_INPUT, message, billing=NOT_BILLED
+            )
         # The claim changed only bookkeeping this run does not read again: no re-read.
         return self._send(snap, token, request.input)
 
@@ -426,9 +480,11 @@ class JobRunner:
         except TransientError as exc:
             # Provably not created (refused, 503): give the token and slot back.
             self.limiter.release(state.id)
-            return self._error_retry(snap, exc, poll_seq=0, token=token)
+            return self._error_retry(snap, exc, poll_seq=0, token=token, billing=NOT_BILLED)
         except PermanentError as exc:
-            return self._fail(snap, {"submit_token": token}, exc.code, exc.message)
+            # Refused (4xx): nothing was created, nothing is billed.
+            expect = {"submit_token": token}
+            return self._fail(snap, expect, exc.code, exc.message, billing=NOT_BILLED)
         now = self.clock()
         due = now + delay
         moved = self._write_until(
@@ -592,7 +648,9 @@ class JobRunner:
         """WaveSpeed says the prediction failed on its side (5xxx): a new one is safe."""
         expect = {"prediction_id": prediction.id}
         if self._budget_spent(snap):
-            return self._fail(snap, expect, failure.code, failure.message, tally=polled)
+            return self._fail(
+                snap, expect, failure.code, failure.message, tally=polled, billing=NOT_BILLED
+            )
         delay = self._error_delay(snap, failure)
         tally = polled + self._error_tally(snap)
         reset = self.store.transition(
@@ -740,16 +798,19 @@ class JobRunner:
         poll_seq: int,
         token: str | None = None,
         tally: _Tally = _NOTHING,
+        billing: str = "",
     ) -> Outcome:
         """Retry after an error, on the job's own budget. ``token``: the submit right this
         run holds, given back with the same write (the POST provably created nothing, or
-        the policy allows a new one)."""
+        the policy allows a new one). ``billing``: what giving up would mean for the bill
+        (``NOT_BILLED`` when the POST provably created nothing; by default the store
+        judges from the record)."""
         if self._budget_spent(snap):
             message = f"gave up after {self.settings.retry_budget} error retries: {exc.message}"
             expect = {"prediction_id": snap.field("prediction_id")}
             if token is not None:
                 expect["submit_token"] = token
-            return self._fail(snap, expect, exc.code, message, tally=tally)
+            return self._fail(snap, expect, exc.code, message, tally=tally, billing=billing)
         delay = self._error_delay(snap, exc)
         used = int(snap.number("error_retries"))
         log.warning("job %s: %s; retry %d in %.1fs", snap.state.id, exc.message, used + 1, delay)
@@ -828,8 +889,9 @@ class JobRunner:
         status: JobStatus = JobStatus.FAILED,
         *,
         tally: _Tally = _NOTHING,
+        billing: str = "",
     ) -> Outcome:
-        return self.settler.end(snap, expect, code, message, status, tally=tally)
+        return self.settler.end(snap, expect, code, message, status, tally=tally, billing=billing)
 
     def _time_out(self, snap: JobSnapshot) -> Outcome:
         if self.clock() < snap.state.deadline_at:

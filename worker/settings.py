@@ -1,7 +1,10 @@
 """Every knob of wavequeue, read from the environment in one place.
 
 ``Settings.from_env()`` is the only reader of ``os.environ`` in the project;
-everything else receives a ``Settings``. The API key is a ``SecretStr`` so that
+everything else receives a ``Settings``. The proxy variables are the exception: they
+say only ``proxy_from_env`` here, and ``worker.http_pool`` (WaveSpeed calls) and
+requests (callbacks) read the rest, so that proxy credentials never sit in a
+``Settings``. The API key is a ``SecretStr`` so that
 printing, logging or repr-ing a ``Settings`` never shows it.
 """
 
@@ -24,6 +27,7 @@ from pydantic import (
 )
 
 from worker.errors import ConfigError
+from worker.money import parse_tenant_amounts, usd_to_micros
 from worker.redis_urls import check_redis_url
 from worker.tenants import parse_weights
 
@@ -88,10 +92,14 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_PERSIST_RETRY_BASE_DELAY": "persist_retry_base_delay",
     "WAVEQUEUE_PERSIST_RETRY_MAX_DELAY": "persist_retry_max_delay",
     "WAVEQUEUE_PERSIST_RETRY_FOR": "persist_retry_for",
+    "WAVEQUEUE_DAILY_BUDGET": "daily_budget_micros",
+    "WAVEQUEUE_TENANT_BUDGETS": "tenant_budgets_micros",
+    "WAVEQUEUE_LOW_BALANCE": "low_balance_micros",
+    "WAVEQUEUE_BALANCE_CHECK_INTERVAL": "balance_check_interval",
 }
 
-#: The proxy variables requests honours; when none is set, WaveSpeed calls skip
-#: reading the environment on every request.
+#: The standard proxy variables; when none is set at start, WaveSpeed calls and
+#: callbacks connect directly and nothing reads proxy settings from the environment.
 PROXY_VARS = tuple(
     name for base in ("https_proxy", "http_proxy", "all_proxy") for name in (base, base.upper())
 )
@@ -179,9 +187,10 @@ class Settings(BaseModel):
     #: Celery task events from the start. Off by default: they cost a Redis PUBLISH and
     #: CPU per run, and Flower turns them on by itself while it watches.
     task_events: bool = False
-    #: Whether requests may read proxy settings from the environment for WaveSpeed
-    #: calls. ``from_env`` sets it when a standard proxy variable is set; otherwise
-    #: the session skips requests' per-call environment and .netrc lookups.
+    #: Whether outgoing HTTP may go through a proxy named in the environment: WaveSpeed
+    #: calls (``worker.http_pool`` reads the variables once, at start) and callbacks
+    #: (requests' ``trust_env``). ``from_env`` sets it when a standard proxy variable is
+    #: set; it holds no proxy URL, so proxy credentials never sit in ``Settings``.
     proxy_from_env: bool = False
     #: The producer publishes Celery's ``task-sent`` event for every job it enqueues (a
     #: monitor then sees jobs from the moment they are queued); off, one Redis PUBLISH per
@@ -318,6 +327,37 @@ class Settings(BaseModel):
             raise ValueError(str(exc)) from None
         return value
 
+    # Cost and budgets (worker.budgets, worker.balance). The environment gives US dollars
+    # ("250", "12.50"); the fields hold whole micro-dollars (an int is taken as such).
+    #: The whole account's daily cap (UTC day); unset, no cap.
+    daily_budget_micros: int | None = None
+    #: Per-tenant daily caps, ``acme=50,beta=12.50``; ``*=5`` caps every tenant that has no
+    #: cap of its own. ``wavequeue budget set`` overrides them at run time.
+    tenant_budgets_micros: dict[str, int] = Field(default_factory=dict)
+    #: Below this account balance (read by the sweeper), submission pauses fleet-wide;
+    #: unset, the balance is not read.
+    low_balance_micros: int | None = None
+    #: How often the sweeper reads the account balance (s).
+    balance_check_interval: float = Field(60.0, ge=1.0)
+
+    @field_validator("daily_budget_micros", "low_balance_micros", mode="before")
+    @classmethod
+    def _amount(cls, value: object) -> object:
+        if value is None:
+            return None
+        plain_int = isinstance(value, int) and not isinstance(value, bool)
+        micros = int(value) if plain_int else usd_to_micros(value)  # type: ignore[call-overload]
+        if micros < 0:
+            raise ValueError("must not be negative")
+        return micros
+
+    @field_validator("tenant_budgets_micros", mode="before")
+    @classmethod
+    def _tenant_amounts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return parse_tenant_amounts(value)
+
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.poll_max_interval < self.poll_min_interval:
@@ -373,6 +413,18 @@ class Settings(BaseModel):
         return max(self.poll_max_interval, self.retry_max_delay, self.first_poll_default)
 
     @property
+    def longest_hold(self) -> float:
+        """The longest a healthy worker holds a message it took: its countdown, then one run.
+        The visibility timeout must exceed it; an unacked message older than this is held
+        by a worker that is hung or dead (the exporter exports it for that alert)."""
+        return self.longest_countdown + self.task_time_limit
+
+    @property
+    def sweeper_interval(self) -> float:
+        """Seconds between sweeper passes: a tenth of the visibility timeout, 1 s to 30 s."""
+        return max(1.0, min(30.0, self.visibility_timeout / 10))
+
+    @property
     def submit_lease(self) -> float:
         """How long the right to send a submit POST lasts before another copy may judge
         the POST's outcome unknown. The threads pool does not enforce Celery's time
@@ -383,7 +435,7 @@ class Settings(BaseModel):
     def validate_timings(self) -> None:
         """Refuse timings that would let kombu redeliver held countdowns, or let a submit
         POST outlive its lease."""
-        needed = self.longest_countdown + self.task_time_limit
+        needed = self.longest_hold
         if self.visibility_timeout <= needed:
             raise ConfigError(
                 f"WAVEQUEUE_VISIBILITY_TIMEOUT={self.visibility_timeout:g}s must exceed the "

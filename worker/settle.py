@@ -24,9 +24,9 @@ from typing import Any, Literal
 from worker.clock import Clock
 from worker.constants import COUNTERS_KEY, LATENCY_BUCKETS, POLL_COUNT_BUCKETS
 from worker.errors import TransientError
-from worker.models import JobError, JobState, JobStatus
+from worker.models import JobError, JobState, JobStatus, price_of
 from worker.outside_text import printable
-from worker.store import Effect, JobSnapshot, JobStore, counter_field
+from worker.store import NOT_BILLED, Effect, JobSnapshot, JobStore, counter_field
 from worker.wavespeed import Prediction, failure_of
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class Settler:
             failure.message,
             tally=tally,
             path=path,
+            # WaveSpeed bills completed predictions only (see the README, "Cost").
+            billing=NOT_BILLED,
         )
 
     def complete(
@@ -137,6 +139,8 @@ class Settler:
             "has_nsfw_contents": prediction.has_nsfw_contents,
             "inference_ms": prediction.inference_ms,
             "completed_at": now,
+            # Billed per image delivered, at the price list's figure for the model.
+            "cost_micros": price_of(state.model, len(prediction.outputs)),
         }
         polls = state.polls + tally.increments.get("polls", 0)
         finished = state.model_copy(update={**updates, "polls": polls})
@@ -148,7 +152,10 @@ class Settler:
             updates={k: v.value if isinstance(v, JobStatus) else v for k, v in updates.items()},
             increments=tally.increments,
             count=tally.count,
-            count_if_applied=[counter_field("jobs_completed", model=state.model)],
+            count_if_applied=[
+                counter_field("jobs_completed", model=state.model),
+                counter_field("jobs_ended", model=state.model, outcome="completed"),
+            ],
             # The completion's bookkeeping, in the same step: counted once, one round trip.
             effects=[
                 *self._completion_effects(finished, prediction, now),
@@ -182,6 +189,9 @@ class Settler:
             "has_nsfw_contents": prediction.has_nsfw_contents,
             "inference_ms": prediction.inference_ms,
             "prediction_completed_at": now,
+            # Billed now, when WaveSpeed completed it: the store bills the write that first
+            # records a completed prediction's cost, whatever status it moves to.
+            "cost_micros": price_of(state.model, len(prediction.outputs)),
             "persist_give_up_at": now + self.persist_retry_for,
             # The copy starts at once; if that run dies, the sweeper sends the job again.
             "next_run_at": now,
@@ -226,8 +236,8 @@ class Settler:
             updates["persist_error"] = ""
             kept = counter_field("outputs_kept", model=state.model)
         else:
-            error = JobError(code="persist_failed", message=given_up)
-            updates["persist_error"] = error.model_dump()
+            # Not a job failure (the job completes): its own field, never ``error``.
+            updates["persist_error"] = {"code": "persist_failed", "message": given_up}
             kept = counter_field("outputs_not_kept", model=state.model)
         finished = state.model_copy(
             update={
@@ -240,7 +250,11 @@ class Settler:
             state.id,
             expect={"status": JobStatus.PERSISTING.value},
             updates=updates,
-            count_if_applied=[counter_field("jobs_completed", model=state.model), kept],
+            count_if_applied=[
+                counter_field("jobs_completed", model=state.model),
+                counter_field("jobs_ended", model=state.model, outcome="completed"),
+                kept,
+            ],
             effects=self._job_completion_effects(finished, now),
         )
         if not done:
@@ -265,9 +279,11 @@ class Settler:
         *,
         tally: Tally = NOTHING,
         path: Path | None = None,
+        billing: str = "",
     ) -> Finished | Duplicate:
         """End the job ``failed`` (or ``timed_out``) if ``expect`` still holds. ``path``:
-        set when a prediction's failure ends it (counted by completion path)."""
+        set when a prediction's failure ends it (counted by completion path). ``billing``:
+        whether WaveSpeed may still bill it (``store.transition``'s rule by default)."""
         state = snap.state
         # The message may quote WaveSpeed (a poll's answer or a callback's body) or the
         # request: one printable line, capped, before it is stored and logged.
@@ -277,6 +293,8 @@ class Settler:
             ending = counter_field("jobs_timed_out", model=state.model)
         else:
             ending = counter_field("jobs_failed", model=state.model, code=str(error.code))
+        # Every ending by outcome in one counter: the denominator of failure ratios.
+        ended = counter_field("jobs_ended", model=state.model, outcome=status.value)
         now = self.clock()
         polls = state.polls + tally.increments.get("polls", 0)
         updates: dict[str, Any] = {
@@ -292,15 +310,22 @@ class Settler:
             updates=updates,
             increments=tally.increments,
             count=tally.count,
-            count_if_applied=[ending],
+            count_if_applied=[ending, ended],
             effects=self._path_effects(path, polls) if path else (),
+            billing=billing,
         )
         if not done:
             return Duplicate(f"{status.value} not applied ({done.name.lower()})")
         log.warning("job %s %s: [%s] %s", state.id, status.value, error.code, message)
         return Finished(
             state.model_copy(
-                update={"status": status, "error": error, "completed_at": now, "polls": polls}
+                update={
+                    "status": status,
+                    "error": error,
+                    "completed_at": now,
+                    "polls": polls,
+                    "cost_micros": 0,
+                }
             ),
             ended_here=True,
         )

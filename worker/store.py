@@ -16,7 +16,13 @@ script that, atomically,
    publishes it on the job's ``JOB_EVENT_CHANNEL``, and the counters that must count each
    job once (completed, failed, timed out) are bumped in the same step, as is the
    day's aggregate (``DAILY_KEY``: jobs by status and model, images delivered,
-   inference milliseconds), which is kept long after the record expires.
+   inference milliseconds), which is kept long after the record expires; so is what the
+   job cost (``SPEND_KEY``, per tenant: billed for a completion, unconfirmed for an
+   ending while its prediction may still run), and its budget reservation is given back.
+
+Budgets (``worker.budgets``): the submit claim passes a ``Budget``; the script checks the
+day's caps and reserves the job's estimate in the same step as the claim, or holds the
+job (``held: budget``, ``HELD_KEY``) and writes nothing else.
 
 The status machine (``MOVES``) is defined here, once, and baked into the Lua::
 
@@ -65,6 +71,8 @@ Bookkeeping fields:
 - ``ended_by``: "webhook" when a WaveSpeed callback ended the job (the receiver then
   continued its chain, so the job's own pending message must not).
 - ``chain_callback``: "1" on the steps of a chain that has a ``callback_url``.
+- ``reserved_micros``: the estimate this job reserved against the daily budgets at its
+  submit claim (kept while it resubmits; given back by its ending).
 - ``callback_token`` / ``callback_lease_until``: who holds the right to POST the callback,
   and until when; ``callback_due_at``: the next attempt's time; ``callback_first_at``:
   the first attempt's (the retry window counts from it); ``callback_for``: the ending the
@@ -89,6 +97,7 @@ from redis.commands.core import Script
 
 from worker.clock import Clock, RedisClock
 from worker.constants import (
+    BUDGETS_KEY,
     CALLBACK_SEND_GRACE,
     CALLBACKS_KEY,
     CHAIN_KEY,
@@ -96,7 +105,9 @@ from worker.constants import (
     DAILY_KEY,
     DAILY_TTL,
     DEADLINES_KEY,
+    DEFAULT_TENANT,
     DUE_POLLS_KEY,
+    HELD_KEY,
     HISTOGRAM_KEY,
     IDEMPOTENCY_KEY,
     IN_FLIGHT_KEY,
@@ -110,6 +121,8 @@ from worker.constants import (
     PREDICTION_OWNER_KEY,
     QUARANTINE_KEY,
     REQUEST_KEY,
+    RESERVED_KEY,
+    SPEND_KEY,
     TENANT_LIVE_KEY,
 )
 from worker.errors import JobNotFoundError, UnreadableRecordError
@@ -118,7 +131,6 @@ from worker.inline_images import INLINE_FIELD, split_inline
 from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
 from worker.settings import Settings
-from worker.tenants import DEFAULT_TENANT
 
 #: State fields stored as JSON (everything else is a plain string; absent means unset).
 _JSON_FIELDS = frozenset(
@@ -136,11 +148,13 @@ _NUMERIC_BOOKKEEPING = (
 #: Values a new record does not store: absent reads back as the default.
 _DEFAULTS = {
     "priority": "normal",
+    "tenant": DEFAULT_TENANT,
+    "on_budget": "wait",
+    "cost_unconfirmed": "0",
     "images": "1",
     "attempts": "0",
     "polls": "0",
     "callback_attempts": "0",
-    "tenant": DEFAULT_TENANT,
     "persist_attempts": "0",
 }
 #: JobRecord fields that are not the job's state (``encode_state``).
@@ -178,21 +192,27 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 _TRANSITION_LUA = """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
 --       7 live counts, 8 today's aggregate, 9 the fair line's index, 10 the fair line,
---       11 due polls, 12 callbacks outbox, 13 live counts per tenant, 14 line depth per
---       tenant, 15 round-robin credit, 16.. keys of the side effects, then the claimed key
+--       11 due polls, 12 callbacks outbox, 13 today's spend, 14 reservations, 15 run-time
+--       caps, 16 held jobs, 17 live counts per tenant, 18 line depth per tenant,
+--       19 round-robin credit, 20.. keys of the side effects, then the claimed key (if any)
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
 --       13 when the deferred poll is due ('' = its message is sent by the caller),
 --       14 live at ('' = any time: else refused when the deadline is at or before it),
 --       15 when the sweeper sends a new ending's callback if nobody did,
---       16 claim ('' = none): [key index, value, TTL]
+--       16 claim ('' = none): [key index, value, TTL],
+--       17 budget ('' = none): {mode = reserve | check, amount, caps = [global, tenant, any
+--          tenant] from the settings (-1 = none), hold_until, now},
+--       18 billing of an ending that is not a completion ('' = unconfirmed if a prediction
+--          exists or a submit is claimed, else none; 'none'; 'unconfirmed')
 local MOVES = __MOVES__
 local TERMINAL = __TERMINAL__
 -- One read of every field this call looks at (the idempotency mark, the status, the
 -- model for the live counts, the deadline, what a callback needs, the expected fields).
 local names = {'last_write', 'status', 'model', 'deadline_at', 'callback_url', 'chain_callback',
-               'chain_id', 'tenant'}
+               'chain_id', 'tenant', 'reserved_micros', 'prediction_id', 'submit_token',
+               'on_budget', 'estimated_cost_micros', 'held', 'cost_micros'}
 local FIXED = #names
 local expected = {}
 for field, want in pairs(cjson.decode(ARGV[1])) do
@@ -233,6 +253,50 @@ if ARGV[16] ~= '' then
   local holder = redis.call('GET', KEYS[claim[1]])
   if holder and holder ~= claim[2] then return -6 end
 end
+local tenant = got[8] or 'default'
+local function num(x) return tonumber(x) or 0 end
+-- The daily budgets, checked (and the job's estimate reserved) in the same step as the
+-- submit claim, so workers racing for the last dollars cannot all get them.
+local reserve = nil
+if ARGV[17] ~= '' then
+  local budget = cjson.decode(ARGV[17])
+  -- A job that holds a reservation (a new prediction after a remote failure) has paid.
+  if got[9] then
+    if budget.mode == 'check' then return 2 end
+  else
+    local rt = redis.call('HMGET', KEYS[15], 'global', 'tenant:' .. tenant, 'tenant:*')
+    local function pick(runtime, setting)
+      if runtime then
+        if runtime == 'none' then return -1 end
+        return tonumber(runtime)
+      end
+      if setting >= 0 then return setting end
+      return nil
+    end
+    local gcap = pick(rt[1], budget.caps[1]) or -1
+    local tcap = pick(rt[2], budget.caps[2])
+    if tcap == nil then tcap = pick(rt[3], budget.caps[3]) or -1 end
+    local amount = budget.amount
+    local over = false
+    if gcap >= 0 or tcap >= 0 then  -- no cap at all: nothing to read
+      local spent = redis.call('HMGET', KEYS[13], 'billed', 'unconfirmed', 'billed|' .. tenant,
+                               'unconfirmed|' .. tenant)
+      local held = redis.call('HMGET', KEYS[14], 'total', tenant)
+      over = (gcap >= 0 and num(spent[1]) + num(spent[2]) + num(held[1]) + amount > gcap)
+        or (tcap >= 0 and num(spent[3]) + num(spent[4]) + num(held[2]) + amount > tcap)
+    end
+    if over then
+      if got[12] == 'fail' then return -8 end
+      -- Held: no message until room appears (the sweeper, or a raised cap, sends it).
+      redis.call('HSET', KEYS[1], 'held', 'budget', 'next_run_at', budget.hold_until)
+      redis.call('ZADD', KEYS[5], budget.hold_until, ARGV[8])
+      redis.call('ZADD', KEYS[16], budget.now, ARGV[8])
+      return -7
+    end
+    if budget.mode == 'check' then return 2 end
+    reserve = amount
+  end
+end
 local flat = {'last_write', ARGV[9]}
 local empty = {}
 for field, value in pairs(updates) do
@@ -248,14 +312,53 @@ for field, amount in pairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', KEYS[1], field, amount)
 end
 if ARGV[10] ~= '' then redis.call('SET', KEYS[2], ARGV[10], 'KEEPTTL') end
+if reserve then
+  redis.call('HINCRBY', KEYS[14], 'total', reserve)
+  redis.call('HINCRBY', KEYS[14], tenant, reserve)
+  redis.call('HSET', KEYS[1], 'reserved_micros', reserve, 'estimated_cost_micros', reserve)
+  if got[14] then
+    redis.call('HDEL', KEYS[1], 'held')
+    redis.call('ZREM', KEYS[16], ARGV[8])
+  end
+end
 if claim then redis.call('SET', KEYS[claim[1]], claim[2], 'EX', claim[3]) end
+-- What the job cost, counted once. The write that records a completed prediction's cost
+-- (``cost_micros``, the first time) bills it to today's spend and gives the job's
+-- reservation back, whatever status it moves to.
+local labels = '|model=' .. (got[3] or '') .. '|tenant=' .. tenant
+-- The day's spend outlives the records; its TTL is set when its first total is written.
+local function add(measure, amount)
+  if redis.call('HINCRBY', KEYS[13], measure, amount) == amount then
+    redis.call('EXPIRE', KEYS[13], ARGV[12])
+  end
+  redis.call('HINCRBY', KEYS[13], measure .. '|' .. tenant, amount)
+end
+local function give_back()
+  local reserved = tonumber(got[9])
+  if reserved then
+    redis.call('HINCRBY', KEYS[14], 'total', -reserved)
+    redis.call('HINCRBY', KEYS[14], tenant, -reserved)
+    redis.call('HDEL', KEYS[1], 'reserved_micros')
+  end
+end
+local billed_now = false
+local cost = tonumber(updates['cost_micros'])
+if cost and cost > 0 and not got[15] then
+  give_back()
+  local images = (updates['outputs'] or '') ~= '' and #cjson.decode(updates['outputs']) or 0
+  add('billed', cost)
+  add('images', images)
+  add('jobs', 1)
+  redis.call('HINCRBY', KEYS[6], 'spend_micros' .. labels, cost)
+  redis.call('HINCRBY', KEYS[6], 'images_billed' .. labels, images)
+  billed_now = true
+end
 if new and new ~= status then
   local model = got[3] or ''
-  local tenant = got[8] or 'default'
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
-  redis.call('HINCRBY', KEYS[13], status .. '|' .. tenant, -1)
+  redis.call('HINCRBY', KEYS[17], status .. '|' .. tenant, -1)
   if not TERMINAL[new] then
-    redis.call('HINCRBY', KEYS[13], new .. '|' .. tenant, 1)
+    redis.call('HINCRBY', KEYS[17], new .. '|' .. tenant, 1)
     -- Completed at WaveSpeed; its outputs are being copied: no deadline can time it out.
     if new == 'persisting' then redis.call('ZREM', KEYS[4], ARGV[8]) end
   else
@@ -285,9 +388,9 @@ if new and TERMINAL[new] then
     redis.call('HDEL', KEYS[9], ARGV[8])
     if redis.call('ZREM', KEYS[10], member) == 1 then
       local waiting_tenant = string.match(member, '^([^|]+)|')
-      if redis.call('HINCRBY', KEYS[14], waiting_tenant, -1) <= 0 then
-        redis.call('HDEL', KEYS[14], waiting_tenant)
-        redis.call('HDEL', KEYS[15], waiting_tenant)
+      if redis.call('HINCRBY', KEYS[18], waiting_tenant, -1) <= 0 then
+        redis.call('HDEL', KEYS[18], waiting_tenant)
+        redis.call('HDEL', KEYS[19], waiting_tenant)
       end
     end
   end
@@ -297,6 +400,28 @@ if new and TERMINAL[new] then
   if got[5] then redis.call('ZADD', KEYS[12], 'NX', ARGV[15], 'job:' .. ARGV[8]) end
   if got[6] == '1' and got[7] then
     redis.call('ZADD', KEYS[12], 'NX', ARGV[15], 'chain:' .. got[7])
+  end
+  if got[14] then
+    redis.call('ZREM', KEYS[16], ARGV[8])
+    redis.call('HDEL', KEYS[1], 'held')
+  end
+  -- A job that ends without a bill: its reservation back, its cost 0, and its estimate
+  -- counted as unconfirmed when WaveSpeed may still bill it (its prediction may run).
+  if not billed_now then
+    give_back()
+    if not got[15] and not updates['cost_micros'] then
+      redis.call('HSET', KEYS[1], 'cost_micros', '0')
+      local billing = ARGV[18]
+      if billing == '' then
+        billing = (got[10] or got[11]) and 'unconfirmed' or 'none'
+      end
+      local amount = tonumber(got[9]) or num(got[13])
+      if billing == 'unconfirmed' and amount > 0 then
+        add('unconfirmed', amount)
+        redis.call('HINCRBY', KEYS[6], 'spend_unconfirmed_micros' .. labels, amount)
+        redis.call('HSET', KEYS[1], 'cost_unconfirmed', '1')
+      end
+    end
   end
 else
   if updates['next_run_at'] then redis.call('ZADD', KEYS[5], updates['next_run_at'], ARGV[8]) end
@@ -359,6 +484,14 @@ class Moved(IntEnum):
     PAST_DEADLINE = -5
     #: The key the write claims (``Claim``) is held by another job.
     CLAIMED = -6
+    #: A daily budget has no room for the job: nothing written but its hold (``held:
+    #: budget``, in ``HELD_KEY``, next run at the ``Budget``'s ``hold_until``).
+    HELD = -7
+    #: A daily budget has no room and the job asked to fail then (``on_budget=fail``):
+    #: nothing written.
+    OVER_BUDGET = -8
+    #: ``Budget(mode="check")``: the budgets have room for the job; nothing written.
+    WITHIN_BUDGET = 2
 
     def __bool__(self) -> bool:
         return self is Moved.APPLIED
@@ -684,6 +817,39 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The daily budgets, for a ``transition()`` that claims a submit (``mode="reserve"``:
+    the job's ``amount`` is reserved with the write, or the write is refused and the job
+    held) or asks first (``mode="check"``: nothing is written unless the job is held).
+    ``caps`` are the settings' global, tenant and any-tenant caps in micro-dollars (-1:
+    none); caps set at run time (``BUDGETS_KEY``) take precedence. A held job's next run
+    is due at ``hold_until`` (the sweeper's re-send, should no wake come)."""
+
+    mode: str
+    amount: int
+    caps: tuple[int, int, int]
+    hold_until: float
+
+    def to_json(self, now: float) -> str:
+        return json.dumps(
+            {
+                "mode": self.mode,
+                "amount": int(self.amount),
+                "caps": [int(cap) for cap in self.caps],
+                "hold_until": self.hold_until,
+                "now": now,
+            }
+        )
+
+
+#: ``transition(billing=)`` for an ending that WaveSpeed provably did not bill (its
+#: prediction failed, or the submit was refused before anything was created) ...
+NOT_BILLED = "none"
+#: ... and for one it may still bill (its prediction may complete after the job ended).
+MAYBE_BILLED = "unconfirmed"
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """A message to push on a list (a Celery queue) in the same atomic step that creates a
     record, only if it creates it: the store does not read it, it only places it."""
@@ -899,6 +1065,20 @@ class JobStore:
             snap.number(name)  # a corrupt one is UnreadableRecordError now, not mid-decision
         return snap
 
+    def snapshots(self, job_ids: Sequence[str]) -> list[JobSnapshot | None]:
+        """``snapshot`` of each job in one round trip; None where a record is missing or
+        this version cannot read it (the sweeper's rules deal with those)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(JOB_KEY.format(job_id=job_id))
+        found: list[JobSnapshot | None] = []
+        for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
+            try:
+                found.append(JobSnapshot(decode_state(raw, job_id), raw) if raw else None)
+            except UnreadableRecordError:
+                found.append(None)
+        return found
+
     def prediction_owner(self, prediction_id: str) -> str | None:
         """The job that claimed ``prediction_id`` (``PREDICTION_OWNER_KEY``), if any."""
         owner = self.client.get(PREDICTION_OWNER_KEY.format(prediction_id=prediction_id))
@@ -999,6 +1179,8 @@ class JobStore:
         live_at: float | None = None,
         defer_until: float | None = None,
         claim: Claim | None = None,
+        budget: Budget | None = None,
+        billing: str = "",
     ) -> Moved:
         """Apply ``updates``/``increments`` iff the record is live, every ``expect`` field
         matches, the status change (if any) is one ``MOVES`` allows and ``claim``'s key
@@ -1013,7 +1195,18 @@ class JobStore:
         ``next_run_at``/``deadline_at`` also updates the sweeper's indexes; a move into a
         terminal status expires, unindexes and announces the record. ``defer_until``: the
         caller sends no message for the job's next poll; it goes into ``DUE_POLLS_KEY`` with
-        this score, for a dispatcher (``claim_due_polls``) to send when due.
+        this score, for a dispatcher (``claim_due_polls``) to send when due. ``budget``:
+        check the daily budgets first (see ``Budget``; ``Moved.HELD``, ``OVER_BUDGET`` and
+        ``WITHIN_BUDGET`` answer it).
+
+        Cost: the write that first records a positive ``updates["cost_micros"]`` (a
+        completed prediction's bill, whatever status it moves the job to) bills it to
+        today's spend (``SPEND_KEY``) under the job's tenant and gives back the job's
+        reservation. A move into a terminal status without a bill gives the reservation
+        back, sets ``cost_micros`` 0 and, when WaveSpeed may still bill the job
+        (``billing``: ``MAYBE_BILLED``, or by default when it has a prediction or a
+        claimed submit; ``NOT_BILLED`` says it cannot), counts its estimate as
+        unconfirmed spend.
         """
         keys, args = self._transition_call(
             job_id,
@@ -1028,6 +1221,8 @@ class JobStore:
             live_at=live_at,
             defer_until=defer_until,
             claim=claim,
+            budget=budget,
+            billing=billing,
         )
         return Moved(int(self._transition(keys=keys, args=args)))
 
@@ -1039,10 +1234,13 @@ class JobStore:
         updates: Mapping[str, Any],
         increments: Mapping[str, int] | None = None,
         live_at: float | None = None,
+        budget: Budget | None = None,
     ) -> tuple[Moved, Request | None]:
         """``transition()`` and the job's request in one round trip (the submit claim,
         which needs the body it is about to POST). The request is None when not applied."""
-        keys, args = self._transition_call(job_id, expect, updates, increments, live_at=live_at)
+        keys, args = self._transition_call(
+            job_id, expect, updates, increments, live_at=live_at, budget=budget
+        )
         result, text = self._scripted_pipeline(
             [(self._transition, keys, args)], get_after=REQUEST_KEY.format(job_id=job_id)
         )
@@ -1066,6 +1264,8 @@ class JobStore:
         live_at: float | None = None,
         defer_until: float | None = None,
         claim: Claim | None = None,
+        budget: Budget | None = None,
+        billing: str = "",
     ) -> tuple[list[str], list[Any]]:
         fields = {k: _encode(v, k) for k, v in (updates or {}).items()}
         now = self.clock()
@@ -1082,6 +1282,10 @@ class JobStore:
             LINE_KEY,
             DUE_POLLS_KEY,
             CALLBACKS_KEY,
+            SPEND_KEY.format(day=utc_day(now)),
+            RESERVED_KEY,
+            BUDGETS_KEY,
+            HELD_KEY,
             TENANT_LIVE_KEY,
             DEPTH_KEY,
             CREDIT_KEY,
@@ -1112,6 +1316,8 @@ class JobStore:
             "" if live_at is None else repr(live_at),
             now + CALLBACK_SEND_GRACE,
             claimed,
+            "" if budget is None else budget.to_json(now),
+            billing,
         ]
         return keys, args
 
@@ -1311,7 +1517,8 @@ class JobStore:
                 },
                 None,
                 count_if_applied=[
-                    counter_field("jobs_cancelled", model=raw.get("model", ""), stage=stage)
+                    counter_field("jobs_cancelled", model=raw.get("model", ""), stage=stage),
+                    counter_field("jobs_ended", model=raw.get("model", ""), outcome="cancelled"),
                 ],
             )
             write.evalsha(self._transition.sha, len(keys), *keys, *args)

@@ -12,7 +12,10 @@ lets one sweep at a time. Each pass:
 3. looks again at a few quarantined records (below);
 4. sends the callback deliveries that are due (``worker.callbacks``): an ending whose
    message never went out, a countdown retry whose message was lost, and attempts due
-   after a wait longer than any countdown may be.
+   after a wait longer than any countdown may be;
+5. wakes jobs held for a daily budget that now has room (``worker.budgets``: a new UTC
+   day, a raised cap, a reservation given back), and reads the account balance when a
+   reading is due, pausing or resuming submission on it (``worker.balance``).
 
 A pass's work grows with what is overdue, not with what is in flight: both indexes
 are sorted sets scored by when a job is due (its deadline, its next message), and a
@@ -50,6 +53,8 @@ from typing import Any
 
 import redis
 
+from worker.balance import BalanceWatch
+from worker.budgets import wake_held
 from worker.callbacks import members_for
 from worker.constants import CALLBACK_SEND_GRACE, QUARANTINE_KEY, QUEUES, SWEEPER_LOCK_KEY
 from worker.errors import JobNotFoundError, UnreadableRecordError
@@ -85,6 +90,8 @@ class SweepReport:
     woken: int = 0
     #: Callback deliveries sent (due, or their message lost).
     callbacks: int = 0
+    #: Jobs held for a daily budget, sent again because it has room now.
+    held_woken: int = 0
 
 
 class Sweeper:
@@ -99,6 +106,7 @@ class Sweeper:
         clock: Callable[[], float] = time.time,
         budget: int = PASS_BUDGET,
         send_callbacks: Callable[[Sequence[str]], None] | None = None,
+        balance: BalanceWatch | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -108,6 +116,7 @@ class Sweeper:
         self.clock = clock
         self.budget = budget
         self.send_callbacks = send_callbacks
+        self.balance = balance
         self._catch_up = threading.Event()
 
     def sweep_once(self) -> SweepReport:
@@ -118,6 +127,14 @@ class Sweeper:
         readmitted = self._review_quarantine(now)
         woken = self._wake_parked(now)
         callbacks = self._send_due_callbacks(now)
+        held_woken = wake_held(
+            self.runner.budgets,
+            self.store.snapshots,
+            lambda snap: self.resend(snap, {}),
+            limit=self.budget,
+        )
+        if self.balance is not None:
+            self.balance.check()
         # Operators (and tests) see that passes happen and what they did.
         self.store.count_many(
             {
@@ -126,9 +143,12 @@ class Sweeper:
                 counter_field("sweeper_resent"): resent,
                 counter_field("sweeper_woken"): woken,
                 counter_field("sweeper_callbacks"): callbacks,
+                counter_field("sweeper_held_woken"): held_woken,
             }
         )
-        return SweepReport(timed_out, resent, len(quarantined), readmitted, woken, callbacks)
+        return SweepReport(
+            timed_out, resent, len(quarantined), readmitted, woken, callbacks, held_woken
+        )
 
     def _send_due_callbacks(self, now: float) -> int:
         """Send the callback deliveries the outbox says are due; each is not sent again

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.app import app, settings
+from worker.balance import BalanceWatch
 from worker.callbacks import CallbackDelivery, members_for
 from worker.chains import send_callback_deliveries, send_job_and_rest
 from worker.constants import DELIVER_CALLBACK_TASK, RUN_JOB_TASK
@@ -46,7 +47,7 @@ BROKER_LOST = (RedisConnectionError, RedisTimeoutError, BrokerUnavailableError, 
 
 @dataclass(frozen=True)
 class _Parts:
-    """What one worker process builds once: its runner (Redis pool, HTTP session), its
+    """What one worker process builds once: its runner (Redis pool, HTTP pools), its
     sweeper, its nudger and its dispatcher of deferred polls."""
 
     runner: JobRunner
@@ -63,8 +64,7 @@ _parts: tuple[int, _Parts] | None = None
 def _build_parts() -> _Parts:
     store = JobStore.from_settings(settings)
     limiter = AccountLimiter.from_settings(store.client, settings)
-    # One requests.Session per process; urllib3's pool is thread-safe and sized for
-    # the threads pool, and WaveSpeed sets no cookies for threads to race on.
+    # One urllib3 pool manager per process: thread-safe, and sized for the threads pool.
     client = WaveSpeedClient(
         base_url=settings.base_url,
         api_key=settings.require_api_key(),
@@ -78,14 +78,24 @@ def _build_parts() -> _Parts:
     runner.send = lambda state, countdown: send_job_and_rest(
         app, store, state, {}, countdown=countdown
     )
+    balance = BalanceWatch(
+        store.client,
+        limiter,
+        client,
+        threshold_micros=settings.low_balance_micros,
+        interval=settings.balance_check_interval,
+        clock=store.clock,
+        sweep_interval=settings.sweeper_interval,
+    )
     sweeper = Sweeper(
         store,
         runner,
         resend,
         grace=runner.takeover_grace,
-        interval=max(1.0, min(30.0, settings.visibility_timeout / 10)),
+        interval=settings.sweeper_interval,
         clock=store.clock,  # Redis time, like every deadline it compares
         send_callbacks=_send_callback_deliveries,
+        balance=balance,
     )
     nudger = Nudger(sweeper.bring_back)
     due_polls = DuePollDispatcher(store, send_due_poll, nudger.add, clock=store.clock)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 
-#: The tenant of a job or chain that names none.
-DEFAULT_TENANT = "default"
+from worker.constants import DEFAULT_TENANT, TENANT_PATTERN
+
+__all__ = ["DEFAULT_TENANT", "parse_weights", "tenant_problem"]
+
 MAX_TENANT_CHARS = 64
 #: The weight of a tenant ``WAVEQUEUE_TENANT_WEIGHTS`` does not name, and the largest.
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 1000
 
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 def tenant_problem(value: object) -> str | None:

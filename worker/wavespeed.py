@@ -1,12 +1,15 @@
-"""The WaveSpeed HTTP client: ``submit()``, ``result()`` and ``upload()``, nothing more.
+"""The WaveSpeed HTTP client: ``submit()``, ``result()``, ``upload()`` and
+``webhook_secret()``, nothing more, over urllib3 (``worker.http_pool``): no retries
+inside it (the runner retries, on its own schedule), and a submit's redirect is never
+followed (a 307 would re-send the POST).
 
 Every transport and HTTP failure is mapped to the tree in ``worker.errors``
 here, and the remote status is parsed here, into a closed set. The rule that
 shapes the mapping: **a submit POST that may have reached the server is never
 reported as safe to retry** — WaveSpeed has no idempotency key, so a second
 POST may bill twice. Only failures that prove the request was not acted on
-(connection refused, connect timeout, 429, 503) are transient on submit;
-anything else after the bytes left is ``SubmitOutcomeUnknownError``.
+(connection refused, connect timeout, the proxy unreachable, 429, 503) are transient
+on submit; anything else after the bytes left is ``SubmitOutcomeUnknownError``.
 
 Messages are built from status codes and the server's own words, never from
 the request; and the server's words are redacted (the API key and any bearer
@@ -21,6 +24,7 @@ plain spelling: the id goes into our poll URLs, the code into counter labels.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -28,10 +32,9 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlencode
 
-import requests
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from worker.errors import (
     PermanentError,
@@ -41,7 +44,9 @@ from worker.errors import (
     TransientError,
     WaveSpeedError,
 )
+from worker.http_pool import pool_manager
 from worker.models import MODEL_PREFIX
+from worker.money import usd_text_to_micros_rounded
 from worker.outside_text import printable
 
 #: Remote task codes (``data.code`` on a failed prediction) that are worth a new attempt.
@@ -140,7 +145,7 @@ def failure_of(prediction: Prediction) -> WaveSpeedError:
     return RemoteTaskFailedError(message, code=code if code is not None else prediction.status)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -161,45 +166,67 @@ def redact(text: str, secret: str) -> str:
     return _BEARER.sub(f"Bearer {REDACTED}", text)
 
 
-def _server_message(response: requests.Response, secret: str) -> str:
+def _text_of(response: urllib3.BaseHTTPResponse) -> str:
+    """The body as text: in the charset the answer names, else UTF-8; never an error."""
+    charset = "utf-8"
+    for param in str(response.headers.get("Content-Type", "")).split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip("\"' ")
     try:
-        body = response.json()
+        return response.data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return response.data.decode("utf-8", errors="replace")
+
+
+def _server_message(response: urllib3.BaseHTTPResponse, secret: str) -> str:
+    try:
+        body = json.loads(response.data)
         message = body.get("message") if isinstance(body, dict) else None
     except ValueError:
         message = None
-    text = str(message or response.text or response.reason or "")
+    text = str(message or _text_of(response) or response.reason or "")
     # Redact before cutting, so a secret straddling the cut cannot leave a readable half.
     return printable(redact(text, secret), MAX_ERROR_TEXT)
 
 
-def _never_connected(exc: requests.ConnectionError) -> bool:
-    """True when the request provably never reached the server (refused, DNS, proxy)."""
-    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, urllib3.exceptions.MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+#: Failures that prove the request never reached WaveSpeed: no connection was made
+#: (refused, a name that does not resolve, a connect timeout; ``NewConnectionError`` and
+#: ``NameResolutionError`` are ``ConnectTimeoutError``s), the proxy could not be reached,
+#: or the pool was closed or full before anything was sent.
+_NEVER_SENT = (
+    urllib3.exceptions.ConnectTimeoutError,
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.ClosedPoolError,
+    urllib3.exceptions.EmptyPoolError,
+)
+#: Failures of the request itself, found before it is sent: the same request fails again.
+#: (``LocationValueError`` covers a bad URL and an unknown URL scheme; a plain
+#: ``ValueError`` is what ``http.client`` raises for a header value it will not send.)
+_BAD_REQUEST = (
+    urllib3.exceptions.LocationValueError,
+    urllib3.exceptions.BodyNotHttplibCompatible,
+    urllib3.exceptions.UnrewindableBodyError,
+    urllib3.exceptions.InvalidHeader,
+    urllib3.exceptions.HostChangedError,
+    urllib3.exceptions.ResponseError,  # too many redirects
+    ValueError,
+)
+#: An answer that came and could not be read: the request was acted on, maybe.
+_UNREADABLE_ANSWER = (json.JSONDecodeError, UnicodeDecodeError)
 
 
-def map_transport_error(exc: requests.RequestException, *, during_submit: bool) -> WaveSpeedError:
-    """Map any ``requests`` exception. On submit, "maybe sent" is never "transient"."""
+def map_transport_error(exc: Exception, *, during_submit: bool) -> WaveSpeedError:
+    """Map a failure to get a readable answer (urllib3's exceptions, a request urllib3
+    refused, an answer that is not JSON). On submit, "maybe sent" is never "transient"."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # a GET's error, wrapped by the redirect-only Retry
     name = type(exc).__name__
-    if isinstance(exc, requests.exceptions.SSLError):
-        return PermanentError(f"TLS failure talking to WaveSpeed ({name})", code="tls")
-    if isinstance(exc, requests.ConnectionError) and _never_connected(exc):
+    if isinstance(exc, _NEVER_SENT):
         return TransientError(f"could not connect to WaveSpeed ({name})", code="connect")
-    if isinstance(
-        exc,
-        requests.exceptions.InvalidURL
-        | requests.exceptions.MissingSchema
-        | requests.exceptions.InvalidSchema
-        | requests.exceptions.InvalidHeader
-        | requests.exceptions.URLRequired
-        | requests.exceptions.InvalidJSONError
-        | requests.exceptions.TooManyRedirects,
-    ) and not isinstance(exc, requests.exceptions.JSONDecodeError):
-        # JSONDecodeError subclasses InvalidJSONError but means the *answer* was unreadable.
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return PermanentError(f"TLS failure talking to WaveSpeed ({name})", code="tls")
+    if isinstance(exc, _BAD_REQUEST) and not isinstance(exc, _UNREADABLE_ANSWER):
         return PermanentError(f"bad request to WaveSpeed ({name})", code="client")
     if during_submit:
         return SubmitOutcomeUnknownError(
@@ -210,9 +237,33 @@ def map_transport_error(exc: requests.RequestException, *, during_submit: bool) 
     return TransientError(f"WaveSpeed did not answer ({name})", code="transport")
 
 
+#: What a request may raise before an answer is in hand (see ``map_transport_error``).
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, ValueError)
+#: GETs follow redirects, as requests did (at most 30; urllib3 drops the Authorization
+#: header when one leads to another host), and retry nothing: a failure comes back at
+#: once, wrapped in ``MaxRetryError``. POSTs neither retry nor follow (a re-sent submit
+#: could bill twice): ``retries=False``, ``redirect=False``.
+_GET_RETRIES = urllib3.Retry(
+    total=None, connect=0, read=0, status=0, other=0, redirect=30, raise_on_redirect=True
+)
+
+
+def _json_body(body: Mapping[str, Any]) -> bytes:
+    """The submit body as requests encoded it; a body that is not JSON (NaN, infinity,
+    an object JSON has no spelling for) is a ``PermanentError``, and nothing is sent."""
+    try:
+        return json.dumps(dict(body), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(
+            f"bad request to WaveSpeed ({type(exc).__name__}: the body is not JSON)",
+            code="client",
+        ) from None
+
+
 class WaveSpeedClient:
-    """One ``requests.Session`` with connect/read timeouts. Create one per worker
-    process, after fork (sessions hold sockets, which must not cross a fork)."""
+    """One urllib3 pool manager (``worker.http_pool``) with connect/read timeouts. Create
+    one per worker process, after fork (pools hold sockets, which must not cross a fork);
+    it is thread-safe."""
 
     def __init__(
         self,
@@ -225,22 +276,20 @@ class WaveSpeedClient:
         proxy_from_env: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        # requests reads proxy variables and ~/.netrc on every call unless told not
-        # to: a measurable share of a poll's CPU. Only proxy users need it.
-        self.session.trust_env = proxy_from_env
-        # urllib3 retries are off: a retried POST could bill twice, and GET retries
-        # belong to the task's own schedule.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.http = pool_manager(self.base_url, pool_size=pool_size, proxy_from_env=proxy_from_env)
         self._secret = api_key
-        self.session.headers["User-Agent"] = "wavequeue"
+        # The headers requests sent, bar its Connection: keep-alive (HTTP/1.1's default).
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": "wavequeue",
+            "Accept": "*/*",
+            "Accept-Encoding": "gzip, deflate",
+        }
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     def close(self) -> None:
-        self.session.close()
+        self.http.clear()
 
     def submit(
         self, model: str, body: Mapping[str, Any], *, webhook: str | None = None
@@ -248,16 +297,18 @@ class WaveSpeedClient:
         """POST a prediction; returns it (normally ``created``). ``webhook``: the URL
         WaveSpeed calls when it ends (the documented ``?webhook=`` query parameter)."""
         url = f"{self.base_url}/api/v3/{MODEL_PREFIX}{model.removeprefix(MODEL_PREFIX)}"
-        params = {"webhook": webhook} if webhook else None
+        if webhook:
+            url += "?" + urlencode({"webhook": webhook})
+        encoded = _json_body(body)
         try:
-            response = self.session.post(url, json=dict(body), params=params, timeout=self.timeout)
-        except requests.RequestException as exc:
+            response = self._post(url, encoded, self._json_headers)
+        except _TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, during_submit=True) from None
-        if response.status_code != 200:
+        if response.status != 200:
             raise self._http_error(response, during_submit=True)
         try:
-            return self._redacted(parse_prediction(response.json()))
-        except requests.exceptions.JSONDecodeError as exc:
+            return self._redacted(parse_prediction(json.loads(response.data)))
+        except _UNREADABLE_ANSWER as exc:
             raise map_transport_error(exc, during_submit=True) from None
         except PermanentError as exc:
             if exc.code != "malformed":
@@ -270,17 +321,7 @@ class WaveSpeedClient:
 
     def result(self, prediction_id: str) -> Prediction:
         """GET the prediction's current state."""
-        url = f"{self.base_url}/api/v3/predictions/{prediction_id}/result"
-        try:
-            response = self.session.get(url, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise map_transport_error(exc, during_submit=False) from None
-        if response.status_code != 200:
-            raise self._http_error(response, during_submit=False)
-        try:
-            envelope = response.json()
-        except requests.exceptions.JSONDecodeError as exc:
-            raise map_transport_error(exc, during_submit=False) from None
+        envelope = self._get_json(f"{self.base_url}/api/v3/predictions/{prediction_id}/result")
         return self._redacted(parse_prediction(envelope))
 
     def upload(self, data: bytes, content_type: str, filename: str) -> str:
@@ -289,20 +330,21 @@ class WaveSpeedClient:
         any failure to get an answer is safe to retry (``TransientError``)."""
         url = f"{self.base_url}/api/v3/media/upload/binary"
         try:
-            response = self.session.post(
-                url, files={"file": (filename, data, content_type)}, timeout=self.timeout
+            body, multipart_type = urllib3.encode_multipart_formdata(
+                {"file": (filename, data, content_type)}
             )
-        except requests.RequestException as exc:
+            response = self._post(url, body, {**self._headers, "Content-Type": multipart_type})
+        except _TRANSPORT_ERRORS as exc:
             mapped = map_transport_error(exc, during_submit=False)
             if isinstance(mapped, PermanentError):  # TLS, a malformed request: no retry helps
                 raise mapped from None
             raise TransientError(
                 f"uploading an image to WaveSpeed failed ({type(exc).__name__})", code="upload"
             ) from None
-        if response.status_code != 200:
+        if response.status != 200:
             raise self._http_error(response, during_submit=False)
         try:
-            data_field = response.json().get("data")
+            data_field = json.loads(response.data).get("data")
             download_url = data_field.get("download_url") if isinstance(data_field, dict) else None
         except (ValueError, AttributeError):
             download_url = None
@@ -314,17 +356,7 @@ class WaveSpeedClient:
 
     def webhook_secret(self) -> str:
         """The account's webhook signing secret (``whsec_...``), as WaveSpeed gives it."""
-        url = f"{self.base_url}/api/v3/webhook/secret"
-        try:
-            response = self.session.get(url, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise map_transport_error(exc, during_submit=False) from None
-        if response.status_code != 200:
-            raise self._http_error(response, during_submit=False)
-        try:
-            envelope = response.json()
-        except requests.exceptions.JSONDecodeError as exc:
-            raise map_transport_error(exc, during_submit=False) from None
+        envelope = self._get_json(f"{self.base_url}/api/v3/webhook/secret")
         data = envelope.get("data") if isinstance(envelope, Mapping) else None
         secret = data.get("secret") if isinstance(data, Mapping) else None
         if not isinstance(secret, str) or not secret:
@@ -332,24 +364,69 @@ class WaveSpeedClient:
             raise PermanentError("WaveSpeed answered without a webhook secret", code="malformed")
         return secret
 
+    def balance(self) -> int:
+        """The account's balance in micro-dollars (``GET /api/v3/balance``: ``data.balance``,
+        US dollars as a JSON number, read through its decimal text, never as a float)."""
+        envelope = self._get_json(f"{self.base_url}/api/v3/balance", numbers_as_text=True)
+        data = envelope.get("data") if isinstance(envelope, Mapping) else None
+        amount = data.get("balance") if isinstance(data, Mapping) else None
+        try:
+            if not isinstance(amount, str):
+                raise ValueError("not a number")
+            return usd_text_to_micros_rounded(amount)
+        except ValueError:
+            raise PermanentError(
+                "WaveSpeed answered the balance without a usable amount", code="malformed"
+            ) from None
+
+    def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+        return self.http.urlopen(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=self.timeout,
+            retries=False,
+            redirect=False,
+        )
+
+    def _get_json(self, url: str, *, numbers_as_text: bool = False) -> Any:
+        """GET ``url`` and decode its 200 answer; every failure mapped (not a submit).
+        ``numbers_as_text``: JSON numbers come back as their text (money, read exactly)."""
+        try:
+            response = self.http.urlopen(
+                "GET", url, headers=self._headers, timeout=self.timeout, retries=_GET_RETRIES
+            )
+        except _TRANSPORT_ERRORS as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+        if response.status != 200:
+            raise self._http_error(response, during_submit=False)
+        try:
+            if numbers_as_text:
+                return json.loads(response.data, parse_float=str, parse_int=str)
+            return json.loads(response.data)
+        except _UNREADABLE_ANSWER as exc:
+            raise map_transport_error(exc, during_submit=False) from None
+
     def _redacted(self, prediction: Prediction) -> Prediction:
         """A failed prediction's message is the server's text too."""
         if not prediction.error_message:
             return prediction
         message = printable(redact(prediction.error_message, self._secret), MAX_ERROR_TEXT)
-
-        message = redact(prediction.error_message, self._secret)[:MAX_ERROR_TEXT]
         return dataclasses.replace(prediction, error_message=message)
 
-    def _http_error(self, response: requests.Response, *, during_submit: bool) -> WaveSpeedError:
-        status = response.status_code
+    def _http_error(
+        self, response: urllib3.BaseHTTPResponse, *, during_submit: bool
+    ) -> WaveSpeedError:
+        status = response.status
         message = f"HTTP {status} from WaveSpeed: {_server_message(response, self._secret)}"
         if status == 429:
             return RateLimitedError(message, code=429, retry_after=_retry_after(response))
         if 400 <= status < 500:  # 400/401/403/404/422...: the same request fails again
             return PermanentError(message, code=status)
         if during_submit and status not in _SUBMIT_SAFE_HTTP:
-            # A 500/502/504 may come after the prediction was created.
+            # A 500/502/504 (or a redirect, not followed) may come after the prediction
+            # was created.
             return SubmitOutcomeUnknownError(
                 message + "; the prediction may exist on WaveSpeed and may be billed",
                 code="submit_outcome_unknown",

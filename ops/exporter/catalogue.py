@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
+from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS, WORKER_SILENT_AFTER
+from worker.models import ENDPOINTS
 
 PREFIX: Final = "wavequeue_"
 
@@ -32,12 +33,31 @@ GAUGES: Final[dict[str, str]] = {
     "tenant_waiting": "Jobs of a tenant waiting in the fair line for a submission slot",
     "tenant_in_flight": "Jobs of a tenant submitted (or being submitted) and not yet "
     "completed at WaveSpeed",
+    "unacked_expected_max_age_seconds": "The longest a healthy worker holds a message "
+    "(the longest countdown plus the task time limit): an older unacked message is held "
+    "by a hung or dead worker until the visibility timeout",
+    "workers_alive": f"Workers whose last heartbeat is at most {WORKER_SILENT_AFTER:g} s old",
+    "workers_silent": f"Workers whose last heartbeat is over {WORKER_SILENT_AFTER:g} s old "
+    "(killed, hung or frozen without a clean stop); forgotten after an hour",
+    "sweeper_interval_seconds": "How often a worker's sweeper times out jobs past their "
+    "deadline and sends lost messages again",
     "callbacks_pending": "Callbacks to backends owed and not yet delivered (nor given up on): "
     "waiting for their next attempt or being attempted",
     "polls_deferred": "Jobs whose next poll, due too far ahead to hold as a countdown, waits "
     "in Redis for a worker's dispatcher",
     "polls_deferred_max_overdue_seconds": "How long past its due time the earliest deferred "
     "poll still waits (stays near 0 while any worker's dispatcher runs)",
+    "budget_used_usd": "What a daily budget counts today (UTC), by scope (account, tenant): "
+    "billed, unconfirmed (may be billed) and reserved by jobs in flight",
+    "budget_cap_usd": "A daily cap, by scope (account, tenant; only those with a cap): the "
+    "run-time cap (wavequeue budget set) or the setting",
+    "budget_remaining_usd": "What a capped scope may still spend today (UTC)",
+    "spend_reserved_usd": "Estimates reserved by jobs claimed for submission and not ended",
+    "jobs_held_budget": "Jobs held because a daily budget had no room (held: budget)",
+    "account_balance_usd": "The WaveSpeed account balance as the sweeper last read it "
+    "(only with WAVEQUEUE_LOW_BALANCE set)",
+    "account_balance_low": "1 while submission is paused fleet-wide for a low balance",
+    "account_balance_read_age_seconds": "How long ago the sweeper last read the balance",
     "redis_up": "1 if the last scrape could read Redis, else 0",
     "exporter_scrape_duration_seconds": "Time the last scrape spent reading Redis",
 }
@@ -49,8 +69,11 @@ COUNTERS: Final[dict[str, str]] = {
     "polls": "Result polls answered by WaveSpeed, by model",
     "jobs_completed": "Jobs completed, by model",
     "jobs_failed": "Jobs failed, by model and error code (remote task code, HTTP status "
-    "or submit_outcome_unknown)",
+    "or the worker's own code such as submit_outcome_unknown; a code not in the known list "
+    "is counted as other)",
     "jobs_timed_out": "Jobs that passed their deadline, by model",
+    "jobs_ended": "Jobs that ended, by model and outcome (completed, failed, timed_out, "
+    "cancelled): the denominator of failure ratios",
     "jobs_cancelled": "Jobs cancelled (JobClient.cancel, wavequeue cancel), by model and stage "
     "(queued: never submitted; submitting, submitted: WaveSpeed may still bill it)",
     "callbacks_delivered": "Callbacks a backend answered with 2xx, by kind (job, chain)",
@@ -107,6 +130,93 @@ COUNTERS: Final[dict[str, str]] = {
     "up on after WAVEQUEUE_PERSIST_RETRY_FOR, by model",
     "persist_failures": "Attempts to copy a job's outputs to durable storage that failed "
     "(each is tried again later; never a new submit), by model",
+    "images_billed": "Images WaveSpeed billed (completed jobs), by model and tenant",
+    "jobs_held": "Times a job was held for a daily budget with no room, by reason and tenant",
+    "low_balance_pauses": "Times the sweeper paused submission fleet-wide for a low balance",
+    "sweeper_held_woken": "Jobs held for a budget that the sweeper sent again (room appeared: "
+    "a new UTC day, a raised cap, a reservation given back)",
+}
+
+#: Money counters the workers keep in whole micro-dollars (``worker.money``), exported in
+#: US dollars: exported name -> (the counter's name in ``wq:counters``, help).
+MONEY_COUNTERS: Final[dict[str, tuple[str, str]]] = {
+    "spend_usd": (
+        "spend_micros",
+        "US dollars WaveSpeed billed for completed jobs (price per image x images), by "
+        "model and tenant",
+    ),
+    "spend_unconfirmed_usd": (
+        "spend_unconfirmed_micros",
+        "US dollars WaveSpeed may bill for jobs that ended while their prediction may still "
+        "run (cancelled after submit, timed out, submit outcome unknown), by model and tenant",
+    ),
+}
+
+#: Every error code a failed job can carry that gets a series of its own; any other code
+#: is exported as ``other``. Known codes are exported from 0, so the first failure with a
+#: code is an increase Prometheus sees (a series that appears at 1 counts 0 in rate()),
+#: and the label cannot grow without bound whatever WaveSpeed answers.
+FAILURE_CODES: Final = (
+    # WaveSpeed task codes (DESIGN.md); 5xxx end a job once its retry budget is spent.
+    "1200", "1400", "1401", "1402", "1403", "1405", "5000", "5003", "5004",
+    # A failed, cancelled or timed-out prediction that carried no code.
+    "failed", "cancelled", "timeout",
+    # HTTP statuses: 4xx end a job at once, 429 and 5xx once its retry budget is spent.
+    "400", "401", "403", "404", "413", "422", "429", "500", "502", "503", "504",
+    # The worker's own codes (worker/wavespeed.py, worker/runner.py, worker/settle.py).
+    "submit_outcome_unknown", "connect", "transport", "tls", "client", "malformed",
+    "unknown_status", "upload", "missing_input", "invalid_input", "inline_image_missing",
+    "budget_exceeded", "unknown",
+)  # fmt: skip
+OTHER_CODE: Final = "other"
+#: How a job ended (``jobs_ended``); ratios of failures leave ``cancelled`` out.
+OUTCOMES: Final = ("completed", "failed", "timed_out", "cancelled")
+MODELS: Final = tuple(ENDPOINTS)
+#: Reasons wavequeue webhooks gives (worker/webhooks/receiver.py, signature.py).
+WEBHOOK_REJECT_REASONS: Final = (
+    "bad_url", "missing_headers", "bad_id", "bad_timestamp", "stale", "bad_signature",
+    "malformed", "too_large", "prediction_owned",
+)  # fmt: skip
+WEBHOOK_IGNORE_REASONS: Final = (
+    "left_to_poll", "job_ended", "unknown_job", "other_prediction", "no_prediction",
+    "not_adoptable",
+)  # fmt: skip
+CALLBACK_KINDS: Final = ("job", "chain")
+ENDING_PATHS: Final = ("poll", "webhook")
+CANCEL_STAGES: Final = ("queued", "submitting", "submitted")
+
+#: The labels of each labelled counter, with their known values: every combination of
+#: known values is exported from 0. ``None``: any value (an HTTP status from a backend),
+#: exported as it comes, from its first count.
+COUNTER_LABELS: Final[dict[str, dict[str, tuple[str, ...] | None]]] = {
+    "submissions": {"model": MODELS},
+    "polls": {"model": MODELS},
+    "jobs_completed": {"model": MODELS},
+    "jobs_failed": {"model": MODELS, "code": (*FAILURE_CODES, OTHER_CODE)},
+    "jobs_timed_out": {"model": MODELS},
+    "jobs_ended": {"model": MODELS, "outcome": OUTCOMES},
+    "jobs_cancelled": {"model": MODELS, "stage": CANCEL_STAGES},
+    "submit_outcome_unknown": {"model": MODELS},
+    "resubmissions": {"model": MODELS},
+    "error_retries": {"model": MODELS},
+    "orphaned_predictions": {"model": MODELS},
+    "inline_uploads": {"model": MODELS},
+    "orphans_adopted": {"model": MODELS},
+    "jobs_ended_by": {"path": ENDING_PATHS},
+    "polls_before_end": {"path": ENDING_PATHS},
+    "webhooks_rejected": {"reason": WEBHOOK_REJECT_REASONS},
+    "webhooks_ignored": {"reason": WEBHOOK_IGNORE_REASONS},
+    "callbacks_delivered": {"kind": CALLBACK_KINDS},
+    "callbacks_failed": {"kind": CALLBACK_KINDS},
+    "callback_attempts_failed": {"status": None},
+    # Tenants are the users' names: exported as they come, from their first count.
+    "images_billed": {"model": MODELS, "tenant": None},
+    "jobs_held": {"reason": ("budget",), "tenant": None},
+    "tenant_jobs_ended": {"status": OUTCOMES, "tenant": None},
+    "tenant_admitted": {"tenant": None},
+    "outputs_kept": {"model": MODELS},
+    "outputs_not_kept": {"model": MODELS},
+    "persist_failures": {"model": MODELS},
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first
@@ -128,6 +238,8 @@ UNLABELLED_COUNTERS: Final = frozenset(
         "webhooks_deferred",
         "sweeper_callbacks",
         "callback_copies_ignored",
+        "low_balance_pauses",
+        "sweeper_held_woken",
     }
 )
 
@@ -150,6 +262,7 @@ def exported_names() -> set[str]:
     """Every sample name a scrape can contain (counters with ``_total``, histogram series)."""
     names = {PREFIX + name for name in GAUGES}
     names |= {f"{PREFIX}{name}_total" for name in COUNTERS}
+    names |= {f"{PREFIX}{name}_total" for name in MONEY_COUNTERS}
     for name in HISTOGRAMS:
         names |= {f"{PREFIX}{name}{suffix}" for suffix in ("_bucket", "_sum", "_count")}
     return names

@@ -24,7 +24,7 @@ def build_registry(settings: Settings) -> CollectorRegistry:
     # Prometheus, where wavequeue_redis_up 0 says what is wrong.
     client = redis_client(settings, retry_window=0)
     registry = CollectorRegistry()
-    registry.register(WavequeueCollector(client, visibility_timeout=settings.visibility_timeout))
+    registry.register(WavequeueCollector(client, settings))
     return registry
 
 

@@ -22,8 +22,22 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX, UNLABELLED_COUNTERS
+from ops.exporter.catalogue import (
+    COUNTER_LABELS,
+    COUNTERS,
+    FAILURE_CODES,
+    GAUGES,
+    HISTOGRAMS,
+    MONEY_COUNTERS,
+    OTHER_CODE,
+    PREFIX,
+    UNLABELLED_COUNTERS,
+)
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
+from worker.budgets import ScopeBudget, budgets_from
+from worker.constants import WORKER_SILENT_AFTER
+from worker.money import MICROS_PER_USD
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +56,14 @@ class WavequeueCollector(Collector):
     def __init__(
         self,
         client: redis.Redis,
+        settings: Settings,
         *,
-        visibility_timeout: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.visibility_timeout = visibility_timeout
+        #: Timings the alerts compare with and the budget caps in the settings (the
+        #: workers' own, from the same environment; run-time caps are read in Redis).
+        self.settings = settings
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -64,14 +80,31 @@ class WavequeueCollector(Collector):
         duration = _gauge("exporter_scrape_duration_seconds")
         duration.add_metric([], time.perf_counter() - started)
         yield duration
-        vt = _gauge("visibility_timeout_seconds")
-        vt.add_metric([], self.visibility_timeout)
-        yield vt
+        yield from self._timings()
         if snapshot is not None:
+            yield from self._workers(snapshot)
             yield from self._broker(snapshot)
             yield from self._jobs(snapshot)
             yield from self._counters(snapshot)
             yield from self._histograms(snapshot)
+            yield from self._cost(snapshot)
+
+    def _timings(self) -> Iterator[Metric]:
+        for name, value in (
+            ("visibility_timeout_seconds", self.settings.visibility_timeout),
+            ("unacked_expected_max_age_seconds", self.settings.longest_hold),
+            ("sweeper_interval_seconds", self.settings.sweeper_interval),
+        ):
+            gauge = _gauge(name)
+            gauge.add_metric([], value)
+            yield gauge
+
+    def _workers(self, snap: Snapshot) -> Iterator[Metric]:
+        alive, silent = snap.workers_silent_for(WORKER_SILENT_AFTER)
+        for name, value in (("workers_alive", alive), ("workers_silent", silent)):
+            gauge = _gauge(name)
+            gauge.add_metric([], value)
+            yield gauge
 
     def _broker(self, snap: Snapshot) -> Iterator[Metric]:
         queues = _gauge("queue_messages", ["queue", "priority"])
@@ -144,20 +177,40 @@ class WavequeueCollector(Collector):
         yield waiting
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
-        by_name: dict[str, list[tuple[Labels, int]]] = {name: [] for name in COUNTERS}
+        by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}
+        for name in COUNTERS:
+            # Known label sets from 0: rate() counts a series' first step only if
+            # Prometheus saw it before, at 0.
+            by_name[name].update(dict.fromkeys(_known_label_sets(name), 0))
+        money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
+        in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
         for (name, labels), value in snap.counters.items():
-            by_name.setdefault(name, []).append((labels, value))
+            if name in money:
+                in_money[money[name]].append((labels, value))
+                continue
+            samples = by_name.setdefault(name, {})
+            key = _fold(labels)
+            samples[key] = samples.get(key, 0) + value
+        for exported, micro_samples in in_money.items():
+            # Kept in whole micro-dollars (exact sums), exported in US dollars.
+            family = CounterMetricFamily(
+                PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
+            )
+            for labels, micros in sorted(micro_samples):
+                values = dict(labels)
+                family.add_metric(
+                    [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
+                )
+            yield family
         for name, samples in by_name.items():
-            if not samples and name in UNLABELLED_COUNTERS:
-                samples.append(((), 0))
             # One family needs one label set: take the union, "" where a field lacks one.
-            label_names = sorted({key for labels, _ in samples for key, _ in labels})
+            label_names = sorted({key for labels in samples for key, _ in labels})
             family = CounterMetricFamily(
                 PREFIX + _INVALID.sub("_", name),
                 COUNTERS.get(name, f"wavequeue worker counter {name}"),
                 labels=label_names,
             )
-            for labels, value in sorted(samples):
+            for labels, value in sorted(samples.items()):
                 values = dict(labels)
                 family.add_metric([values.get(key, "") for key in label_names], value)
             yield family
@@ -171,6 +224,66 @@ class WavequeueCollector(Collector):
             family = HistogramMetricFamily(PREFIX + name, help_text, labels=[])
             family.add_metric([], buckets, histogram.sum)
             yield family
+
+    def _cost(self, snap: Snapshot) -> Iterator[Metric]:
+        account, tenants = budgets_from(
+            self.settings, snap.runtime_caps, snap.spend_today, snap.reserved
+        )
+        scopes: list[tuple[list[str], ScopeBudget]] = [(["account", ""], account)]
+        scopes += [(["tenant", name], scope) for name, scope in tenants.items()]
+        used = _gauge("budget_used_usd", ["scope", "tenant"])
+        cap = _gauge("budget_cap_usd", ["scope", "tenant"])
+        remaining = _gauge("budget_remaining_usd", ["scope", "tenant"])
+        for labels, scope in scopes:
+            used.add_metric(labels, scope.usage.counted / MICROS_PER_USD)
+            if scope.cap.micros is not None:
+                cap.add_metric(labels, scope.cap.micros / MICROS_PER_USD)
+                remaining.add_metric(labels, (scope.remaining or 0) / MICROS_PER_USD)
+        yield used
+        yield cap
+        yield remaining
+        reserved = _gauge("spend_reserved_usd")
+        reserved.add_metric([], account.usage.reserved / MICROS_PER_USD)
+        yield reserved
+        held = _gauge("jobs_held_budget")
+        held.add_metric([], snap.held)
+        yield held
+        micros, checked_at, low = snap.balance
+        balance = _gauge("account_balance_usd")
+        age = _gauge("account_balance_read_age_seconds")
+        if micros is not None and checked_at is not None:
+            balance.add_metric([], int(micros) / MICROS_PER_USD)
+            age.add_metric([], max(0.0, snap.taken_at - float(checked_at)))
+        yield balance
+        yield age
+        paused = _gauge("account_balance_low")
+        paused.add_metric([], 1.0 if low == "1" else 0.0)
+        yield paused
+
+
+def _known_label_sets(name: str) -> list[Labels]:
+    """Every combination of known label values of counter ``name`` (``()`` if unlabelled;
+    none if a label takes any value)."""
+    if name in UNLABELLED_COUNTERS:
+        return [()]
+    labels = COUNTER_LABELS.get(name)
+    if not labels or any(values is None for values in labels.values()):
+        return []
+    sets: list[Labels] = [()]
+    for label in sorted(labels):
+        sets = [(*found, (label, value)) for found in sets for value in labels[label] or ()]
+    return sets
+
+
+_KNOWN_CODES = frozenset(FAILURE_CODES)
+
+
+def _fold(labels: Labels) -> Labels:
+    """A code outside ``FAILURE_CODES`` becomes ``other`` (bounded label values)."""
+    return tuple(
+        (key, OTHER_CODE if key == "code" and value not in _KNOWN_CODES else value)
+        for key, value in labels
+    )
 
 
 def _bound(bound: float) -> str:

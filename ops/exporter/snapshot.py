@@ -6,7 +6,9 @@ about) on its own: what Redis holds, not how it is exposed.
 A scrape costs the same number of Redis commands however many jobs are in flight:
 live jobs are the counts the store's scripts keep in ``LIVE_KEY`` (one HGETALL, one
 field per status and model), and the deadline figures are a ZCOUNT and the first
-entry of ``DEADLINES_KEY``. No job record is read.
+entry of ``DEADLINES_KEY``. No job record is read. Worker heartbeats are one entry per
+worker (``WORKERS_KEY``), judged against Redis's own ``TIME`` read in the same round trip,
+the clock the workers beat with.
 """
 
 from __future__ import annotations
@@ -20,18 +22,24 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from ops.exporter.catalogue import HISTOGRAMS
 from worker.constants import (
+    BALANCE_KEY,
+    BUDGETS_KEY,
     CALLBACKS_KEY,
     COUNTERS_KEY,
     DEADLINES_KEY,
     DUE_POLLS_KEY,
+    HELD_KEY,
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
+    RESERVED_KEY,
+    SPEND_KEY,
     TENANT_LIVE_KEY,
     WORKER_QUEUES,
+    WORKERS_KEY,
 )
 from worker.fairness import DEPTH_KEY, LINE_KEY
-from worker.store import parse_counter_field
+from worker.store import parse_counter_field, utc_day
 
 #: kombu's names for the hash and zset of delivered, not yet acked messages.
 UNACKED_KEY = Channel.unacked_key
@@ -108,6 +116,23 @@ class Snapshot:
     tenant_live: dict[tuple[str, str], int] = field(default_factory=dict)
     #: tenant -> jobs of that tenant in the fair line (``fairness.DEPTH_KEY``).
     tenant_waiting: dict[str, int] = field(default_factory=dict)
+    #: Today's (UTC) spend hash, the reservations, the run-time caps (raw fields).
+    spend_today: dict[str, str] = field(default_factory=dict)
+    reserved: dict[str, str] = field(default_factory=dict)
+    runtime_caps: dict[str, str] = field(default_factory=dict)
+    #: Jobs held for a daily budget.
+    held: int = 0
+    #: The sweeper's last balance reading: micro-dollars, when (epoch s), "1" while low.
+    balance: tuple[str | None, str | None, str | None] = (None, None, None)
+    #: Redis ``TIME`` when the snapshot was read (the workers' heartbeat clock).
+    redis_time: float = 0.0
+    #: Worker node name -> its last heartbeat (Redis time).
+    worker_beats: dict[str, float] = field(default_factory=dict)
+
+    def workers_silent_for(self, seconds: float) -> tuple[int, int]:
+        """(alive, silent): workers whose last beat is at most / more than ``seconds`` old."""
+        alive = sum(1 for beat in self.worker_beats.values() if self.redis_time - beat <= seconds)
+        return alive, len(self.worker_beats) - alive
 
 
 def read_snapshot(
@@ -129,16 +154,25 @@ def read_snapshot(
     pipe.zcard(CALLBACKS_KEY)
     pipe.hgetall(LIVE_KEY)
     pipe.hgetall(COUNTERS_KEY)
+    pipe.time()
+    pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
     pipe.hgetall(TENANT_LIVE_KEY)
     pipe.hgetall(DEPTH_KEY)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
+    pipe.hgetall(SPEND_KEY.format(day=utc_day(now)))
+    pipe.hgetall(RESERVED_KEY)
+    pipe.hgetall(BUDGETS_KEY)
+    pipe.zcard(HELD_KEY)
+    pipe.hmget(BALANCE_KEY, ["micros", "checked_at", "low"])
     replies = pipe.execute()
+    *replies, spend, reserved, caps, held, balance = replies
 
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
-    (unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
-     callbacks) = replies[len(lists) : len(lists) + 9]  # fmt: skip
-    live, counters, tenant_live, tenant_waiting, *hists = replies[len(lists) + 9 :]
+    (
+        unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
+        callbacks, live, counters, (seconds, micros), beats, tenant_live, tenant_waiting, *hists,
+    ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
         queue_lengths={key: int(value) for key, value in lengths.items()},
@@ -159,7 +193,22 @@ def read_snapshot(
         },
         tenant_live=_live_jobs(tenant_live),
         tenant_waiting={_text(name): int(value) for name, value in tenant_waiting.items()},
+        spend_today=_texts(spend),
+        reserved=_texts(reserved),
+        runtime_caps=_texts(caps),
+        held=int(held),
+        balance=(
+            _text(balance[0]) if balance[0] is not None else None,
+            _text(balance[1]) if balance[1] is not None else None,
+            _text(balance[2]) if balance[2] is not None else None,
+        ),
+        redis_time=int(seconds) + int(micros) / 1e6,
+        worker_beats={_text(name): float(score) for name, score in beats},
     )
+
+
+def _texts(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def _live_jobs(raw: dict[bytes | str, bytes | str]) -> dict[tuple[str, str], int]:

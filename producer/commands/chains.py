@@ -100,6 +100,7 @@ def chain_command(
     callback_url: str | None,
     tenant: str | None,
     keep_outputs: bool | None,
+    on_budget: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -140,6 +141,7 @@ def chain_command(
         "callback_url": callback_url,
         "tenant": tenant,
         "keep_outputs": keep_outputs,
+        "on_budget": on_budget,
     }
     with make_client() as client:
         if problems:

@@ -37,10 +37,10 @@ from producer.errors import (
 )
 from worker.errors import BrokerUnavailableError, ConfigError
 from worker.models import JobRecord, JobStatus
+from worker.money import dollars
 from worker.outside_text import printable
 from worker.redis_urls import redact
 from worker.settings import Settings
-from worker.tenants import DEFAULT_TENANT
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -145,10 +145,16 @@ def describe_record(record: JobRecord) -> str:
     line = f"job {record.id} {record.status.value} ({printable(record.model, 80)}"
     if record.completed_at is not None:
         line += f", {record.completed_at - record.created_at:.1f}s"
-    line += f", {record.priority.value} priority"
-    if record.tenant != DEFAULT_TENANT:
-        line += f", tenant {record.tenant}"
-    lines = [line + ")"]
+    line += f", {record.priority.value} priority)"
+    lines = [line]
+    if record.held:
+        lines.append(
+            f"  held: {record.held} (a daily budget has no room for it; it goes on when the "
+            "UTC day turns or the cap is raised: wavequeue budget)"
+        )
+    cost = _cost_text(record)
+    if cost:
+        lines.append(f"  tenant {record.tenant}, {cost}")
     if record.chain_id is not None:
         lines.append(f"  chain {record.chain_id}, step {record.step}")
     lines.extend(f"  {printable(output, 2000)}" for output in record.outputs)
@@ -176,6 +182,20 @@ def _persist_note(record: JobRecord) -> str:
         return " (copying)"
     last = error_text(record.persist_error.code, record.persist_error.message)
     return f" ({record.persist_attempts} failed attempt(s), retried; last {last})"
+
+
+def _cost_text(record: JobRecord) -> str:
+    """What the job cost (or is estimated to), in words; "" when nothing is known."""
+    if record.cost_micros is not None:
+        if record.cost_unconfirmed and record.estimated_cost_micros:
+            return (
+                f"cost $0.00 billed so far; WaveSpeed may still bill "
+                f"{dollars(record.estimated_cost_micros)} (its prediction may have run)"
+            )
+        return f"cost {dollars(record.cost_micros)}"
+    if record.estimated_cost_micros is not None:
+        return f"estimated cost {dollars(record.estimated_cost_micros)}"
+    return ""
 
 
 def describe_callback(fields: Mapping[str, Any]) -> str:
@@ -300,13 +320,19 @@ job_options = [
         "--tenant",
         default=None,
         help="Who the job is for (default 'default'): submission slots are shared fairly "
-        "between tenants.",
+        "between tenants, and spend and daily budgets count per tenant.",
     ),
     click.option(
         "--keep-outputs/--no-keep-outputs",
         default=None,
         help="Copy the outputs to durable storage before the job completes (default: the "
         "workers' WAVEQUEUE_KEEP_OUTPUTS).",
+    ),
+    click.option(
+        "--on-budget",
+        type=click.Choice(["wait", "fail"]),
+        default=None,
+        help="When a daily budget has no room: wait until it has (default) or fail at once.",
     ),
 ]
 

@@ -93,6 +93,7 @@ def generate_command(
     callback_url: str | None,
     tenant: str | None,
     keep_outputs: bool | None,
+    on_budget: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -116,6 +117,7 @@ def generate_command(
                 "callback_url": callback_url,
                 "tenant": tenant,
                 "keep_outputs": keep_outputs,
+                "on_budget": on_budget,
             },
             metadata,
         )
@@ -163,6 +165,7 @@ def edit_command(
     callback_url: str | None,
     tenant: str | None,
     keep_outputs: bool | None,
+    on_budget: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -191,6 +194,7 @@ def edit_command(
                 "callback_url": callback_url,
                 "tenant": tenant,
                 "keep_outputs": keep_outputs,
+                "on_budget": on_budget,
             },
             metadata,
         )

@@ -45,7 +45,8 @@ def test_a_clean_submit_records_no_fault_and_a_delivered_answer(
 
 
 @pytest.mark.parametrize(
-    "kind", ["submit_503", "submit_429", "submit_drop_before_create", "submit_echo_auth"]
+    "kind",
+    ["submit_503", "submit_429", "submit_401", "submit_drop_before_create", "submit_echo_auth"],
 )
 def test_faults_that_create_nothing_are_counted_per_input(
     emulator: EmulatorHandle, kind: str

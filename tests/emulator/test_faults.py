@@ -123,6 +123,21 @@ def test_submit_echo_auth_quotes_the_authorization_header(emulator: EmulatorHand
     assert emulator.stats()["predictions"]["created"] == 0
 
 
+def test_submit_401_answers_as_for_a_revoked_key(emulator: EmulatorHandle) -> None:
+    emulator.configure(faults={"submit_401": {"count": 1}})
+
+    revoked, after = (
+        emulator.submit(T2I_MAX, {"prompt": "x"}),
+        emulator.submit(T2I_MAX, {"prompt": "x"}),
+    )
+
+    assert revoked.status_code == 401
+    assert revoked.json()["message"] == "Invalid API key"
+    assert after.status_code == 200
+    assert emulator.stats()["auth_failures"] == 1
+    assert emulator.stats()["predictions"]["created"] == 1
+
+
 # --- result faults ----------------------------------------------------------------------
 
 

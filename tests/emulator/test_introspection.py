@@ -139,6 +139,7 @@ def test_config_get_shows_the_current_config_without_the_key(emulator: EmulatorH
         "image_scale": 1.0,
         "faults": {},
         "webhook_resign_retries": True,
+        "balance_micros": 1_000_000_000,
         "fault_counts_remaining": {},
     }
     assert "test-key" not in requests.get(emulator.url("/_emulator/config"), timeout=10).text

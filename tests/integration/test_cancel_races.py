@@ -40,6 +40,9 @@ def test_a_job_cancelled_before_its_message_runs_is_never_submitted(race: Race) 
     assert "nothing was sent" in record.error.message
     assert race.terminal_events(job_id) == ["cancelled"]
     assert race.counter("jobs_cancelled", model=MODEL, stage="queued") == 1
+    # Counted once among the endings too, as cancelled: failure ratios leave it out.
+    assert race.counter("jobs_ended", model=MODEL, outcome="cancelled") == 1
+    assert race.counter("jobs_ended", model=MODEL, outcome="failed") == 0
 
 
 def test_a_cancel_during_the_submit_post_wins_and_the_answer_is_dropped(race: Race) -> None:

@@ -254,6 +254,29 @@ def test_jobs_waiting_out_a_pause_come_back_spread_out(redis_url: str) -> None:
     assert gaps == pytest.approx([62 / 120] * len(gaps), abs=1e-5)
 
 
+def test_resume_ends_only_a_pause_of_its_reason_and_brings_the_line_forward(
+    redis_url: str,
+) -> None:
+    limiter = _limiter(redis_url, per_minute=120)
+    limiter.pause(30, "429 from WaveSpeed", now=T0)
+    assert not limiter.resume("low balance", now=T0 + 1)  # another reason: it stands
+    assert limiter.pause_state(now=T0 + 1).active
+
+    other = _limiter(redis_url, per_minute=120)
+    other._client.flushall()
+    other.pause(60, "low balance: $0.40 is below WAVEQUEUE_LOW_BALANCE $0.50", now=T0)
+    waiting = other.acquire("held-back", images=1, slot_ttl=60, now=T0 + 1)
+    assert waiting.reason == "paused" and waiting.wait == pytest.approx(59, abs=1e-3)
+    assert other.resume("low balance", now=T0 + 2)
+    assert not other.pause_state(now=T0 + 2).active
+    # The job told to wait out the pause keeps its place, now due at once; a newcomer is
+    # served at the usual pace, not after the minute the pause had added.
+    assert other.acquire("held-back", images=1, slot_ttl=60, now=T0 + 2).granted
+    newcomer = other.acquire("newcomer", images=1, slot_ttl=60, now=T0 + 2)
+    assert newcomer.granted or newcomer.wait < 2
+    assert not other.resume("low balance", now=T0 + 3)  # nothing left to end
+
+
 def test_pause_length_defaults_and_bounds_use_redis_time(redis_url: str) -> None:
     limiter = _limiter(redis_url, per_minute=60)
     seconds, micros = limiter._client.time()

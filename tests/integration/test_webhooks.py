@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from producer import JobClient, TextToImage
 from tests.support.records import put_in_status
@@ -201,14 +202,21 @@ def test_a_body_over_the_cap_is_refused_with_413(hooked: HookedStack) -> None:
     refused = hooked.counter("webhooks_rejected", reason="too_large")
 
     declared = callbacks.post(callbacks.url(job_id), headers, body)
-    chunked = callbacks.session.post(
-        callbacks.url(job_id),
-        headers=headers,
-        data=(body[i : i + 1000] for i in range(0, len(body), 1000)),
-        timeout=10,
-    )
-
-    assert (declared.status_code, chunked.status_code) == (413, 413)
+    assert declared.status_code == 413
+    # A chunked body has no length to refuse up front: the receiver answers 413 and closes
+    # the connection as soon as the cap is passed, so a sender still writing may see the
+    # reset before the answer. Either way the counter shows the refusal.
+    try:
+        chunked = callbacks.session.post(
+            callbacks.url(job_id),
+            headers=headers,
+            data=(body[i : i + 1000] for i in range(0, len(body), 1000)),
+            timeout=10,
+        )
+    except requests.ConnectionError:
+        pass
+    else:
+        assert chunked.status_code == 413
     assert hooked.counter("webhooks_rejected", reason="too_large") == refused + 2
     assert hooked.stack.jobs.store.get(job_id).status is JobStatus.QUEUED
 

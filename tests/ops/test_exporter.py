@@ -11,11 +11,13 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from ops.healthcheck import healthy
 from ops.localstack.supervisor import ProcessService
 from producer import JobClient
 from tests.ops.conftest import scrape, start_exporter
@@ -89,6 +91,9 @@ def test_counters_and_histograms_match_the_emulator(
     assert total(found, "wavequeue_jobs_completed_total", model=model) == 5
     assert total(found, "wavequeue_jobs_failed_total", code="1403", model=model) == 2
     assert total(found, "wavequeue_jobs_failed_total") == stats["predictions"]["failed"] == 2
+    assert total(found, "wavequeue_jobs_ended_total", outcome="completed", model=model) == 5
+    assert total(found, "wavequeue_jobs_ended_total", outcome="failed", model=model) == 2
+    assert total(found, "wavequeue_jobs_ended_total") == 7
 
     # Histograms: one observation per completed job, buckets cumulative up to +Inf.
     assert total(found, "wavequeue_end_to_end_seconds_count") == 5
@@ -148,5 +153,16 @@ def test_redis_down_is_reported_not_an_error(stack_env: dict[str, str], tmp_path
     try:
         found = samples(service)
         assert total(found, "wavequeue_redis_up") == 0
+        # The container's healthcheck: an exporter that cannot read Redis is unhealthy
+        # (it answered HTTP, which the check used to take as healthy).
+        assert not healthy(["wavequeue", "exporter", "--port", port_of_url(service.address)])
     finally:
         service.stop()
+
+
+def test_an_exporter_that_reads_redis_is_healthy(exporter: ProcessService) -> None:
+    assert healthy(["wavequeue", "exporter", "--port", port_of_url(exporter.address)])
+
+
+def port_of_url(url: str) -> str:
+    return str(urlsplit(url).port)

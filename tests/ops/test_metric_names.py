@@ -21,10 +21,11 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.exporter.catalogue import COUNTERS
+from ops.exporter.catalogue import COUNTERS, MONEY_COUNTERS
 from ops.exporter.collector import WavequeueCollector
 from worker.constants import LATENCY_BUCKETS, POLL_COUNT_BUCKETS
-from worker.store import JobStore
+from worker.settings import Settings
+from worker.store import JobStore, counter_field
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
@@ -37,6 +38,9 @@ REQUIRED_ALERTS = {
     "WavequeueHighFailureRate",
     "WavequeueNoWorkers",
     "WavequeueJobsStuckPastDeadline",
+    "WavequeueHeldMessagesOverdue",
+    "WavequeueRemoteRateLimited",
+    "WavequeueExporterCannotReadRedis",
 }
 
 
@@ -65,13 +69,15 @@ def exporter_metric_names(redis_url: str) -> set[str]:
     store = JobStore.from_url(redis_url, record_ttl=60)
     for name in COUNTERS:
         store.count(name, model="m", code="1")
+    for stored, _ in MONEY_COUNTERS.values():
+        store.client.hincrby("wq:counters", counter_field(stored, model="m", tenant="t"), 40_000)
     store.observe("end_to_end_seconds", 3.0, LATENCY_BUCKETS)
     store.observe("polls_per_job", 2, POLL_COUNT_BUCKETS)
     store.client.zadd("wq:deadlines", {"j1": 1.0})
     store.client.hset("wq:job:j1", mapping={"status": "queued", "model": "m"})
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     registry = CollectorRegistry()
-    registry.register(WavequeueCollector(client, visibility_timeout=600))
+    registry.register(WavequeueCollector(client, Settings(visibility_timeout=600)))
     text = generate_latest(registry).decode()
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
@@ -129,15 +135,54 @@ def test_dashboard_uses_only_exported_metrics(known: set[str]) -> None:
     assert any(name.startswith("flower_") for name in used)  # the workers row
 
 
-def test_dashboard_covers_queues_throughput_latency_failures_tenants_workers() -> None:
+def test_dashboard_covers_queues_throughput_latency_failures_workers_cost_tenants() -> None:
     board = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Tenants", "Workers (Flower)"]
+    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers", "Cost", "Tenants"]
     datasource = yaml.safe_load(
         (ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]
     panel_sources = {p["datasource"]["uid"] for p in board["panels"] if "datasource" in p}
-    assert panel_sources == {datasource["uid"]}
+    target_sources = {
+        t["datasource"]["uid"]
+        for p in board["panels"]
+        for t in p.get("targets", [])
+        if "datasource" in t
+    }
+    assert panel_sources == target_sources == {datasource["uid"]}
+    assert datasource["type"] == "prometheus"
+    assert all(
+        p["datasource"]["type"] == "prometheus" for p in board["panels"] if "datasource" in p
+    )
+    # Every query panel names its datasource; ids are unique (Grafana keys panels by id).
+    queried = [p for p in board["panels"] if p.get("targets")]
+    assert all("datasource" in p for p in queried)
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    # Provisioning loads the folder compose mounts the dashboards into.
+    provider = yaml.safe_load(
+        (ROOT / "ops/grafana/provisioning/dashboards/wavequeue.yml").read_text()
+    )["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_workers_panel_and_no_workers_alert_use_heartbeats() -> None:
+    """Flower's flower_worker_online stays 1 for a killed or frozen worker: neither the
+    page nor the panel may rest on it."""
+    rule = next(r for r in alert_rules() if r["alert"] == "WavequeueNoWorkers")
+    assert "flower_worker_online" not in rule["expr"]
+    assert "wavequeue_workers_alive" in rule["expr"]
+    assert not any("flower_worker_online" in expr for expr in dashboard_exprs())
+    assert any("wavequeue_workers_alive" in expr for expr in dashboard_exprs())
+
+
+def test_failure_ratio_panel_is_the_alert_expression() -> None:
+    """The panel and the alert count the same endings (timed-out jobs too)."""
+    rule = next(r for r in alert_rules() if r["alert"] == "WavequeueHighFailureRate")
+    alert = " ".join(rule["expr"].split()).removesuffix(" > 0.1")
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    ratio = next(p for p in panels if p["title"] == "Failure ratio")
+    assert [t["expr"] for t in ratio["targets"]] == [alert]
 
 
 def test_alert_rules_are_complete_and_in_the_runbook() -> None:

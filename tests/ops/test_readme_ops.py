@@ -10,7 +10,7 @@ import click
 import yaml
 
 from ops.demo.__main__ import main as demo_command
-from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, PREFIX
+from ops.exporter.catalogue import COUNTERS, GAUGES, HISTOGRAMS, MONEY_COUNTERS, PREFIX
 from ops.exporter.cli import DEFAULT_PORT
 from ops.localstack.stack import PREFERRED_REDIS_PORT, StackOptions, up_command
 from tests.ops.test_metric_names import alert_rules, flower_metric_names
@@ -59,6 +59,7 @@ def test_monitor_it_lists_every_exported_metric() -> None:
     exported = (
         {PREFIX + name for name in GAUGES}
         | {f"{PREFIX}{name}_total" for name in COUNTERS}
+        | {f"{PREFIX}{name}_total" for name in MONEY_COUNTERS}
         | {PREFIX + name for name in HISTOGRAMS}
     )
     assert listed == exported

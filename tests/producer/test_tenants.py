@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer import JobClient, ValidationError
-from worker.models import DEFAULT_TENANT
+from worker.constants import DEFAULT_TENANT
 from worker.settings import Settings
 from worker.store import JobStore
 from worker.tenants import parse_weights

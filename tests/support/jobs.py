@@ -22,7 +22,15 @@ class Enqueuer:
         self.store = JobStore.from_url(settings.redis_url, record_ttl=settings.record_ttl)
         self.app: Celery = make_app(settings)
 
-    def create(self, model: str, deadline: float | None = None, **fields: Any) -> str:
+    def create(
+        self,
+        model: str,
+        deadline: float | None = None,
+        *,
+        tenant: str = "default",
+        on_budget: str = "wait",
+        **fields: Any,
+    ) -> str:
         """Write a queued record without sending a message."""
         body = validate_request(
             model, fields, allow_private_image_urls=self.settings.allow_private_image_urls
@@ -35,6 +43,8 @@ class Enqueuer:
             status=JobStatus.QUEUED,
             created_at=now,
             deadline_at=now + (deadline or self.settings.job_deadline),
+            tenant=tenant,
+            on_budget=on_budget,
         )
         job_id, _ = self.store.create_job(record)
         return job_id

@@ -102,16 +102,18 @@ def worker_stack(
     workers: int = 1,
     concurrency: int = 4,
     redis_server: RedisServer | None = None,
+    emulator_config: dict[str, Any] | None = None,
 ) -> Iterator[WorkerStack]:
     """``redis_server``: a running server the caller owns (e.g. ``private_redis``, to restart
-    it mid-test); by default the stack starts and stops one of its own."""
+    it mid-test); by default the stack starts and stops one of its own.
+    ``emulator_config``: more of the emulator's config keys (``faults``, ``balance``...)."""
     owns_redis = redis_server is None
     if redis_server is None:
         redis_server = RedisServer(data_dir=tmp_path / "redis").start()
     emulator = EmulatorServer(
         EmulatorConfig(
             api_key=SECRET_API_KEY, latency=LatencySpec.parse(latency), image_scale=0.1, seed=7
-        )
+        ).updated(emulator_config or {})
     ).start()
     env = {
         "REDIS_URL": redis_server.url,

@@ -1,13 +1,29 @@
-"""Every requests exception maps into the error tree; submit never calls "maybe sent" transient."""
+"""The error mapping and the parsing of ``worker.wavespeed``, on built values: failures
+that ``test_wavespeed_client.py`` cannot stage over real HTTP, and envelopes."""
 
 from __future__ import annotations
 
-import inspect
+import json
+import socket
 from typing import Any
 
 import pytest
-import requests
-import urllib3.exceptions
+import urllib3
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import (
+    ClosedPoolError,
+    DecodeError,
+    EmptyPoolError,
+    IncompleteRead,
+    LocationParseError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from worker.errors import (
     PermanentError,
@@ -18,57 +34,53 @@ from worker.errors import (
 )
 from worker.wavespeed import RemoteStatus, failure_of, map_transport_error, parse_prediction
 
-REQUEST_EXCEPTIONS = sorted(
-    (
-        cls
-        for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)
-        if issubclass(cls, requests.RequestException)
-    ),
-    key=lambda cls: cls.__name__,
-)
+
+def _pool() -> urllib3.HTTPConnectionPool:
+    return urllib3.HTTPConnectionPool("127.0.0.1", 1)
 
 
-@pytest.mark.parametrize("exc_class", REQUEST_EXCEPTIONS, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("during_submit", [True, False])
-def test_every_requests_exception_maps_somewhere(
-    exc_class: type[requests.RequestException], during_submit: bool
+def _conn() -> HTTPConnection:
+    return HTTPConnection("127.0.0.1", 1)
+
+
+#: Failures the tests over real HTTP (test_wavespeed_client.py) do not stage, built here.
+#: (exception, on submit, on a poll)
+CASES: list[tuple[Exception, type[WaveSpeedError], type[WaveSpeedError]]] = [
+    # Never sent: safe to retry, even a submit.
+    (NameResolutionError("wavespeed.invalid", _conn(), socket.gaierror(-2, "unknown")),
+     TransientError, TransientError),
+    (NewConnectionError(_conn(), "Connection refused"), TransientError, TransientError),
+    (ProxyError("Unable to connect to proxy", OSError("refused")),
+     TransientError, TransientError),
+    (ClosedPoolError(_pool(), "Pool is closed."), TransientError, TransientError),
+    (EmptyPoolError(_pool(), "Pool is empty."), TransientError, TransientError),
+    # A GET's failure comes wrapped by its redirect-only Retry: the reason is what counts.
+    (MaxRetryError(_pool(), "/x", NewConnectionError(_conn(), "refused")),
+     TransientError, TransientError),
+    (MaxRetryError(_pool(), "/x", ReadTimeoutError(_pool(), "/x", "slow")),
+     SubmitOutcomeUnknownError, TransientError),
+    # Sent, and no readable answer.
+    (ReadTimeoutError(_pool(), "/x", "slow"), SubmitOutcomeUnknownError, TransientError),
+    (ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+     SubmitOutcomeUnknownError, TransientError),
+    (IncompleteRead(10, 20), SubmitOutcomeUnknownError, TransientError),
+    (DecodeError("bad gzip"), SubmitOutcomeUnknownError, TransientError),
+    (json.JSONDecodeError("Expecting value", "{", 1), SubmitOutcomeUnknownError, TransientError),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+     SubmitOutcomeUnknownError, TransientError),
+    # The request itself is wrong, or TLS failed: the same call fails again.
+    (SSLError("certificate verify failed"), PermanentError, PermanentError),
+    (LocationParseError("http://[::1"), PermanentError, PermanentError),
+    (ValueError("Invalid header value"), PermanentError, PermanentError),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("exc", "on_submit", "on_poll"), CASES, ids=lambda v: type(v).__name__)
+def test_mapping(
+    exc: Exception, on_submit: type[WaveSpeedError], on_poll: type[WaveSpeedError]
 ) -> None:
-    is_json = issubclass(exc_class, requests.exceptions.JSONDecodeError)
-    exc = exc_class("bad json", "{", 0) if is_json else exc_class("boom")
-    mapped = map_transport_error(exc, during_submit=during_submit)
-    assert isinstance(mapped, WaveSpeedError)
-    if not during_submit:
-        assert not isinstance(mapped, SubmitOutcomeUnknownError)
-
-
-def test_there_are_many_request_exceptions() -> None:
-    assert len(REQUEST_EXCEPTIONS) > 15
-
-
-def _refused() -> requests.ConnectionError:
-    pool_error = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
-    return requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/x", pool_error))  # type: ignore[arg-type]
-
-
-SUBMIT_CASES: list[tuple[requests.RequestException, type[WaveSpeedError]]] = [
-    (_refused(), TransientError),
-    (requests.ConnectTimeout("connect timed out"), TransientError),
-    (requests.ReadTimeout("read timed out"), SubmitOutcomeUnknownError),
-    (requests.ConnectionError("Connection aborted: RemoteDisconnected"), SubmitOutcomeUnknownError),
-    (requests.exceptions.ChunkedEncodingError("broken body"), SubmitOutcomeUnknownError),
-    (requests.exceptions.InvalidURL("bad url"), PermanentError),
-    (requests.exceptions.SSLError("bad cert"), PermanentError),
-]
-
-
-@pytest.mark.parametrize(("exc", "expected"), SUBMIT_CASES, ids=lambda v: type(v).__name__)
-def test_submit_mapping(exc: requests.RequestException, expected: type[WaveSpeedError]) -> None:
-    assert type(map_transport_error(exc, during_submit=True)) is expected
-
-
-def test_read_timeout_on_result_is_transient() -> None:
-    mapped = map_transport_error(requests.ReadTimeout("slow"), during_submit=False)
-    assert type(mapped) is TransientError
+    assert type(map_transport_error(exc, during_submit=True)) is on_submit
+    assert type(map_transport_error(exc, during_submit=False)) is on_poll
 
 
 def _envelope(**data: Any) -> dict[str, Any]:
@@ -115,12 +127,6 @@ def test_remote_5xxx_is_transient() -> None:
 def test_sync_timeout_is_still_running() -> None:
     prediction = parse_prediction(_envelope(status="processing", code=5004, error="Sync timeout"))
     assert prediction.status.is_running
-
-
-def test_json_decode_error_on_submit_is_outcome_unknown() -> None:
-    exc = requests.exceptions.JSONDecodeError("bad json", "{", 0)
-    assert type(map_transport_error(exc, during_submit=True)) is SubmitOutcomeUnknownError
-    assert type(map_transport_error(exc, during_submit=False)) is TransientError
 
 
 def test_redaction_cuts_the_key_and_bearer_tokens() -> None:
