@@ -4,7 +4,7 @@ Celery's queues are FIFO lists: when tenant A enqueues 2,000 jobs and then tenan
 B's messages sit behind A's. Ordering the messages cannot fix that; so a job that cannot
 be submitted at once does not wait in a queue (nor with a slot reserved at the end of the
 schedule, which is FIFO too). Its run puts it in **the line** and ends with no next
-message, like a job parked behind the in-flight cap. The shared limiter
+message (as a job behind the in-flight cap used to park). The shared limiter
 (``worker.ratelimit``) then hands out submission slots: whenever the schedule has a slot
 within ``horizon`` seconds and the in-flight cap has room, it picks the next tenant by
 **smooth weighted round robin** among the tenants with jobs in the line, takes that

@@ -25,6 +25,12 @@ grants a submit or says how long to wait, from four rules:
 * **The in-flight cap**, as before: a slot per job in a sorted set scored by
   expiry, so a slot a crashed worker never released ages out by itself; a job's
   terminal transition removes its slot (see ``store.transition``).
+* **The fair line** (``worker.fairness``). A job that cannot be granted at once does not
+  take a slot at the end of the schedule (that would serve jobs in arrival order, and
+  one tenant's backlog ahead of everyone): it joins the line, with no message, and each
+  call hands the slots of the next ``horizon`` seconds (while the in-flight cap has room
+  for every slot given out) to the jobs in line, tenant by weighted round robin. The
+  caller sends their messages (``Permit.admitted``, ``give_out``).
 * **A fleet-wide pause.** ``pause()`` (a remote 429: its ``Retry-After``, or
   ``DEFAULT_PAUSE_SECONDS``) makes every ``acquire`` on every worker answer "wait"
   until Redis time passes the pause end. A pause only ever extends, and moves the
@@ -51,7 +57,8 @@ per-minute limit; no limiter can help that one.)
 
 State: ``RATE_BUCKET_KEY`` (hash: ``tat``, ``shift``, ``paused_until``,
 ``pause_reason``, the log's running total ``logged`` and a grant ``seq``),
-``RATE_LOG_KEY``, ``RATE_RESERVED_KEY``, ``IN_FLIGHT_KEY``. Times are Redis ``TIME``
+``RATE_LOG_KEY``, ``RATE_RESERVED_KEY`` (slots given to jobs of the line), ``IN_FLIGHT_KEY``,
+and the line's keys (``worker.fairness``). Times are Redis ``TIME``
 seconds; tests pass ``now`` to drive the clock.
 """
 
