@@ -26,8 +26,10 @@ def send_job_chain(
     queue: str,
     *,
     first_kwargs: Mapping[str, Any] | None = None,
+    countdown: float | None = None,
 ) -> None:
-    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message)."""
+    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message), the
+    first to run in ``countdown`` seconds (None: now)."""
     signatures = [
         app.signature(
             RUN_JOB_TASK,
@@ -38,23 +40,31 @@ def send_job_chain(
         )
         for index, job_id in enumerate(job_ids)
     ]
+    options = {} if not countdown else {"countdown": countdown}
     if len(signatures) == 1:
-        signatures[0].apply_async()
+        signatures[0].apply_async(**options)
     else:
-        chain(*signatures).apply_async()
+        chain(*signatures).apply_async(**options)
 
 
 def send_job_and_rest(
-    app: Celery, store: JobStore, state: JobState, first_kwargs: Mapping[str, Any]
+    app: Celery,
+    store: JobStore,
+    state: JobState,
+    first_kwargs: Mapping[str, Any],
+    *,
+    countdown: float | None = None,
 ) -> None:
     """Send a job's message again; a chain step takes the steps after it along (what the
-    sweeper and a wake send)."""
+    sweeper and a job given a submission slot send)."""
     job_ids = [state.id]
     if state.chain_id and state.step:
         # If the chain record expired, finish this step at least.
         with contextlib.suppress(JobNotFoundError):
             job_ids += store.get_chain(state.chain_id).step_job_ids[state.step :]
-    send_job_chain(app, job_ids, state.priority.queue, first_kwargs=first_kwargs)
+    send_job_chain(
+        app, job_ids, state.priority.queue, first_kwargs=first_kwargs, countdown=countdown
+    )
 
 
 def continue_chain(app: Celery, store: JobStore, state: JobState) -> bool:

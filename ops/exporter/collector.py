@@ -42,6 +42,8 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
+#: A job in these statuses holds a slot of the in-flight cap (or is taking one).
+IN_FLIGHT_STATUSES = frozenset({"submitting", "submitted", "processing"})
 
 
 def _gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -145,6 +147,34 @@ class WavequeueCollector(Collector):
         first = snap.earliest_deferred_poll
         overdue.add_metric([], max(0.0, snap.taken_at - first) if first is not None else 0.0)
         yield overdue
+        persisting = _gauge("jobs_persisting")
+        persisting.add_metric(
+            [], sum(n for (status, _), n in snap.live_jobs.items() if status == "persisting")
+        )
+        yield persisting
+        yield from self._tenants(snap)
+
+    def _tenants(self, snap: Snapshot) -> Iterator[Metric]:
+        """Per tenant: live jobs by status, jobs in the fair line, jobs in flight. Their
+        completions are the counter ``tenant_jobs_ended``.
+        HOOK(budgets): per-tenant spend (issue #13 section 1) belongs beside these: the
+        budgets branch's spend counters, by tenant, exported here as they land."""
+        live = _gauge("tenant_jobs_live", ["tenant", "status"])
+        in_flight: dict[str, int] = {}
+        for (status, tenant), count in sorted(snap.tenant_live.items()):
+            live.add_metric([tenant, status], count)
+            if status in IN_FLIGHT_STATUSES:
+                in_flight[tenant] = in_flight.get(tenant, 0) + count
+        yield live
+        flying = _gauge("tenant_in_flight", ["tenant"])
+        for tenant, count in sorted(in_flight.items()):
+            flying.add_metric([tenant], count)
+        yield flying
+        waiting = _gauge("tenant_waiting", ["tenant"])
+        tenants = {tenant for _, tenant in snap.tenant_live} | set(snap.tenant_waiting)
+        for tenant in sorted(tenants):
+            waiting.add_metric([tenant], snap.tenant_waiting.get(tenant, 0))
+        yield waiting
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}

@@ -335,3 +335,22 @@ def test_a_chain_advances_once_per_step_whether_webhook_or_poll_ends_it(tmp_path
             for step in status.steps[1:]:
                 assert monitor.chained_runs(step.job_id) == 1, step
         monitor.app.close()
+
+
+def test_a_webhook_hands_a_job_that_keeps_its_outputs_to_a_worker(tmp_path: Path) -> None:
+    """The receiver does not copy (it answers within milliseconds): a job that keeps its
+    outputs goes ``persisting`` on its webhook and a worker copies them, with no poll."""
+    kept_dir = tmp_path / "kept"
+    settings = {**FAR_POLL, "WAVEQUEUE_KEEP_OUTPUTS": "1", "WAVEQUEUE_OUTPUTS_DIR": str(kept_dir)}
+    with hooked_stack(tmp_path, settings) as running:
+        stack = running.stack
+        job_ids = [stack.jobs.enqueue(T2I, prompt=f"kept by webhook {i}") for i in range(3)]
+        records = stack.jobs.wait(job_ids, timeout=60)
+        assert [r.status for r in records] == [JobStatus.COMPLETED] * 3
+        assert stack.emulator.stats()["polls"]["total"] == 0
+        for record in records:
+            (location,) = record.stored_outputs
+            kept = (kept_dir / record.id / "output1.png").read_bytes()
+            assert location.endswith(f"/{record.id}/output1.png")
+            assert kept == requests.get(record.outputs[0], timeout=10).content
+        assert sorted(_predictions_by_input(stack).values()) == [1] * 3

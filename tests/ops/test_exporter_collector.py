@@ -240,6 +240,11 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
     assert missing == {
         "wavequeue_jobs_live",
         "wavequeue_callback_attempts_failed_total",
+        "wavequeue_tenant_jobs_live",
+        "wavequeue_tenant_waiting",
+        "wavequeue_tenant_in_flight",
+        "wavequeue_tenant_jobs_ended_total",
+        "wavequeue_tenant_admitted_total",
         "wavequeue_spend_usd_total",
         "wavequeue_spend_unconfirmed_usd_total",
         "wavequeue_images_billed_total",
