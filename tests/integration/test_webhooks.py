@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from producer import JobClient, TextToImage
 from tests.support.records import put_in_status
