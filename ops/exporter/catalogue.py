@@ -209,7 +209,8 @@ COUNTER_LABELS: Final[dict[str, dict[str, tuple[str, ...] | None]]] = {
     "callbacks_delivered": {"kind": CALLBACK_KINDS},
     "callbacks_failed": {"kind": CALLBACK_KINDS},
     "callback_attempts_failed": {"status": None},
-    # Tenants are the users' names: exported as they come, from their first count.
+    # Tenants are the users' names: ``None`` here, and the exporter takes every tenant the
+    # store has seen (its live counts, kept from its first enqueued job), from 0.
     "images_billed": {"model": MODELS, "tenant": None},
     "jobs_held": {"reason": ("budget",), "tenant": None},
     "tenant_jobs_ended": {"status": OUTCOMES, "tenant": None},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
@@ -28,6 +28,7 @@ from ops.exporter.catalogue import (
     FAILURE_CODES,
     GAUGES,
     HISTOGRAMS,
+    MODELS,
     MONEY_COUNTERS,
     OTHER_CODE,
     PREFIX,
@@ -35,7 +36,7 @@ from ops.exporter.catalogue import (
 )
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
 from worker.budgets import ScopeBudget, budgets_from
-from worker.constants import WORKER_SILENT_AFTER
+from worker.constants import DEFAULT_TENANT, WORKER_SILENT_AFTER
 from worker.money import MICROS_PER_USD
 from worker.settings import Settings
 
@@ -178,15 +179,26 @@ class WavequeueCollector(Collector):
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}
+        # Tenants are known from their first enqueued job (its live count), before any of
+        # their jobs is counted: their series start at 0 too.
+        tenants = (
+            {DEFAULT_TENANT} | {tenant for _, tenant in snap.tenant_live} | set(snap.tenant_waiting)
+        )
         for name in COUNTERS:
             # Known label sets from 0: rate() counts a series' first step only if
             # Prometheus saw it before, at 0.
-            by_name[name].update(dict.fromkeys(_known_label_sets(name), 0))
+            by_name[name].update(dict.fromkeys(_known_label_sets(name, tenants), 0))
         money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
-        in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
+        money_from_zero = [
+            (("model", model), ("tenant", tenant)) for model in MODELS for tenant in sorted(tenants)
+        ]
+        in_money: dict[str, dict[Labels, int]] = {
+            exported: dict.fromkeys(money_from_zero, 0) for exported in MONEY_COUNTERS
+        }
         for (name, labels), value in snap.counters.items():
             if name in money:
-                in_money[money[name]].append((labels, value))
+                totals = in_money[money[name]]
+                totals[labels] = totals.get(labels, 0) + value
                 continue
             samples = by_name.setdefault(name, {})
             key = _fold(labels)
@@ -196,7 +208,7 @@ class WavequeueCollector(Collector):
             family = CounterMetricFamily(
                 PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
             )
-            for labels, micros in sorted(micro_samples):
+            for labels, micros in sorted(micro_samples.items()):
                 values = dict(labels)
                 family.add_metric(
                     [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
@@ -261,12 +273,14 @@ class WavequeueCollector(Collector):
         yield paused
 
 
-def _known_label_sets(name: str) -> list[Labels]:
+def _known_label_sets(name: str, tenants: Iterable[str] = ()) -> list[Labels]:
     """Every combination of known label values of counter ``name`` (``()`` if unlabelled;
-    none if a label takes any value)."""
+    none if a label takes any value); a ``tenant`` label takes the ``tenants`` known."""
     if name in UNLABELLED_COUNTERS:
         return [()]
-    labels = COUNTER_LABELS.get(name)
+    labels = dict(COUNTER_LABELS.get(name) or {})
+    if "tenant" in labels and labels["tenant"] is None:
+        labels["tenant"] = tuple(sorted(tenants))
     if not labels or any(values is None for values in labels.values()):
         return []
     sets: list[Labels] = [()]
