@@ -15,7 +15,7 @@ WORKDIR /app
 COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir worker producer emulator ops \
     && touch worker/__init__.py producer/__init__.py emulator/__init__.py ops/__init__.py \
-    && pip install -c constraints.txt . \
+    && pip install -c constraints.txt '.[s3]' \
     && pip uninstall -y wavequeue
 
 COPY worker ./worker

@@ -90,6 +90,7 @@ def prepare_chain(
     idempotency_key: object = None,
     callback_url: object = None,
     tenant: object = None,
+    keep_outputs: object = None,
     on_budget: object = None,
 ) -> PreparedChain:
     """Check every step and the options; ``ValidationError`` keys are ``stepN.field``."""
@@ -134,6 +135,7 @@ def prepare_chain(
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
         tenant=tenant,
+        keep_outputs=keep_outputs,
         on_budget=on_budget,
     )
     if problems:

@@ -142,6 +142,7 @@ class JobOptionsInput(NamedTuple):
     idempotency_key: str | None
     callback_url: str | None = None
     tenant: str | None = None
+    keep_outputs: bool | None = None
     on_budget: str | None = None
 
 
@@ -244,6 +245,7 @@ class JobClient:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         tenant: str | None = None,
+        keep_outputs: bool | None = None,
         on_budget: str | None = None,
     ) -> str:
         """Enqueue a generation; returns the job id. ``num_images`` and
@@ -260,7 +262,14 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.TEXT_TO_IMAGE, model, fields, options)
 
@@ -280,6 +289,7 @@ class JobClient:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         tenant: str | None = None,
+        keep_outputs: bool | None = None,
         on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit of one image (URL, data URI or local file); returns the job id.
@@ -294,7 +304,14 @@ class JobClient:
             "safety_tolerance": safety_tolerance,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.EDIT, model, fields, options)
 
@@ -313,6 +330,7 @@ class JobClient:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         tenant: str | None = None,
+        keep_outputs: bool | None = None,
         on_budget: str | None = None,
     ) -> str:
         """Enqueue an edit that combines 1-5 images; returns the job id."""
@@ -324,7 +342,14 @@ class JobClient:
             "aspect_ratio": aspect_ratio,
         }
         options = JobOptionsInput(
-            priority, deadline, metadata, idempotency_key, callback_url, tenant, on_budget
+            priority,
+            deadline,
+            metadata,
+            idempotency_key,
+            callback_url,
+            tenant,
+            keep_outputs,
+            on_budget,
         )
         return self._enqueue(EndpointKind.MULTI, model, fields, options)
 
@@ -346,6 +371,7 @@ class JobClient:
             idempotency_key=options.idempotency_key,
             callback_url=options.callback_url,
             tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
             on_budget=options.on_budget,
         )
         return self.submit(prepared)
@@ -457,6 +483,7 @@ class JobClient:
             idempotency_key=options.idempotency_key,
             callback_url=options.callback_url,
             tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
             on_budget=options.on_budget,
             estimated_cost_micros=price_of(prepared.model, _images_of(prepared.body)),
         )
@@ -565,6 +592,7 @@ class JobClient:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         tenant: str | None = None,
+        keep_outputs: bool | None = None,
         on_budget: str | None = None,
     ) -> str:
         """Enqueue a chain; returns the chain id.
@@ -589,6 +617,7 @@ class JobClient:
             idempotency_key=idempotency_key,
             callback_url=callback_url,
             tenant=tenant,
+            keep_outputs=keep_outputs,
             on_budget=on_budget,
         )
         options = prepared.options
@@ -1037,6 +1066,7 @@ class JobClient:
             metadata=dict(options.metadata),
             idempotency_key=options.idempotency_key if number == 1 else None,
             tenant=options.tenant,
+            keep_outputs=options.keep_outputs,
             on_budget=options.on_budget,
             estimated_cost_micros=price_of(step.model, _images_of(step.body)),
         )
@@ -1097,6 +1127,7 @@ class JobClient:
             step=old.step,
             metadata=old.metadata,
             tenant=old.tenant,
+            keep_outputs=old.keep_outputs,
             on_budget=old.on_budget,
             estimated_cost_micros=price_of(old.model, _images_of(body)),
         )

@@ -1,6 +1,6 @@
 """The options every job takes, whatever its endpoint: priority, deadline, metadata,
-idempotency key, callback URL, tenant and what to do at a spent budget; and the queue a
-priority routes to.
+idempotency key, callback URL, tenant, keep outputs and what to do at a spent budget; and
+the queue a priority routes to.
 
 Why two queues instead of message priorities: a Redis list has no per-message
 priority (kombu can only emulate one with ``priority_steps``, several lists per
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from worker.constants import DEFAULT_TENANT, TENANT_PATTERN
 from worker.limits import (
     MAX_CALLBACK_URL_CHARS,
     MAX_DEADLINE_SECONDS,
@@ -28,6 +26,7 @@ from worker.limits import (
     MAX_METADATA_BYTES,
 )
 from worker.models import OnBudget, Priority
+from worker.tenants import DEFAULT_TENANT, tenant_problem
 
 #: The limits live in ``worker.limits``; these names stay for existing imports.
 MAX_IDEMPOTENCY_KEY_LENGTH = MAX_IDEMPOTENCY_KEY_CHARS
@@ -50,8 +49,12 @@ class JobOptions:
     idempotency_key: str | None = None
     #: Where the worker POSTs the final record (``worker.callbacks``).
     callback_url: str | None = None
-    #: Who the job is for: spend and budgets count per tenant.
+    #: Who the job is for: submission slots are shared fairly between tenants
+    #: (``worker.fairness``); spend and budgets count per tenant.
     tenant: str = DEFAULT_TENANT
+    #: Copy the outputs to durable storage before completing (``worker.keep_outputs``);
+    #: None: the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
+    keep_outputs: bool | None = None
     #: At a spent daily budget: wait (held) or fail at once.
     on_budget: OnBudget = OnBudget.WAIT
 
@@ -71,6 +74,7 @@ def check_options(
     callback_url: object = None,
     callbacks_signed: bool = True,
     tenant: object = None,
+    keep_outputs: object = None,
     on_budget: object = None,
 ) -> JobOptions | None:
     """``callbacks_signed``: the client has ``WAVEQUEUE_CALLBACK_SECRET`` (a backend that
@@ -83,6 +87,7 @@ def check_options(
     checked_key = _idempotency_key(problems, idempotency_key)
     checked_callback = _callback_url(problems, callback_url, callbacks_signed)
     checked_tenant = _tenant(problems, DEFAULT_TENANT if tenant is None else tenant)
+    checked_keep = _keep_outputs(problems, keep_outputs)
     checked_on_budget = _on_budget(problems, OnBudget.WAIT if on_budget is None else on_budget)
     if len(problems) > before:
         return None
@@ -95,15 +100,25 @@ def check_options(
         idempotency_key=checked_key,
         callback_url=checked_callback,
         tenant=checked_tenant,
+        keep_outputs=checked_keep,
         on_budget=checked_on_budget,
     )
 
 
 def _tenant(problems: dict[str, str], value: object) -> str | None:
-    if not isinstance(value, str) or not re.fullmatch(TENANT_PATTERN, value):
-        problems["tenant"] = "must be 1 to 64 characters of A-Z a-z 0-9 _ . -"
+    why = tenant_problem(value)
+    if why is not None:
+        problems["tenant"] = why
         return None
+    assert isinstance(value, str)
     return value
+
+
+def _keep_outputs(problems: dict[str, str], value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    problems["keep_outputs"] = f"must be true or false, not {type(value).__name__}"
+    return None
 
 
 def _on_budget(problems: dict[str, str], value: object) -> OnBudget | None:

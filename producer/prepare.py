@@ -47,6 +47,7 @@ OPTION_KEYS = (
     "idempotency_key",
     "callback_url",
     "tenant",
+    "keep_outputs",
     "on_budget",
 )
 
@@ -173,6 +174,7 @@ def prepare_job(
     idempotency_key: object = None,
     callback_url: object = None,
     tenant: object = None,
+    keep_outputs: object = None,
     on_budget: object = None,
 ) -> PreparedJob:
     """Check one request of ``kind``; raise ``ValidationError`` naming every bad field."""
@@ -190,6 +192,7 @@ def prepare_job(
         callback_url=callback_url,
         callbacks_signed=limits.callbacks_signed,
         tenant=tenant,
+        keep_outputs=keep_outputs,
         on_budget=on_budget,
     )
     body = check_body(problems, endpoint, body_fields, limits) if endpoint is not None else None
@@ -207,8 +210,8 @@ def prepare_from_mapping(request: Mapping[str, Any], limits: Limits) -> Prepared
 
     ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` defaults to the
     kind's default model; option keys are ``priority``, ``deadline``, ``metadata``,
-    ``idempotency_key``, ``callback_url``, ``tenant``, ``on_budget``; every other key is a
-    WaveSpeed field of that model.
+    ``idempotency_key``, ``callback_url``, ``tenant``, ``keep_outputs``, ``on_budget``;
+    every other key is a WaveSpeed field of that model.
     """
     if not isinstance(request, Mapping):
         raise ValidationError({"request": f"must be a JSON object, not {type(request).__name__}"})

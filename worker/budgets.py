@@ -22,7 +22,7 @@ tenant, its own cap at run time, else its own in the settings, else the run-time
 for every tenant (``*``), else the settings' one.
 
 A job that meets a spent cap is held (``held: budget`` on its record, in ``HELD_KEY``)
-with no message, like a job parked behind the in-flight cap; ``wake_held`` sends it
+with no message, like a job in the fair line (``worker.fairness``); ``wake_held`` sends it
 again when room appears (the sweeper each pass: a new UTC day, a raised cap, a
 reservation given back; ``wavequeue budget set`` at once). A job with
 ``on_budget=fail`` ends ``failed`` (``budget_exceeded``) instead.

@@ -41,6 +41,8 @@ class ChainStep:
     status: JobStatus
     outputs: tuple[str, ...]
     error: JobError | None
+    #: Where the step's outputs were kept (``worker.keep_outputs``), in output order.
+    stored_outputs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class ChainStep:
             "model": self.model,
             "status": self.status.value,
             "outputs": list(self.outputs),
+            "stored_outputs": list(self.stored_outputs),
             "error": self.error.model_dump() if self.error else None,
         }
 
@@ -123,6 +126,7 @@ def derive_chain_status(snapshot: ChainSnapshot, records: list[JobRecord]) -> Ch
             status=record.status,
             outputs=tuple(record.outputs),
             error=record.error,
+            stored_outputs=tuple(record.stored_outputs),
         )
         for number, record in enumerate(records, start=1)
     )

@@ -27,10 +27,12 @@ def send_job_chain(
     queue: str,
     *,
     first_kwargs: Mapping[str, Any] | None = None,
+    countdown: float | None = None,
     models: Sequence[str | None] = (),
 ) -> None:
-    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message).
-    ``models`` (the steps' models, in order) label the messages for Flower."""
+    """Send ``run_job`` for ``job_ids`` as one chain (a single id: a plain message), the
+    first to run in ``countdown`` seconds (None: now). ``models`` (the steps' models, in
+    order) label the messages for Flower (``worker.messages.run_label``)."""
     signatures = []
     for index, job_id in enumerate(job_ids):
         kwargs = {"job_id": job_id, **(first_kwargs if index == 0 and first_kwargs else {})}
@@ -46,17 +48,23 @@ def send_job_chain(
                 **label,
             )
         )
+    options = {} if not countdown else {"countdown": countdown}
     if len(signatures) == 1:
-        signatures[0].apply_async()
+        signatures[0].apply_async(**options)
     else:
-        chain(*signatures).apply_async()
+        chain(*signatures).apply_async(**options)
 
 
 def send_job_and_rest(
-    app: Celery, store: JobStore, state: JobState, first_kwargs: Mapping[str, Any]
+    app: Celery,
+    store: JobStore,
+    state: JobState,
+    first_kwargs: Mapping[str, Any],
+    *,
+    countdown: float | None = None,
 ) -> None:
     """Send a job's message again; a chain step takes the steps after it along (what the
-    sweeper and a wake send)."""
+    sweeper and a job given a submission slot send)."""
     job_ids = [state.id]
     models: list[str | None] = [state.model]
     if state.chain_id and state.step:
@@ -65,7 +73,14 @@ def send_job_and_rest(
             later = store.get_chain(state.chain_id).step_job_ids[state.step :]
             job_ids += later
             models += _models(store, later)
-    send_job_chain(app, job_ids, state.priority.queue, first_kwargs=first_kwargs, models=models)
+    send_job_chain(
+        app,
+        job_ids,
+        state.priority.queue,
+        first_kwargs=first_kwargs,
+        countdown=countdown,
+        models=models,
+    )
 
 
 def continue_chain(app: Celery, store: JobStore, state: JobState) -> bool:

@@ -27,6 +27,8 @@ JOBS_INDEX_KEY: Final = JOBS_INDEX_PREFIX + "{place}"
 JOBS_REGISTRY_KEY: Final = KEY_PREFIX + "jobs-index"
 #: Live jobs by ``<status>|<model>``, kept by the store's scripts (the exporter reads it).
 LIVE_KEY: Final = KEY_PREFIX + "live"
+#: Live jobs by ``<status>|<tenant>``, kept in the same steps (per-tenant depth and in-flight).
+TENANT_LIVE_KEY: Final = KEY_PREFIX + "tenants:live"
 #: One inline image (a ``data:`` URI) of a job, until the worker uploads it: the request
 #: holds a marker instead (``worker.inline_images``), so records never hold the bytes.
 INLINE_KEY: Final = KEY_PREFIX + "inline:{image_id}"
@@ -64,11 +66,6 @@ LATENCY_KEY: Final = KEY_PREFIX + "latency:{model}"
 #: Shared WaveSpeed token bucket (images per minute) and in-flight set.
 RATE_BUCKET_KEY: Final = KEY_PREFIX + "ratelimit:bucket"
 IN_FLIGHT_KEY: Final = KEY_PREFIX + "ratelimit:inflight"
-#: Jobs refused for the in-flight cap, parked until a slot frees (scored by when parked).
-PARKED_KEY: Final = KEY_PREFIX + "ratelimit:parked"
-#: Parked jobs a wake has taken and sent again (scored by when): a grant or an ending
-#: removes them; the sweeper parks again those whose wake never arrived.
-WAKING_KEY: Final = KEY_PREFIX + "ratelimit:waking"
 #: Counters the exporter reads (submissions, polls, 429s, failures by code). Each field
 #: is ``name`` or ``name|label=value|label=value`` (see ``store.counter_field``).
 COUNTERS_KEY: Final = KEY_PREFIX + "counters"
@@ -128,9 +125,10 @@ WORKER_SILENT_AFTER: Final = 10.0
 #: Silent workers are dropped from ``WORKERS_KEY`` after this long (scaled-down, crashed).
 WORKER_FORGET_AFTER: Final = 3600.0
 
-#: Tenants are short names (``[A-Za-z0-9_.-]``, 1 to 64 characters): they become Redis hash
-#: fields and Prometheus label values, so nothing else may appear in them.
-TENANT_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
+#: Tenants are short names (``[A-Za-z0-9_.-]``, 1 to 64 characters, starting with a letter
+#: or digit): they become Redis hash fields, members of the fair line (``worker.fairness``)
+#: and Prometheus label values, so nothing else may appear in them (``worker.tenants``).
+TENANT_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: The tenant of a job that names none.
 DEFAULT_TENANT: Final = "default"
 

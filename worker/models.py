@@ -27,6 +27,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+# The tenant rules live in worker.tenants (settings read them too); named here as well.
+from worker import tenants
 from worker.constants import DEFAULT_TENANT, QUEUE_HIGH, QUEUE_NORMAL, TENANT_PATTERN
 from worker.errors import ValidationError
 from worker.image_refs import ImageReferenceError, check_image_reference
@@ -284,6 +286,9 @@ class JobStatus(StrEnum):
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
     PROCESSING = "processing"
+    #: Completed at WaveSpeed, its outputs not yet copied to durable storage (the job asked
+    #: to keep them, ``worker.keep_outputs``): live until the copy succeeds.
+    PERSISTING = "persisting"
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -308,10 +313,11 @@ _RANK = {
     JobStatus.SUBMITTING: 1,
     JobStatus.SUBMITTED: 2,
     JobStatus.PROCESSING: 3,
-    JobStatus.COMPLETED: 4,
-    JobStatus.FAILED: 4,
-    JobStatus.TIMED_OUT: 4,
-    JobStatus.CANCELLED: 4,
+    JobStatus.PERSISTING: 4,
+    JobStatus.COMPLETED: 5,
+    JobStatus.FAILED: 5,
+    JobStatus.TIMED_OUT: 5,
+    JobStatus.CANCELLED: 5,
 }
 
 
@@ -335,6 +341,18 @@ class JobError(BaseModel):
     message: str
 
 
+#: Why a value is not a tenant name (``worker.tenants``), or None.
+tenant_problem = tenants.tenant_problem
+
+
+def check_tenant(value: str) -> str:
+    """``value`` if it is a tenant name; ``ValidationError`` naming ``tenant`` otherwise."""
+    why = tenant_problem(value)
+    if why is not None:
+        raise ValidationError({"tenant": why})
+    return value
+
+
 class JobState(BaseModel):
     """A job without its request: what the worker reads on every run. Stored in the job's
     hash, small fields only, so Redis keeps it in its compact (listpack) encoding."""
@@ -347,7 +365,8 @@ class JobState(BaseModel):
     priority: Priority = Priority.NORMAL
     #: Images the request asks for (``num_images``): what the rate limiter counts.
     images: int = 1
-    #: Who the job is for: spend and budgets are counted per tenant.
+    #: Who the job is for: submission slots are shared fairly between tenants with work
+    #: waiting (``worker.fairness``); spend, budgets and figures are counted per tenant.
     tenant: Tenant = DEFAULT_TENANT
     #: What to do when a daily budget has no room (``worker.budgets``).
     on_budget: OnBudget = OnBudget.WAIT
@@ -387,6 +406,16 @@ class JobState(BaseModel):
     callback_status: int | None = None
     callback_delivered_at: float | None = None
     callback_failed_at: float | None = None
+    #: Copy the outputs to durable storage before the job completes (``worker.keep_outputs``):
+    #: True or False as the job asked, None for the workers' default (``WAVEQUEUE_KEEP_OUTPUTS``).
+    keep_outputs: bool | None = None
+    #: Where the outputs were copied (``file://...``, ``s3://bucket/key``), in the order of
+    #: ``outputs`` (which keeps WaveSpeed's URLs; WaveSpeed deletes them after 7 days).
+    stored_outputs: list[str] = Field(default_factory=list)
+    #: Copies tried and failed so far, and the last failure (while ``persisting``, or on a
+    #: job that ended without its copy: see ``worker.keep_outputs``).
+    persist_attempts: int = 0
+    persist_error: JobError | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import redis
 
+from worker.admission import Send, admit_waiting, send_admitted
 from worker.budgets import BUDGET_EXCEEDED, Budgets
 from worker.clock import Clock
 from worker.constants import PREDICTION_OWNER_KEY
@@ -52,11 +53,12 @@ from worker.errors import (
     TransientError,
     WaveSpeedError,
 )
+from worker.fairness import line_member
 from worker.inline_images import INLINE_FIELD, decode_data_uri, marker_ids, with_images
+from worker.keep_outputs import CopyError, OutputKeeper
 from worker.latency import LatencyProfiles
 from worker.models import JobState, JobStatus, OnBudget, image_reference_problems, price_of
-from worker.parking import take_unparked
-from worker.ratelimit import AccountLimiter
+from worker.ratelimit import AccountLimiter, Admission
 from worker.schedule import error_backoff, poll_delay
 from worker.settings import Settings
 from worker.settle import (
@@ -64,6 +66,7 @@ from worker.settle import (
     NOTHING,
     Duplicate,
     Finished,
+    Persisting,
     Settler,
     Tally,
 )
@@ -138,19 +141,20 @@ class Deferred:
 
 @dataclass(frozen=True)
 class Parked:
-    """Refused for the in-flight cap: the job waits in the limiter's parked set, with no
-    message, until a run that frees a slot (or the sweeper, seeing free slots) sends it
-    again. A line of thousands behind the cap costs nothing while it waits. Or held for a
-    daily budget (``reason="budget"``): it waits in ``HELD_KEY`` the same way, until room
-    appears (``worker.budgets.wake_held``)."""
+    """No submission slot now: the job waits in the fair line (``worker.fairness``) with no
+    message, until the limiter gives it a slot and whoever made that call sends it again.
+    A line of thousands costs nothing while it waits. Or held for a daily budget
+    (``reason="budget"``): it waits in ``HELD_KEY`` the same way, until room appears
+    (``worker.budgets.wake_held``)."""
 
     reason: str = "in_flight"
 
 
 Outcome = Finished | Reschedule | Deferred | Duplicate | Parked
 
-#: A parked job is sent again by the sweeper's usual re-send after this long at most, if
-#: no wake reached it (its parked entry lost with a failover, say).
+#: A job in the line is sent again by the sweeper's usual re-send after this long at most,
+#: if no slot reached it (its line entry lost with a failover, say): it finds itself still
+#: in line and parks again.
 PARK_HORIZON = 600.0
 
 
@@ -181,6 +185,7 @@ class JobRunner:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        keeper: OutputKeeper | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -190,8 +195,15 @@ class JobRunner:
         self.rng = rng or random.Random()
         #: Each model's recent latency, read from Redis at most every half minute.
         self.latency = LatencyProfiles(store, clock=self.clock)
+        #: Copies the outputs of jobs that keep them (``worker.keep_outputs``).
+        self.keeper = keeper or OutputKeeper(settings)
         #: Applies a prediction's end to its job: the same code the webhook receiver runs.
-        self.settler = Settler(store, clock=self.clock)
+        self.settler = Settler(
+            store,
+            clock=self.clock,
+            keeps=self.keeper.wants,
+            persist_retry_for=settings.persist_retry_for,
+        )
         #: The daily budgets the submit claim checks (``worker.budgets``).
         self.budgets = Budgets(store.client, settings, clock=self.clock)
         #: With webhooks on: the key that MACs each job's callback URL.
@@ -200,13 +212,20 @@ class JobRunner:
         )
         #: How overdue a poll must be before an older copy concludes its message was lost.
         self.takeover_grace = (settings.visibility_timeout - settings.longest_countdown) / 2
+        #: Sends the message of a job given a submission slot (the Celery task sets it).
+        self.send: Send | None = None
 
     # entry --------------------------------------------------------------------
 
-    def run(self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None) -> Outcome:
+    def run(  # noqa: PLR0911 - one return per kind of run
+        self, job_id: str, *, poll_seq: int = 0, previous_output: str | None = None
+    ) -> Outcome:
         snap = self.store.snapshot(job_id)
         if snap.state.is_terminal:
             return self._ended(snap)
+        if snap.state.status is JobStatus.PERSISTING:
+            # Completed at WaveSpeed: only its outputs' copy is left (no deadline applies).
+            return self._persist(snap)
         now = self.clock()
         if now >= snap.state.deadline_at:
             if snap.field("prediction_id") and poll_seq == int(snap.number("poll_seq")):
@@ -240,7 +259,9 @@ class JobRunner:
             return self._time_out(snap)
         if prediction.status.value == "completed":
             polled = _Tally({"polls": 1}, [counter_field("polls", model=snap.state.model)])
-            return self.settler.complete(snap, prediction, path="poll", tally=polled)
+            return self._then_persist(
+                self.settler.complete(snap, prediction, path="poll", tally=polled)
+            )
         return self._time_out(snap)
 
     def time_out(self, snap: JobSnapshot) -> Outcome:
@@ -349,9 +370,18 @@ class JobRunner:
             images=state.images,
             slot_ttl=time_left + self.settings.visibility_timeout,
             deadline=state.deadline_at,
+            member=line_member(
+                state.id,
+                tenant=state.tenant,
+                priority=state.priority,
+                order=state.created_at,
+                images=state.images,
+                deadline=state.deadline_at,
+            ),
         )
+        self.send_admitted(permit.admitted)
         if not permit.granted:
-            if permit.reason == "in_flight":
+            if permit.in_line:
                 return self._park(snap, now)
             tally = _Tally({}, [counter_field("limiter_waits")])
             # The limiter says when this job's slot on the schedule comes.
@@ -609,7 +639,7 @@ class JobRunner:
             return self._schedule(snap, my_seq, delay, "poll", polled, extra=extra)
         settled = self.settler.settle(snap, prediction, path="poll", tally=polled)
         if settled is not None:
-            return settled
+            return self._then_persist(settled)
         failure = failure_of(prediction)
         assert isinstance(failure, TransientError)  # settle() ends every other failure
         return self._resubmit_after_remote_failure(snap, prediction, failure, polled)
@@ -683,6 +713,66 @@ class JobRunner:
             return Deferred(due, poll_seq)
         return Reschedule(delay, poll_seq, reason, model)
 
+    # keeping outputs ----------------------------------------------------------
+
+    def _then_persist(self, settled: Finished | Persisting | Duplicate) -> Outcome:
+        """A job that keeps its outputs copies them in the same run that saw it complete."""
+        if isinstance(settled, Persisting):
+            return self._persist(self.store.snapshot(settled.state.id))
+        return settled
+
+    def _persist(self, snap: JobSnapshot) -> Outcome:
+        """Copy the outputs of a ``persisting`` job, then complete it; a copy that fails is
+        tried again on its own schedule (never a new submit), and given up on after
+        ``persist_retry_for`` (the job then completes with WaveSpeed's URLs only)."""
+        state = snap.state
+        try:
+            stored = self.keeper.copy(state.id, state.outputs)
+        except CopyError as exc:
+            return self._persist_failed(snap, str(exc))
+        return self.settler.complete_kept(snap, stored)
+
+    def _persist_failed(self, snap: JobSnapshot, why: str) -> Outcome:
+        state = snap.state
+        now = self.clock()
+        attempts = state.persist_attempts
+        if now >= snap.number("persist_give_up_at"):
+            log.error("job %s: gave up keeping its outputs: %s", state.id, why)
+            message = (
+                f"outputs not kept after {attempts + 1} attempt(s), the last: {why}; "
+                "they stay at WaveSpeed's URLs until WaveSpeed deletes them (7 days)"
+            )
+            return self.settler.complete_kept(snap, [], given_up=message)
+        # Doubling from the base, half to all of it (never "at once": storage that failed
+        # a moment ago rarely works a moment later).
+        ceiling = min(
+            self.settings.persist_retry_max_delay,
+            self.settings.persist_retry_base_delay * 2**attempts,
+        )
+        delay = ceiling * self.rng.uniform(0.5, 1.0)
+        delay = round(max(0.05, min(delay, snap.number("persist_give_up_at") - now)), 3)
+        due = now + delay
+        moved = self.store.transition(
+            state.id,
+            # Of two copies of the message, one schedules the next attempt.
+            expect={
+                "status": JobStatus.PERSISTING.value,
+                # A count of 0 is not stored (the record keeps only what is set).
+                "persist_attempts": ["", "0"] if attempts == 0 else str(attempts),
+            },
+            updates={
+                "persist_error": {"code": "persist_failed", "message": why},
+                "next_run_at": due,
+            },
+            increments={"persist_attempts": 1},
+            count=[counter_field("persist_failures", model=state.model)],
+            defer_until=self._deferral(delay, due),
+        )
+        if not moved:
+            return Duplicate(f"next copy not scheduled ({moved.name.lower()})")
+        log.warning("job %s: outputs not kept yet (%s); next try in %.0fs", state.id, why, delay)
+        return self._next_poll(delay, due, int(snap.number("poll_seq")), "persist", state.model)
+
     # errors and endings -------------------------------------------------------
 
     def _budget_spent(self, snap: JobSnapshot) -> bool:
@@ -734,9 +824,9 @@ class JobRunner:
         return self._reschedule_submit(snap, delay, "error", tally, token=token)
 
     def _park(self, snap: JobSnapshot, now: float) -> Outcome:
-        """The limiter parked the job (atomically with refusing it): no message until a
-        slot frees. Its next run is due at the horizon, for the sweeper's re-send if no
-        wake ever comes."""
+        """The limiter put the job in the line (atomically with refusing it): no message
+        until it is given a slot. Its next run is due at the horizon, for the sweeper's
+        re-send if no slot ever reaches it."""
         moved = self.store.transition(
             snap.state.id,
             expect={"prediction_id": "", "submit_token": ""},
@@ -748,9 +838,22 @@ class JobRunner:
             return Duplicate(f"park not recorded ({moved.name.lower()})")
         return Parked()
 
-    def unparked(self, count: int) -> list[JobSnapshot]:
-        """Up to ``count`` parked jobs that still wait for a slot (``worker.parking``)."""
-        return take_unparked(self.store, self.limiter, count)
+    def send_admitted(self, admitted: tuple[Admission, ...]) -> int:
+        """Send the jobs of the line that a limiter call gave slots to (``worker.admission``)."""
+        if not admitted or self.send is None:
+            return 0
+        return send_admitted(
+            self.store, admitted, self.send, longest_countdown=self.settings.longest_countdown
+        )
+
+    def admit_waiting(self) -> int:
+        """Give the free submission slots to jobs in the line and send them: after an ending
+        freed an in-flight slot, and on every sweeper pass. Never fails its caller."""
+        if self.send is None:
+            return 0
+        return admit_waiting(
+            self.store, self.limiter, self.send, longest_countdown=self.settings.longest_countdown
+        )
 
     def _reschedule_submit(
         self,

@@ -31,6 +31,10 @@ from worker.errors import ConfigError
 from worker.local_stack import STACK_ENV_PATH, running_stack_env
 from worker.money import parse_tenant_amounts, usd_to_micros
 from worker.redis_urls import check_redis_url
+from worker.tenants import parse_weights
+
+#: WaveSpeed deletes outputs after 7 days: a copy is tried at most until a day before.
+MAX_PERSIST_RETRY_FOR = 6 * 24 * 3600.0
 
 AmbiguousSubmitPolicy = Literal["fail", "resubmit"]
 
@@ -81,6 +85,15 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_CALLBACK_RETRY_BASE_DELAY": "callback_retry_base_delay",
     "WAVEQUEUE_CALLBACK_RETRY_MAX_DELAY": "callback_retry_max_delay",
     "WAVEQUEUE_CALLBACK_RETRY_FOR": "callback_retry_for",
+    "WAVEQUEUE_TENANT_WEIGHTS": "tenant_weights",
+    "WAVEQUEUE_KEEP_OUTPUTS": "keep_outputs",
+    "WAVEQUEUE_OUTPUTS_DIR": "outputs_dir",
+    "WAVEQUEUE_OUTPUTS_S3_BUCKET": "outputs_s3_bucket",
+    "WAVEQUEUE_OUTPUTS_S3_ENDPOINT": "outputs_s3_endpoint",
+    "WAVEQUEUE_OUTPUTS_S3_PREFIX": "outputs_s3_prefix",
+    "WAVEQUEUE_PERSIST_RETRY_BASE_DELAY": "persist_retry_base_delay",
+    "WAVEQUEUE_PERSIST_RETRY_MAX_DELAY": "persist_retry_max_delay",
+    "WAVEQUEUE_PERSIST_RETRY_FOR": "persist_retry_for",
     "WAVEQUEUE_DAILY_BUDGET": "daily_budget_micros",
     "WAVEQUEUE_TENANT_BUDGETS": "tenant_budgets_micros",
     "WAVEQUEUE_LOW_BALANCE": "low_balance_micros",
@@ -264,6 +277,47 @@ class Settings(BaseModel):
     callback_retry_max_delay: float = Field(3600.0, gt=0)
     #: Attempts stop (``callback_failed_at``) once this long has passed since the first.
     callback_retry_for: float = Field(8 * 3600.0, gt=0)
+
+    # Tenants (``worker.fairness``).
+    #: Round-robin weights of tenants with work waiting: ``acme=3,beta=1``; a tenant not
+    #: named weighs 1.
+    tenant_weights: str | None = None
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_weights(value)  # ValueError in words
+        return value
+
+    @property
+    def tenant_weight_map(self) -> dict[str, int]:
+        return parse_weights(self.tenant_weights or "")
+
+    # Keeping outputs (``worker.keep_outputs``).
+    #: Copy every job's outputs to durable storage before it completes, unless the job
+    #: says otherwise (``keep_outputs=False``); off, only jobs that ask are copied.
+    keep_outputs: bool = False
+    #: The directory target (the default): outputs go to ``<dir>/<job id>/output<N>.<ext>``.
+    outputs_dir: str = ".wavequeue/outputs"
+    #: With a bucket, outputs go to S3-compatible storage instead (boto3; credentials from
+    #: the environment as boto3 reads them): ``s3://<bucket>/<prefix><job id>/output<N>.<ext>``.
+    outputs_s3_bucket: str | None = None
+    #: The S3 endpoint (MinIO, R2, a moto server ...); unset: AWS's own.
+    outputs_s3_endpoint: str | None = None
+    outputs_s3_prefix: str = "wavequeue/"
+    #: A failed copy is tried again after this long, doubling up to the max delay ...
+    persist_retry_base_delay: float = Field(10.0, gt=0)
+    persist_retry_max_delay: float = Field(600.0, gt=0)
+    #: ... until this long after the prediction completed; then the job completes with
+    #: WaveSpeed's URLs only and ``persist_error`` says so.
+    persist_retry_for: float = Field(86400.0, gt=0, le=MAX_PERSIST_RETRY_FOR)
+
+    @model_validator(mode="after")
+    def _check_persist(self) -> Settings:
+        if self.persist_retry_max_delay < self.persist_retry_base_delay:
+            raise ValueError("persist_retry_max_delay must be >= persist_retry_base_delay")
+        return self
 
     @field_validator("callback_secret")
     @classmethod

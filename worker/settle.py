@@ -17,7 +17,7 @@ the receiver continues its chain, so the job's own pending message must not.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +57,14 @@ class Duplicate:
 
 
 @dataclass(frozen=True)
+class Persisting:
+    """The prediction completed and the job keeps its outputs: it is ``persisting`` until
+    a worker has copied them (``worker.keep_outputs``); then it completes."""
+
+    state: JobState
+
+
+@dataclass(frozen=True)
 class Tally:
     """What a run did that must be counted with the write that follows it: record
     increments (applied with the write) and global counters (counted whatever it decides,
@@ -78,13 +86,24 @@ NOTHING = Tally({}, ())
 class Settler:
     """Ends jobs: by a prediction's end (``settle``), or for any other reason (``end``)."""
 
-    def __init__(self, store: JobStore, *, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        clock: Clock,
+        keeps: Callable[[JobState], bool] | None = None,
+        persist_retry_for: float = 86400.0,
+    ) -> None:
         self.store = store
         self.clock = clock
+        #: Whether a job copies its outputs before it completes (``OutputKeeper.wants``).
+        self.keeps = keeps or (lambda state: bool(state.keep_outputs))
+        #: A copy is tried until this long after the prediction completed.
+        self.persist_retry_for = persist_retry_for
 
     def settle(
         self, snap: JobSnapshot, prediction: Prediction, *, path: Path, tally: Tally = NOTHING
-    ) -> Finished | Duplicate | None:
+    ) -> Finished | Persisting | Duplicate | None:
         """Apply ``prediction`` to the job whose snapshot is ``snap``: ``completed`` ends it
         completed, a final failure ends it failed. None when the prediction does not end
         the job: still running, or failed in a way worth a new prediction (5xxx), which
@@ -109,7 +128,9 @@ class Settler:
 
     def complete(
         self, snap: JobSnapshot, prediction: Prediction, *, path: Path, tally: Tally = NOTHING
-    ) -> Finished | Duplicate:
+    ) -> Finished | Persisting | Duplicate:
+        if self.keeps(snap.state):
+            return self._hold_for_copy(snap, prediction, path=path, tally=tally)
         state = snap.state
         now = self.clock()
         updates: dict[str, Any] = {
@@ -152,6 +173,101 @@ class Settler:
             " by its webhook" if path == ENDED_BY_WEBHOOK else "",
         )
         return Finished(finished, ended_here=True)
+
+    def _hold_for_copy(
+        self, snap: JobSnapshot, prediction: Prediction, *, path: Path, tally: Tally
+    ) -> Persisting | Duplicate:
+        """The prediction completed; the job's outputs are to be kept: ``persisting``, with
+        WaveSpeed's URLs, until a worker copied them. What belongs to the prediction (polls,
+        its inference time, the completion path) is counted now; the job's own completion
+        when it completes."""
+        state = snap.state
+        now = self.clock()
+        updates: dict[str, Any] = {
+            "status": JobStatus.PERSISTING.value,
+            "outputs": prediction.outputs,
+            "has_nsfw_contents": prediction.has_nsfw_contents,
+            "inference_ms": prediction.inference_ms,
+            "prediction_completed_at": now,
+            # Billed now, when WaveSpeed completed it: the store bills the write that first
+            # records a completed prediction's cost, whatever status it moves to.
+            "cost_micros": price_of(state.model, len(prediction.outputs)),
+            "persist_give_up_at": now + self.persist_retry_for,
+            # The copy starts at once; if that run dies, the sweeper sends the job again.
+            "next_run_at": now,
+        }
+        if path == ENDED_BY_WEBHOOK:
+            updates["ended_by"] = ENDED_BY_WEBHOOK
+        effects = self._path_effects(path, state.polls + tally.increments.get("polls", 0))
+        if prediction.inference_ms is not None:
+            effects.append(self.store.latency_sample(state.model, prediction.inference_ms / 1000))
+        held = self.store.transition(
+            state.id,
+            # Only a job still waiting for its prediction: a second callback or poll finds
+            # it persisting and changes nothing.
+            expect={
+                "prediction_id": prediction.id,
+                "status": [JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value],
+            },
+            updates=updates,
+            increments=tally.increments,
+            count=tally.count,
+            effects=effects,
+        )
+        if not held:
+            return Duplicate(f"completion not applied ({held.name.lower()})")
+        return Persisting(self.store.snapshot(state.id).state)
+
+    def complete_kept(
+        self, snap: JobSnapshot, stored: list[str], *, given_up: str | None = None
+    ) -> Finished | Duplicate:
+        """Complete a ``persisting`` job: its outputs were copied (``stored``), or the
+        copy was given up on (``given_up`` says why; ``stored`` is then empty)."""
+        state = snap.state
+        now = self.clock()
+        updates: dict[str, Any] = {
+            "status": JobStatus.COMPLETED.value,
+            # Written again so that the day's aggregate counts the images delivered.
+            "outputs": state.outputs,
+            "stored_outputs": stored,
+            "completed_at": now,
+        }
+        if given_up is None:
+            updates["persist_error"] = ""
+            kept = counter_field("outputs_kept", model=state.model)
+        else:
+            # Not a job failure (the job completes): its own field, never ``error``.
+            updates["persist_error"] = {"code": "persist_failed", "message": given_up}
+            kept = counter_field("outputs_not_kept", model=state.model)
+        finished = state.model_copy(
+            update={
+                "status": JobStatus.COMPLETED,
+                "stored_outputs": stored,
+                "completed_at": now,
+            }
+        )
+        done = self.store.transition(
+            state.id,
+            expect={"status": JobStatus.PERSISTING.value},
+            updates=updates,
+            count_if_applied=[
+                counter_field("jobs_completed", model=state.model),
+                counter_field("jobs_ended", model=state.model, outcome="completed"),
+                kept,
+            ],
+            effects=self._job_completion_effects(finished, now),
+        )
+        if not done:
+            return Duplicate(f"completion not applied ({done.name.lower()})")
+        log.info(
+            "job %s completed in %.1fs (%d poll(s), %d output(s) %s)",
+            state.id,
+            now - state.created_at,
+            finished.polls,
+            len(state.outputs),
+            "kept" if given_up is None else "NOT kept",
+        )
+        return Finished(self.store.snapshot(state.id).state, ended_here=True)
 
     def end(
         self,
@@ -217,6 +333,12 @@ class Settler:
     def _completion_effects(
         self, state: JobState, prediction: Prediction, now: float
     ) -> list[Effect]:
+        effects = self._job_completion_effects(state, now)
+        if prediction.inference_ms is not None:
+            effects.append(self.store.latency_sample(state.model, prediction.inference_ms / 1000))
+        return effects
+
+    def _job_completion_effects(self, state: JobState, now: float) -> list[Effect]:
         observe = self.store.observation
         effects = [
             *observe("end_to_end_seconds", now - state.created_at, LATENCY_BUCKETS),
@@ -227,8 +349,6 @@ class Settler:
             ran = now - state.submitted_at
             effects += observe("queued_to_submitted_seconds", waited, LATENCY_BUCKETS)
             effects += observe("submitted_to_completed_seconds", ran, LATENCY_BUCKETS)
-        if prediction.inference_ms is not None:
-            effects.append(self.store.latency_sample(state.model, prediction.inference_ms / 1000))
         return effects
 
     @staticmethod

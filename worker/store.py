@@ -27,8 +27,10 @@ job (``held: budget``, ``HELD_KEY``) and writes nothing else.
 The status machine (``MOVES``) is defined here, once, and baked into the Lua::
 
     queued ──> submitting ──> submitted ──> processing ──> completed
-       │            │            │  ^            │
-       │            │            └──┼── submitting (a new prediction after
+       │            │            │  ^            │    ^
+       │            │            │  │            └──> persisting (outputs being copied;
+       │            │            │  │                 ``worker.keep_outputs``) ──> completed
+       │            │            └──┼── submitting (a new prediction after    | cancelled
        │            │               │   WaveSpeed failed the old one, 5xxx)
        └────────────┴────────────┴──┴────────────┴──> failed | timed_out | cancelled
 
@@ -125,15 +127,15 @@ from worker.constants import (
     LATENCY_SAMPLE_SIZE,
     LIVE_KEY,
     NEXT_RUN_KEY,
-    PARKED_KEY,
     PREDICTION_OWNER_KEY,
     QUARANTINE_KEY,
     REQUEST_KEY,
     RESERVED_KEY,
     SPEND_KEY,
-    WAKING_KEY,
+    TENANT_LIVE_KEY,
 )
 from worker.errors import IdempotencyConflictError, JobNotFoundError, UnreadableRecordError
+from worker.fairness import CREDIT_KEY, DEPTH_KEY, LINE_INDEX_KEY, LINE_KEY
 from worker.inline_images import INLINE_FIELD, split_inline
 from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
 from worker.redis_connection import redis_client
@@ -146,7 +148,9 @@ from worker.timeline import (
 )
 
 #: State fields stored as JSON (everything else is a plain string; absent means unset).
-_JSON_FIELDS = frozenset({"outputs", "has_nsfw_contents", "error"})
+_JSON_FIELDS = frozenset(
+    {"outputs", "has_nsfw_contents", "error", "stored_outputs", "persist_error"}
+)
 #: Bookkeeping fields the worker reads as numbers.
 _NUMERIC_BOOKKEEPING = (
     "poll_seq",
@@ -166,6 +170,7 @@ _DEFAULTS = {
     "attempts": "0",
     "polls": "0",
     "callback_attempts": "0",
+    "persist_attempts": "0",
 }
 #: JobRecord fields that are not the job's state (``encode_state``).
 _NOT_STATE: set[str] = {"id", "input", "metadata"}
@@ -177,8 +182,10 @@ _ENDINGS = frozenset({_S.FAILED, _S.TIMED_OUT, _S.CANCELLED})
 MOVES: Mapping[JobStatus, frozenset[JobStatus]] = {
     _S.QUEUED: frozenset({_S.SUBMITTING, *_ENDINGS}),
     _S.SUBMITTING: frozenset({_S.SUBMITTED, *_ENDINGS}),
-    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
-    _S.PROCESSING: frozenset({_S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
+    _S.SUBMITTED: frozenset({_S.PROCESSING, _S.PERSISTING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
+    _S.PROCESSING: frozenset({_S.PERSISTING, _S.COMPLETED, _S.SUBMITTING, *_ENDINGS}),
+    # Completed at WaveSpeed: the copy of its outputs completes it; a cancel stops the copy.
+    _S.PERSISTING: frozenset({_S.COMPLETED, _S.CANCELLED}),
     **{status: frozenset() for status in TERMINAL_STATUSES},
 }
 
@@ -200,9 +207,10 @@ def _lua_table(moves: Mapping[JobStatus, frozenset[JobStatus]]) -> str:
 _TRANSITION_LUA = (
     """
 -- KEYS: 1 job, 2 its request, 3 in-flight set, 4 deadlines, 5 next-run, 6 counters,
---       7 live counts, 8 today's aggregate, 9 parked jobs, 10 waking jobs, 11 due polls,
---       12 callbacks outbox, 13 today's spend, 14 reservations, 15 run-time caps,
---       16 held jobs, 17.. keys of the side effects, then the claimed key (if any)
+--       7 live counts, 8 today's aggregate, 9 the fair line's index, 10 the fair line,
+--       11 due polls, 12 callbacks outbox, 13 today's spend, 14 reservations, 15 run-time
+--       caps, 16 held jobs, 17 live counts per tenant, 18 line depth per tenant,
+--       19 round-robin credit, 20.. keys of the side effects, then the claimed key (if any)
 -- ARGV: 1 expect, 2 updates, 3 increments, 4 counters always, 5 counters if applied,
 --       6 terminal TTL, 7 event channel, 8 job id, 9 write id, 10 new request ('' = keep),
 --       11 side effects if applied: [[op, key index, a, b], ...], 12 aggregate TTL,
@@ -407,6 +415,15 @@ if moving then
     redis.call('EXPIRE', index, ARGV[6])
   end
   redis.call('HINCRBY', KEYS[7], status .. '|' .. model, -1)
+  redis.call('HINCRBY', KEYS[17], status .. '|' .. tenant, -1)
+  if not TERMINAL[new] then
+    redis.call('HINCRBY', KEYS[17], new .. '|' .. tenant, 1)
+    -- Completed at WaveSpeed; its outputs are being copied: no deadline can time it out.
+    if new == 'persisting' then redis.call('ZREM', KEYS[4], ARGV[8]) end
+  else
+    -- Per-tenant figures never expire (a field per tenant and ending).
+    redis.call('HINCRBY', KEYS[6], 'tenant_jobs_ended|status=' .. new .. '|tenant=' .. tenant, 1)
+  end
   if not TERMINAL[new] then redis.call('HINCRBY', KEYS[7], new .. '|' .. model, 1) else
     -- The day's aggregate outlives the record; its TTL is set when a field is new.
     if redis.call('HINCRBY', KEYS[8], new .. '|' .. model, 1) == 1 then
@@ -424,9 +441,18 @@ if new and TERMINAL[new] then
   redis.call('ZREM', KEYS[3], ARGV[8])
   redis.call('ZREM', KEYS[4], ARGV[8])
   redis.call('ZREM', KEYS[5], ARGV[8])
-  -- An ended job waits for no in-flight slot: a wake must not be spent on it.
-  redis.call('ZREM', KEYS[9], ARGV[8])
-  redis.call('ZREM', KEYS[10], ARGV[8])
+  -- An ended job waits for no submission slot: it leaves the fair line (worker.fairness).
+  local member = redis.call('HGET', KEYS[9], ARGV[8])
+  if member then
+    redis.call('HDEL', KEYS[9], ARGV[8])
+    if redis.call('ZREM', KEYS[10], member) == 1 then
+      local waiting_tenant = string.match(member, '^([^|]+)|')
+      if redis.call('HINCRBY', KEYS[18], waiting_tenant, -1) <= 0 then
+        redis.call('HDEL', KEYS[18], waiting_tenant)
+        redis.call('HDEL', KEYS[19], waiting_tenant)
+      end
+    end
+  end
   redis.call('ZREM', KEYS[11], ARGV[8])
   redis.call('PUBLISH', ARGV[7], cjson.encode({job_id = ARGV[8], status = new}))
   -- The ending's callback is owed from this step on (NX: a pending one keeps its time).
@@ -536,18 +562,19 @@ class Moved(IntEnum):
 _CREATE_LUA = """
 -- KEYS: 1 job, 2 deadlines, 3 idempotency key (only when ARGV[4] == '1'), 4 next-run index,
 --       5 the job's request, 6 live counts, 7 a list to push ARGV[8] on (only when not ''),
---       8 the job's list index set, 9 the list index's registry (its model|tenant pairs),
---       10.. the keys of the inline images (ARGV[11] of them)
+--       8 live counts per tenant, 9 the job's list index set, 10 the list index's registry
+--       (its model|tenant pairs), 11.. the keys of the inline images (ARGV[9] of them)
 -- ARGV: 1 id, 2 deadline, 3 idempotency TTL, 4 use-key flag, 5 created_at, 6 request JSON,
---       7 live-count field, 8 message ('' = none), 9 request fingerprint ('' = not checked),
---       10 the job's model|tenant pair for the registry, 11 inline image count n,
---       12 their TTL, 13..12+n the images, then the hash fields
+--       7 live-count field, 8 message ('' = none), 9 inline image count n, 10 their TTL,
+--       11 the per-tenant live-count field, 12 request fingerprint ('' = not checked),
+--       13 the job's model|tenant pair for the registry, 14..13+n the images, then the
+--       hash fields
 if ARGV[4] == '1' then
   -- The key holds '<job id>' or '<job id> <fingerprint of its request>'.
   local existing = redis.call('GET', KEYS[3])
   if existing then
     local id, print = string.match(existing, '^(%S+) ?(%S*)$')
-    if ARGV[9] ~= '' and print ~= '' and print ~= ARGV[9] then return '!' .. id end
+    if ARGV[12] ~= '' and print ~= '' and print ~= ARGV[12] then return '!' .. id end
     return id
   end
 end
@@ -555,20 +582,21 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
 if ARGV[4] == '1' then
   local value = ARGV[1]
-  if ARGV[9] ~= '' then value = value .. ' ' .. ARGV[9] end
+  if ARGV[12] ~= '' then value = value .. ' ' .. ARGV[12] end
   redis.call('SET', KEYS[3], value, 'EX', ARGV[3])
 end
-local inline = tonumber(ARGV[11])
-for i = 1, inline do redis.call('SET', KEYS[9 + i], ARGV[12 + i], 'EX', ARGV[12]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 13 + inline))
+local inline = tonumber(ARGV[9])
+for i = 1, inline do redis.call('SET', KEYS[10 + i], ARGV[13 + i], 'EX', ARGV[10]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 14 + inline))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 -- Indexed for the sweeper from the start: a first message can be lost too.
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+redis.call('HINCRBY', KEYS[8], ARGV[11], 1)
 -- Listed from the start, by when it was queued (transition() moves it on).
-redis.call('ZADD', KEYS[8], 0, string.format('%017.6f', tonumber(ARGV[5])) .. ':' .. ARGV[1])
-redis.call('SADD', KEYS[9], ARGV[10])
+redis.call('ZADD', KEYS[9], 0, string.format('%017.6f', tonumber(ARGV[5])) .. ':' .. ARGV[1])
+redis.call('SADD', KEYS[10], ARGV[13])
 -- The first message goes out with the record, never without it.
 if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[8]) end
 return ARGV[1]
@@ -772,10 +800,10 @@ def parse_counter_field(field: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def _encode(value: Any, field: str) -> str:
+    if value is None or (field in _JSON_FIELDS and value == ""):
+        return ""  # unset: the field is removed from the hash
     if field in _JSON_FIELDS:
         return json.dumps(value, separators=(",", ":"))
-    if value is None:
-        return ""
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
@@ -1121,6 +1149,7 @@ class JobStore:
             REQUEST_KEY.format(job_id=record.id),
             LIVE_KEY,
             job.message.list_key if job.message is not None else DEADLINES_KEY,
+            TENANT_LIVE_KEY,
             JOBS_INDEX_KEY.format(place=place),
             JOBS_REGISTRY_KEY,
             *(INLINE_KEY.format(image_id=image_id) for image_id in inline),
@@ -1134,10 +1163,11 @@ class JobStore:
             Request(body, record.metadata).to_json(),
             f"{record.status.value}|{record.model}",
             job.message.payload if job.message is not None else "",
-            job.fingerprint or "",
-            f"{record.model}|{record.tenant}",
             len(inline),
             inline_ttl,
+            f"{record.status.value}|{record.tenant}",
+            job.fingerprint or "",
+            f"{record.model}|{record.tenant}",
             *inline.values(),
             *(item for pair in fields.items() for item in pair),
         ]
@@ -1396,14 +1426,17 @@ class JobStore:
             COUNTERS_KEY,
             LIVE_KEY,
             DAILY_KEY.format(day=utc_day(now)),
-            PARKED_KEY,
-            WAKING_KEY,
+            LINE_INDEX_KEY,
+            LINE_KEY,
             DUE_POLLS_KEY,
             CALLBACKS_KEY,
             SPEND_KEY.format(day=utc_day(now)),
             RESERVED_KEY,
             BUDGETS_KEY,
             HELD_KEY,
+            TENANT_LIVE_KEY,
+            DEPTH_KEY,
+            CREDIT_KEY,
         ]
         ops = []
         for effect in effects:

@@ -71,9 +71,6 @@ PAGE = 500
 #: a backlog shrinks pass after pass; yet a full pass stays well within its 30 s lock
 #: (5,000 time-outs and 5,000 re-sends took 6.5 s on a busy 2-core machine, publishing aside).
 PASS_BUDGET = 5000
-#: A job a wake took (``AccountLimiter.unpark``) is expected to run within this long;
-#: after it, the wake is taken for lost and the job parked again, at the front.
-WAKE_GRACE = 60.0
 #: After a broker outage, how long to let the messages put back at reconnect run before
 #: what is still overdue is taken for lost (and the catch-up pass's grace).
 CATCH_UP_SETTLE = 10.0
@@ -89,7 +86,7 @@ class SweepReport:
     resent: int = 0
     quarantined: int = 0
     readmitted: int = 0
-    #: Parked jobs (behind the in-flight cap) sent again because slots were free.
+    #: Jobs of the fair line given slots and sent by the pass.
     woken: int = 0
     #: Callback deliveries sent (due, or their message lost).
     callbacks: int = 0
@@ -180,22 +177,11 @@ class Sweeper:
         return True
 
     def _wake_parked(self, now: float) -> int:
-        """Jobs parked behind the in-flight cap while slots are free: a wake was lost (its
-        run died after freeing the slot) or a slot expired. Jobs a wake took whose run
-        never came are parked again first. Sent again up to the free slots and the pass
-        budget; one that cannot be sent stays waking, for a later pass."""
-        limiter = self.runner.limiter
-        limiter.requeue_stale_wakes(WAKE_GRACE)
-        if not limiter.parked():
-            return 0
-        woken = 0
-        for snap in self.runner.unparked(min(limiter.free_slots(), self.budget)):
-            try:
-                self.resend(snap, {})
-                woken += 1
-            except Exception:
-                log.exception("sweeper: could not wake parked job %s", snap.state.id)
-        return woken
+        """Give the free submission slots to jobs in the fair line and send them: a lost
+        message (its slot lapsed back into the line), an in-flight slot that aged out, an
+        ending whose run died before giving its slot out."""
+        del now  # the limiter reads Redis time itself
+        return self.runner.admit_waiting()
 
     def _read(self, job_id: str, now: float, quarantined: list[str]) -> JobSnapshot | None:
         """The record, or None after dealing with one that cannot be used: an index entry

@@ -18,7 +18,6 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker import parking
 from worker.app import app, settings
 from worker.balance import BalanceWatch
 from worker.callbacks import CallbackDelivery, members_for
@@ -65,11 +64,7 @@ _parts: tuple[int, _Parts] | None = None
 
 def _build_parts() -> _Parts:
     store = JobStore.from_settings(settings)
-    limiter = AccountLimiter(
-        store.client,
-        per_minute=settings.rate_limit_per_minute,
-        max_in_flight=settings.max_in_flight,
-    )
+    limiter = AccountLimiter.from_settings(store.client, settings)
     # One urllib3 pool manager per process: thread-safe, and sized for the threads pool.
     client = WaveSpeedClient(
         base_url=settings.base_url,
@@ -80,6 +75,10 @@ def _build_parts() -> _Parts:
         proxy_from_env=settings.proxy_from_env,
     )
     runner = JobRunner(settings, store, limiter, client)
+    # A job of the line given a submission slot runs when its slot comes.
+    runner.send = lambda state, countdown: send_job_and_rest(
+        app, store, state, {}, countdown=countdown
+    )
     balance = BalanceWatch(
         store.client,
         limiter,
@@ -158,7 +157,8 @@ def run_job(
         raise Ignore(outcome.reason)
     if isinstance(outcome, Finished):
         if outcome.ended_here:
-            wake_parked(1)
+            # An in-flight slot may have freed: the next job of the line gets it.
+            job_runner().admit_waiting()
             announce_ending(outcome.state)
         record = outcome.state
         if record.status.value != "completed":
@@ -171,8 +171,8 @@ def run_job(
             )
         return outcome.output
     if isinstance(outcome, Parked | Deferred):
-        # No next message: a run that frees a slot (or the sweeper) sends a parked job
-        # again; a worker's dispatcher sends a deferred poll when it is due.
+        # No next message: a job in the fair line is sent when it is given a submission
+        # slot; a worker's dispatcher sends a deferred poll when it is due.
         self.request.chain = None
         self.request.callbacks = None
         return None
@@ -252,13 +252,6 @@ def send_callbacks(store: JobStore, state: JobState) -> int:
 def _send_callback_deliveries(members: Sequence[str]) -> None:
     if members:
         send_callback_deliveries(app, members)
-
-
-def wake_parked(count: int) -> int:
-    """Send again up to ``count`` jobs parked behind the in-flight cap (a slot freed).
-    Never fails the run that calls it (``worker.parking.wake_parked``)."""
-    runner = job_runner()
-    return parking.wake_parked(runner.store, runner.limiter, count, lambda snap: resend(snap, {}))
 
 
 def resend(snap: JobSnapshot, first_kwargs: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ TIMELINE_STATUS_CODES: Mapping[str, str] = {
     JobStatus.SUBMITTING.value: "s",
     JobStatus.SUBMITTED.value: "S",
     JobStatus.PROCESSING.value: "P",
+    JobStatus.PERSISTING.value: "K",
     JobStatus.COMPLETED.value: "C",
     JobStatus.FAILED.value: "F",
     JobStatus.TIMED_OUT.value: "T",

@@ -25,7 +25,14 @@ GAUGES: Final[dict[str, str]] = {
     "them out at their next poll)",
     "jobs_past_deadline_max_seconds": "How far past its deadline the most overdue live job is",
     "inflight_predictions": "Submitted predictions holding a slot in the shared in-flight cap",
-    "jobs_parked": "Jobs waiting for a slot of the in-flight cap (parked, woken as slots free)",
+    "jobs_parked": "Jobs waiting in the fair line for a submission slot (the rate limit or "
+    "the in-flight cap), with no message",
+    "jobs_persisting": "Jobs completed at WaveSpeed whose outputs are not yet kept "
+    "(persisting: the copy to durable storage has not succeeded yet)",
+    "tenant_jobs_live": "Jobs not yet terminal, by tenant and status",
+    "tenant_waiting": "Jobs of a tenant waiting in the fair line for a submission slot",
+    "tenant_in_flight": "Jobs of a tenant submitted (or being submitted) and not yet "
+    "completed at WaveSpeed",
     "unacked_expected_max_age_seconds": "The longest a healthy worker holds a message "
     "(the longest countdown plus the task time limit): an older unacked message is held "
     "by a hung or dead worker until the visibility timeout",
@@ -92,11 +99,12 @@ COUNTERS: Final[dict[str, str]] = {
     "sweeper_timed_out": "Live jobs past their deadline that the sweeper ended",
     "sweeper_resent": "Jobs whose message was overdue and that the sweeper sent again",
     "sweeper_catch_ups": "Catch-up passes after a broker outage (one worker per outage)",
-    "parked": "Submits refused for the in-flight cap that parked to wait for a slot",
+    "parked": "Submits that found no slot (the rate limit or the in-flight cap) and joined "
+    "the fair line to wait for one",
     "inline_uploads": "Inline images (data URIs, local files) the workers uploaded to "
     "WaveSpeed's media storage before a job's first submit, by model",
-    "sweeper_woken": "Parked jobs the sweeper sent again because slots were free (a wake "
-    "from the run that freed a slot was lost, or a slot expired)",
+    "sweeper_woken": "Jobs of the fair line a sweeper pass gave slots to and sent (a slot "
+    "freed by a run that died, an in-flight slot that aged out, a lost message)",
     "jobs_ended_by": "Jobs a prediction's end finished (completed, or failed remotely), by "
     "how they learnt it: path=webhook or path=poll",
     "polls_before_end": "Result polls made by the jobs of jobs_ended_by, by the same path "
@@ -117,6 +125,15 @@ COUNTERS: Final[dict[str, str]] = {
     "wait, or a delivery message lost)",
     "callback_copies_ignored": "Copies of a callback delivery message that found it delivered "
     "already or being attempted, and did nothing",
+    "tenant_jobs_ended": "Jobs ended, by tenant and status (completed, failed, timed_out, "
+    "cancelled); kept after the records expire",
+    "tenant_admitted": "Submission slots the shared limiter granted, by tenant",
+    "outputs_kept": "Jobs whose outputs were copied to durable storage before they "
+    "completed, by model",
+    "outputs_not_kept": "Jobs that completed without their outputs kept: the copy was given "
+    "up on after WAVEQUEUE_PERSIST_RETRY_FOR, by model",
+    "persist_failures": "Attempts to copy a job's outputs to durable storage that failed "
+    "(each is tried again later; never a new submit), by model",
     "images_billed": "Images WaveSpeed billed (completed jobs), by model and tenant",
     "jobs_held": "Times a job was held for a daily budget with no room, by reason and tenant",
     "low_balance_pauses": "Times the sweeper paused submission fleet-wide for a low balance",
@@ -196,9 +213,15 @@ COUNTER_LABELS: Final[dict[str, dict[str, tuple[str, ...] | None]]] = {
     "callbacks_delivered": {"kind": CALLBACK_KINDS},
     "callbacks_failed": {"kind": CALLBACK_KINDS},
     "callback_attempts_failed": {"status": None},
-    # Tenants are the users' names: exported as they come, from their first count.
+    # Tenants are the users' names: ``None`` here, and the exporter takes every tenant the
+    # store has seen (its live counts, kept from its first enqueued job), from 0.
     "images_billed": {"model": MODELS, "tenant": None},
     "jobs_held": {"reason": ("budget",), "tenant": None},
+    "tenant_jobs_ended": {"status": OUTCOMES, "tenant": None},
+    "tenant_admitted": {"tenant": None},
+    "outputs_kept": {"model": MODELS},
+    "outputs_not_kept": {"model": MODELS},
+    "persist_failures": {"model": MODELS},
 }
 
 #: Counters the workers keep without labels: exported as 0 before their first

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
@@ -28,6 +28,7 @@ from ops.exporter.catalogue import (
     FAILURE_CODES,
     GAUGES,
     HISTOGRAMS,
+    MODELS,
     MONEY_COUNTERS,
     OTHER_CODE,
     PREFIX,
@@ -35,13 +36,15 @@ from ops.exporter.catalogue import (
 )
 from ops.exporter.snapshot import Labels, Snapshot, read_snapshot
 from worker.budgets import ScopeBudget, budgets_from
-from worker.constants import WORKER_SILENT_AFTER
+from worker.constants import DEFAULT_TENANT, WORKER_SILENT_AFTER
 from worker.money import MICROS_PER_USD
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
+#: A job in these statuses holds a slot of the in-flight cap (or is taking one).
+IN_FLIGHT_STATUSES = frozenset({"submitting", "submitted", "processing"})
 
 
 def _gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -153,18 +156,57 @@ class WavequeueCollector(Collector):
         for status, count in sorted(snap.index.ended.items()):
             ended.add_metric([status], count)
         yield ended
+        persisting = _gauge("jobs_persisting")
+        persisting.add_metric(
+            [], sum(n for (status, _), n in snap.live_jobs.items() if status == "persisting")
+        )
+        yield persisting
+        yield from self._tenants(snap)
+
+    def _tenants(self, snap: Snapshot) -> Iterator[Metric]:
+        """Per tenant: live jobs by status, jobs in the fair line, jobs in flight. Their
+        completions are the counter ``tenant_jobs_ended``.
+        HOOK(budgets): per-tenant spend (issue #13 section 1) belongs beside these: the
+        budgets branch's spend counters, by tenant, exported here as they land."""
+        live = _gauge("tenant_jobs_live", ["tenant", "status"])
+        in_flight: dict[str, int] = {}
+        for (status, tenant), count in sorted(snap.tenant_live.items()):
+            live.add_metric([tenant, status], count)
+            if status in IN_FLIGHT_STATUSES:
+                in_flight[tenant] = in_flight.get(tenant, 0) + count
+        yield live
+        flying = _gauge("tenant_in_flight", ["tenant"])
+        for tenant, count in sorted(in_flight.items()):
+            flying.add_metric([tenant], count)
+        yield flying
+        waiting = _gauge("tenant_waiting", ["tenant"])
+        tenants = {tenant for _, tenant in snap.tenant_live} | set(snap.tenant_waiting)
+        for tenant in sorted(tenants):
+            waiting.add_metric([tenant], snap.tenant_waiting.get(tenant, 0))
+        yield waiting
 
     def _counters(self, snap: Snapshot) -> Iterator[Metric]:
         by_name: dict[str, dict[Labels, int]] = {name: {} for name in COUNTERS}
+        # Tenants are known from their first enqueued job (its live count), before any of
+        # their jobs is counted: their series start at 0 too.
+        tenants = (
+            {DEFAULT_TENANT} | {tenant for _, tenant in snap.tenant_live} | set(snap.tenant_waiting)
+        )
         for name in COUNTERS:
             # Known label sets from 0: rate() counts a series' first step only if
             # Prometheus saw it before, at 0.
-            by_name[name].update(dict.fromkeys(_known_label_sets(name), 0))
+            by_name[name].update(dict.fromkeys(_known_label_sets(name, tenants), 0))
         money = {stored: exported for exported, (stored, _) in MONEY_COUNTERS.items()}
-        in_money: dict[str, list[tuple[Labels, int]]] = {name: [] for name in MONEY_COUNTERS}
+        money_from_zero = [
+            (("model", model), ("tenant", tenant)) for model in MODELS for tenant in sorted(tenants)
+        ]
+        in_money: dict[str, dict[Labels, int]] = {
+            exported: dict.fromkeys(money_from_zero, 0) for exported in MONEY_COUNTERS
+        }
         for (name, labels), value in snap.counters.items():
             if name in money:
-                in_money[money[name]].append((labels, value))
+                totals = in_money[money[name]]
+                totals[labels] = totals.get(labels, 0) + value
                 continue
             samples = by_name.setdefault(name, {})
             key = _fold(labels)
@@ -174,7 +216,7 @@ class WavequeueCollector(Collector):
             family = CounterMetricFamily(
                 PREFIX + exported, MONEY_COUNTERS[exported][1], labels=["model", "tenant"]
             )
-            for labels, micros in sorted(micro_samples):
+            for labels, micros in sorted(micro_samples.items()):
                 values = dict(labels)
                 family.add_metric(
                     [values.get("model", ""), values.get("tenant", "")], micros / MICROS_PER_USD
@@ -239,12 +281,14 @@ class WavequeueCollector(Collector):
         yield paused
 
 
-def _known_label_sets(name: str) -> list[Labels]:
+def _known_label_sets(name: str, tenants: Iterable[str] = ()) -> list[Labels]:
     """Every combination of known label values of counter ``name`` (``()`` if unlabelled;
-    none if a label takes any value)."""
+    none if a label takes any value); a ``tenant`` label takes the ``tenants`` known."""
     if name in UNLABELLED_COUNTERS:
         return [()]
-    labels = COUNTER_LABELS.get(name)
+    labels = dict(COUNTER_LABELS.get(name) or {})
+    if "tenant" in labels and labels["tenant"] is None:
+        labels["tenant"] = tuple(sorted(tenants))
     if not labels or any(values is None for values in labels.values()):
         return []
     sets: list[Labels] = [()]

@@ -34,12 +34,13 @@ from worker.constants import (
     HISTOGRAM_KEY,
     IN_FLIGHT_KEY,
     LIVE_KEY,
-    PARKED_KEY,
     RESERVED_KEY,
     SPEND_KEY,
+    TENANT_LIVE_KEY,
     WORKER_QUEUES,
     WORKERS_KEY,
 )
+from worker.fairness import DEPTH_KEY, LINE_KEY
 from worker.job_listing import IndexFigures, index_figures
 from worker.store import parse_counter_field, utc_day
 
@@ -105,7 +106,7 @@ class Snapshot:
     #: The earliest deadline of a live job (epoch seconds), if any job is live.
     earliest_deadline: float | None
     inflight: int
-    #: Jobs parked behind the in-flight cap, waiting for a slot.
+    #: Jobs waiting in the fair line for a submission slot (rate or in-flight cap).
     parked: int
     #: Callbacks owed (the outbox): not yet delivered, nor given up on.
     callbacks_pending: int
@@ -116,6 +117,10 @@ class Snapshot:
     histograms: dict[str, Histogram] = field(default_factory=dict)
     #: The list index's figures: oldest waiting job, jobs ended in the last hour.
     index: IndexFigures = field(default_factory=lambda: IndexFigures(None, {}))
+    #: (status, tenant) -> live jobs (``TENANT_LIVE_KEY``).
+    tenant_live: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: tenant -> jobs of that tenant in the fair line (``fairness.DEPTH_KEY``).
+    tenant_waiting: dict[str, int] = field(default_factory=dict)
     #: Today's (UTC) spend hash, the reservations, the run-time caps (raw fields).
     spend_today: dict[str, str] = field(default_factory=dict)
     reserved: dict[str, str] = field(default_factory=dict)
@@ -148,7 +153,7 @@ def read_snapshot(
     pipe.zcount(DEADLINES_KEY, "-inf", f"({now!r}")
     pipe.zrange(DEADLINES_KEY, 0, 0, withscores=True)
     pipe.zcount(IN_FLIGHT_KEY, now, "+inf")  # expired slots belong to crashed workers
-    pipe.zcard(PARKED_KEY)
+    pipe.zcard(LINE_KEY)  # jobs waiting in the fair line for a submission slot
     pipe.zcard(DUE_POLLS_KEY)
     pipe.zrange(DUE_POLLS_KEY, 0, 0, withscores=True)
     pipe.zcard(CALLBACKS_KEY)
@@ -156,6 +161,8 @@ def read_snapshot(
     pipe.hgetall(COUNTERS_KEY)
     pipe.time()
     pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
+    pipe.hgetall(TENANT_LIVE_KEY)
+    pipe.hgetall(DEPTH_KEY)
     for name in HISTOGRAMS:
         pipe.hgetall(HISTOGRAM_KEY.format(name=name))
     pipe.hgetall(SPEND_KEY.format(day=utc_day(now)))
@@ -169,7 +176,7 @@ def read_snapshot(
     lengths = dict(zip(lists, replies[: len(lists)], strict=True))
     (
         unacked, oldest, past_deadline, earliest, inflight, parked, deferred, first_deferred,
-        callbacks, live, counters, (seconds, micros), beats, *hists,
+        callbacks, live, counters, (seconds, micros), beats, tenant_live, tenant_waiting, *hists,
     ) = replies[len(lists) :]  # fmt: skip
     return Snapshot(
         taken_at=now,
@@ -190,6 +197,8 @@ def read_snapshot(
             for name, raw in zip(HISTOGRAMS, hists, strict=True)
         },
         index=index_figures(client, now),
+        tenant_live=_live_jobs(tenant_live),
+        tenant_waiting={_text(name): int(value) for name, value in tenant_waiting.items()},
         spend_today=_texts(spend),
         reserved=_texts(reserved),
         runtime_caps=_texts(caps),

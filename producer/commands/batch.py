@@ -7,7 +7,8 @@ The file holds one request per line, a JSON object (blank lines are skipped)::
     {"kind": "multi", "images": ["a.png", "https://example.com/b.png"], "prompt": "merge"}
 
 ``kind`` is ``text-to-image``, ``edit`` or ``multi``; ``model`` is optional (the
-kind's default); ``priority``, ``deadline``, ``metadata`` and ``idempotency_key``
+kind's default); ``priority``, ``deadline``, ``metadata``, ``idempotency_key``,
+``callback_url``, ``tenant`` and ``keep_outputs``
 are the job options; every other key is a WaveSpeed field of the model.
 Relative image paths start at the batch file's folder. If any line is bad, every
 bad line is reported with its number and nothing is enqueued. A file holds at most

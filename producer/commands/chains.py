@@ -102,6 +102,7 @@ def chain_command(
     idempotency_key: str | None,
     callback_url: str | None,
     tenant: str | None,
+    keep_outputs: bool | None,
     on_budget: str | None,
     wait: bool,
     timeout: float | None,
@@ -142,6 +143,7 @@ def chain_command(
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
         "tenant": tenant,
+        "keep_outputs": keep_outputs,
         "on_budget": on_budget,
     }
     with make_client() as client:

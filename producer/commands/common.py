@@ -163,6 +163,14 @@ def describe_record(record: JobRecord) -> str:
     if record.retry_of is not None:
         lines.append(f"  retry of job {record.retry_of}")
     lines.extend(f"  {printable(output, 2000)}" for output in record.outputs)
+    lines.extend(f"  kept {printable(location, 2000)}" for location in record.stored_outputs)
+    if record.status is JobStatus.PERSISTING:
+        lines.append(f"  completed at WaveSpeed, outputs not yet kept{_persist_note(record)}")
+    elif record.persist_error is not None:
+        lines.append(
+            "  outputs NOT kept: "
+            + error_text(record.persist_error.code, record.persist_error.message)
+        )
     if record.error is not None:
         lines.append(f"  error {error_text(record.error.code, record.error.message)}")
     if record.metadata:
@@ -171,6 +179,14 @@ def describe_record(record: JobRecord) -> str:
     if callback:
         lines.append(callback)
     return "\n".join(lines)
+
+
+def _persist_note(record: JobRecord) -> str:
+    """How the copy of a persisting job's outputs is going, for one status line."""
+    if record.persist_error is None:
+        return " (copying)"
+    last = error_text(record.persist_error.code, record.persist_error.message)
+    return f" ({record.persist_attempts} failed attempt(s), retried; last {last})"
 
 
 def _cost_text(record: JobRecord) -> str:
@@ -312,8 +328,15 @@ job_options = [
     click.option(
         "--tenant",
         default=None,
-        help="Who the job is for: spend and daily budgets count per tenant, and "
-        "`wavequeue jobs --tenant` lists by it (default: default).",
+        help="Who the job is for (default 'default'): submission slots are shared fairly "
+        "between tenants, spend and daily budgets count per tenant, and `wavequeue jobs "
+        "--tenant` lists by it.",
+    ),
+    click.option(
+        "--keep-outputs/--no-keep-outputs",
+        default=None,
+        help="Copy the outputs to durable storage before the job completes (default: the "
+        "workers' WAVEQUEUE_KEEP_OUTPUTS).",
     ),
     click.option(
         "--on-budget",

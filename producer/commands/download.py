@@ -20,8 +20,10 @@ import binascii
 import contextlib
 import mimetypes
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -36,10 +38,12 @@ from producer.commands.common import (
     reports_errors,
 )
 from worker.image_refs import data_uri_bytes
+from worker.keep_outputs import parse_s3_location, s3_client
 from worker.limits import MAX_OUTPUT_BYTES, megabytes
 from worker.models import JobRecord, JobStatus
 from worker.outside_text import printable
 from worker.safe_fetch import FetchError, fetch
+from worker.settings import Settings
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
@@ -50,15 +54,26 @@ class DownloadError(Exception):
     """One output could not be fetched or written."""
 
 
-def planned_files(found: JobRecord | ChainStatus) -> list[tuple[str, str]]:
-    """(file stem, output URL) for every output there is, in order."""
+def planned_files(found: JobRecord | ChainStatus) -> list[tuple[str, str, str | None]]:
+    """(file stem, output URL, its durable copy or None) for every output there is."""
     if isinstance(found, ChainStatus):
         return [
-            (f"step{step.number}" if index == 1 else f"step{step.number}-{index}", url)
+            (
+                f"step{step.number}" if index == 1 else f"step{step.number}-{index}",
+                url,
+                _kept(step.stored_outputs, index),
+            )
             for step in found.steps
             for index, url in enumerate(step.outputs, start=1)
         ]
-    return [(f"output{index}", url) for index, url in enumerate(found.outputs, start=1)]
+    return [
+        (f"output{index}", url, _kept(found.stored_outputs, index))
+        for index, url in enumerate(found.outputs, start=1)
+    ]
+
+
+def _kept(stored: Sequence[str], index: int) -> str | None:
+    return stored[index - 1] if len(stored) >= index else None
 
 
 def save_output(url: str, stem: str, out_dir: Path, *, max_bytes: int, allow_private: bool) -> Path:
@@ -87,6 +102,58 @@ def save_output(url: str, stem: str, out_dir: Path, *, max_bytes: int, allow_pri
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def save_kept(
+    location: str, stem: str, out_dir: Path, settings: Settings, *, max_bytes: int
+) -> Path:
+    """Save one output from its durable copy (``file://`` or ``s3://``, as the workers kept
+    it: ``worker.keep_outputs``) as ``out_dir/stem.<ext>``; ``DownloadError`` when it
+    cannot be read here (another host's directory, no S3 credentials ...)."""
+    suffix = Path(urlsplit(location).path).suffix.lower()
+    path = out_dir / f"{stem}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+    partial = out_dir / f".{stem}.part"
+    try:
+        with partial.open("wb") as sink:
+            _read_kept(location, sink, settings, max_bytes)
+        partial.replace(path)
+        return path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def _read_kept(location: str, sink: BinaryIO, settings: Settings, max_bytes: int) -> None:
+    shown = printable(location, 200)
+    s3 = parse_s3_location(location)
+    if s3 is not None:
+        bucket, key = s3
+        try:
+            client = s3_client(settings.outputs_s3_endpoint)
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            _copy_capped(body, sink, max_bytes, shown)
+        except DownloadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - boto3's errors: any is "not readable here"
+            raise DownloadError(f"{shown}: {type(exc).__name__}: {exc}") from None
+        return
+    parts = urlsplit(location)
+    if parts.scheme != "file":
+        raise DownloadError(f"{shown}: not a location this command reads")
+    try:
+        with Path(unquote(parts.path)).open("rb") as source:
+            _copy_capped(source, sink, max_bytes, shown)
+    except OSError as exc:
+        raise DownloadError(f"{shown}: {exc.strerror or exc}") from None
+
+
+def _copy_capped(source: Any, sink: BinaryIO, max_bytes: int, shown: str) -> None:
+    total = 0
+    while chunk := source.read(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise DownloadError(f"{shown}: bigger than {megabytes(max_bytes)}")
+        sink.write(chunk)
 
 
 def _save_data_uri(uri: str, stem: str, partial: Path, max_bytes: int) -> str:
@@ -163,21 +230,41 @@ def download_command(any_id: str, out_dir: Path, max_bytes: int, as_json: bool) 
     saved), 4 when a download failed or was refused."""
     with make_client() as client:
         found = client.lookup(any_id)
-        allow_private = client.settings.allow_private_image_urls
+        settings = client.settings
+        allow_private = settings.allow_private_image_urls
     out_dir.mkdir(parents=True, exist_ok=True)
     saved: list[Path] = []
-    for stem, url in planned_files(found):
+    sources: list[str] = []
+    for stem, url, kept in planned_files(found):
+        if kept is not None:
+            # The durable copy first: WaveSpeed deletes its outputs after 7 days.
+            try:
+                saved.append(save_kept(kept, stem, out_dir, settings, max_bytes=max_bytes))
+                sources.append("kept")
+                continue
+            except (DownloadError, OSError) as exc:
+                click.echo(
+                    f"warning: {printable(exc, 2000)}; fetching WaveSpeed's URL instead", err=True
+                )
         try:
             saved.append(
                 save_output(url, stem, out_dir, max_bytes=max_bytes, allow_private=allow_private)
             )
+            sources.append("wavespeed")
         except (DownloadError, OSError) as exc:
             click.echo(f"error: {printable(exc, 2000)}", err=True)
             sys.exit(EXIT_UNAVAILABLE)
     note = unfinished_note(found)
     if as_json:
         kind = "chain_id" if isinstance(found, ChainStatus) else "job_id"
-        print_json({kind: any_id, "files": [str(path) for path in saved], "incomplete": note})
+        print_json(
+            {
+                kind: any_id,
+                "files": [str(path) for path in saved],
+                "sources": sources,
+                "incomplete": note,
+            }
+        )
     else:
         for path in saved:
             click.echo(str(path))

@@ -52,9 +52,11 @@ def saturate(
     max_wait: float = 60.0,
 ) -> Run:
     """Every job asks at 0, and comes back when told (capped like the runner caps it, plus
-    the runner's 0-0.25 s jitter) until granted or ``seconds`` have passed."""
+    the runner's 0-0.25 s jitter) until granted or ``seconds`` have passed. A job put in
+    the fair line asks again only once a call gives it a slot (its message is sent then)."""
     rng = random.Random(seed)
-    waiting = [(0.0, f"job{index}", cost) for index, cost in enumerate(costs)]
+    cost_of = {f"job{index}": cost for index, cost in enumerate(costs)}
+    waiting = [(0.0, job_id, cost) for job_id, cost in cost_of.items()]
     heapq.heapify(waiting)
     run = Run()
     while waiting:
@@ -63,9 +65,12 @@ def saturate(
             break
         run.asks += 1
         permit = limiter.acquire(job_id, images=cost, slot_ttl=3600, now=T0 + at)
+        for admitted in permit.admitted:
+            back = at + min(admitted.wait, max_wait) + rng.uniform(0, 0.25)
+            heapq.heappush(waiting, (back, admitted.job_id, cost_of[admitted.job_id]))
         if permit.granted:
             run.grants.append((at, cost))
-        else:
+        elif not permit.in_line:
             assert permit.wait > 0, permit
             back = at + min(permit.wait, max_wait) + rng.uniform(0, 0.25)
             heapq.heappush(waiting, (back, job_id, cost))
@@ -136,11 +141,14 @@ def test_grants_are_spread_not_bunched(redis_url: str) -> None:
     # 2 s of the rate at once (3 images), not the old bucket's whole minute (120).
     assert len(granted) == at_once(limiter) == 3
     refused = [permit for permit in permits if not permit.granted]
-    assert {permit.reason for permit in refused} == {"rate"}
-    # Each waiting job has its own slot to come back to, one interval (62 s / 120) apart.
-    waits = [permit.wait for permit in refused]
+    assert {permit.reason for permit in refused} == {"rate", "queued"}
+    # The next few seconds' slots are given out, one each, one interval (62 s / 120) apart;
+    # the rest wait in the line with no slot (and no message) until their turn.
+    waits = [permit.wait for permit in refused if permit.reason == "rate"]
     gaps = [later - earlier for earlier, later in itertools.pairwise(waits)]
     assert gaps == pytest.approx([62 / 120] * len(gaps), abs=1e-5)
+    assert max(waits) <= limiter.horizon + limiter.interval
+    assert limiter.waiting() == len(refused) - len(waits) > 30
 
 
 def test_a_reserved_slot_is_kept_and_nobody_else_takes_it(redis_url: str) -> None:
@@ -217,24 +225,33 @@ def test_pause_stops_every_worker_until_it_ends_and_only_ever_extends(redis_url:
 
 def test_jobs_waiting_out_a_pause_come_back_spread_out(redis_url: str) -> None:
     limiter = _limiter(redis_url, per_minute=120)
-    for index in range(10):  # a line of jobs with slots over the next few seconds
+    for index in range(10):  # jobs with slots over the next few seconds
         limiter.acquire(f"early{index}", images=1, slot_ttl=60, now=T0)
     limiter.pause(10, "429", now=T0 + 0.1)
-    waits = [
-        limiter.acquire(f"job{index}", images=1, slot_ttl=60, now=T0 + 1).wait
-        for index in range(20)
+    newcomers = [
+        limiter.acquire(f"job{index}", images=1, slot_ttl=60, now=T0 + 1) for index in range(20)
     ]
-    # After the pause, not before; then one interval apart (a burst's worth may share the
-    # first instant, as after any idle spell), not all at the pause's end.
-    assert min(waits) >= 9
-    gaps = [later - earlier for earlier, later in itertools.pairwise(waits)]
-    assert gaps == pytest.approx([62 / 120] * len(gaps), abs=1e-5)
-    # The jobs already in line moved back by the pause too, keeping their order.
+    assert all(permit.in_line for permit in newcomers)
+    # The jobs that had slots moved back by the pause, keeping their order.
     moved = [
         limiter.acquire(f"early{index}", images=1, slot_ttl=60, now=T0 + 1).wait
         for index in range(at_once(limiter), 10)
     ]
-    assert min(moved) >= 9 - 0.1 and moved == sorted(moved) and max(moved) < min(waits)
+    assert min(moved) >= 9 - 0.1 and moved == sorted(moved)
+    # Each of them, granted at its slot, gives the next slots out: after the pause and after
+    # the jobs that had slots, one interval apart, not all at the pause's end.
+    slots: list[float] = []
+    for index, wait in zip(range(at_once(limiter), 10), moved, strict=True):
+        at = T0 + 1 + wait
+        permit = limiter.acquire(f"early{index}", images=1, slot_ttl=60, now=at)
+        while not permit.granted:  # a slot at the pause's very end waits it out
+            assert permit.reason == "paused" and permit.wait < 1
+            at += permit.wait
+            permit = limiter.acquire(f"early{index}", images=1, slot_ttl=60, now=at)
+        slots += [at + admitted.wait for admitted in permit.admitted]
+    assert len(slots) >= 5 and min(slots) > T0 + 1 + max(moved)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
+    assert gaps == pytest.approx([62 / 120] * len(gaps), abs=1e-5)
 
 
 def test_resume_ends_only_a_pause_of_its_reason_and_brings_the_line_forward(
@@ -294,15 +311,16 @@ def test_in_flight_cap_is_shared_and_slots_age_out(redis_url: str) -> None:
 
 def test_under_overload_slots_go_only_to_jobs_that_can_still_use_them(redis_url: str) -> None:
     """A burst far above the rate: jobs whose slot would come after their deadline get
-    none ("late") and do not push the schedule, so a job arriving later is still served
-    (the schedule used to run past every deadline and then serve nobody)."""
+    none and do not push the schedule, so a job arriving later is still served (the
+    schedule used to run past every deadline and then serve nobody)."""
     limiter = _limiter(redis_url, per_minute=60)
     burst = [
         limiter.acquire(f"burst{i}", images=1, slot_ttl=600, deadline=T0 + 60, now=T0)
         for i in range(300)
     ]
-    late = [p for p in burst if p.reason == "late"]
-    assert len(late) > 200
-    assert all(p.wait <= 60 for p in late)
+    slots = [p.wait for p in burst if p.reason == "rate"]
+    slots += [a.wait for p in burst for a in p.admitted]
+    assert all(wait <= 60 for wait in slots)
+    assert sum(p.in_line for p in burst) > 250
     fresh = limiter.acquire("fresh", images=1, slot_ttl=600, deadline=T0 + 200, now=T0 + 61)
     assert fresh.granted or fresh.wait < 10, fresh

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.records import put_in_status
 from tests.support.stack import WorkerStack, worker_stack
-from worker.constants import DAILY_KEY, DAILY_TTL, JOB_KEY, REQUEST_KEY
+from worker.constants import DAILY_KEY, DAILY_TTL, JOB_KEY, REQUEST_KEY, TENANT_LIVE_KEY
 from worker.models import JobRecord, JobStatus
 from worker.settings import Settings
 from worker.store import JobStore, utc_day
@@ -115,3 +115,26 @@ def test_a_worker_adds_completed_and_failed_jobs_to_the_day(stack: WorkerStack) 
     assert row["inference_ms"] == round(records[0].inference_ms)
     finished = JOB_KEY.format(job_id=good)
     assert 0 < store.client.ttl(finished) <= stack.jobs.settings.record_ttl
+
+
+def test_per_tenant_figures_outlive_the_records(redis_url: str) -> None:
+    """A finished record expires after the TTL (1 s here); the tenant's counts do not."""
+    client = JobStore.from_url(redis_url, record_ttl=60).client
+    store = JobStore(client, record_ttl=1)
+    record = _record().model_copy(update={"tenant": "acme"})
+    job_id, _ = store.create_job(record)
+    assert client.hget(TENANT_LIVE_KEY, "queued|acme") == "1"
+    put_in_status(store, job_id, "completed", outputs=["http://x/1.png"])
+    deadline = time.monotonic() + 30
+    while client.exists(JOB_KEY.format(job_id=job_id)):  # Redis expires it by itself
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (
+        store.counters()[("tenant_jobs_ended", (("status", "completed"), ("tenant", "acme")))] == 1
+    )
+    live = {
+        str(k): int(v)
+        for k, v in client.hgetall(TENANT_LIVE_KEY).items()
+        if str(k).endswith("|acme")
+    }
+    assert set(live.values()) == {0}  # counted in, counted out: nothing live is left

@@ -13,12 +13,13 @@ import pytest
 from tests.support.jobs import Enqueuer
 from tests.support.records import put_in_status
 from worker.constants import DEADLINES_KEY, QUEUE_NORMAL
+from worker.fairness import line_member
 from worker.models import JobRecord, JobStatus
 from worker.ratelimit import AccountLimiter
 from worker.runner import JobRunner
 from worker.settings import Settings
 from worker.store import NewJob
-from worker.sweeper import PAGE, PASS_BUDGET, WAKE_GRACE, Sweeper, SweepReport
+from worker.sweeper import PAGE, PASS_BUDGET, Sweeper, SweepReport
 from worker.wavespeed import WaveSpeedClient
 
 T2I = "flux-kontext-max/text-to-image"
@@ -39,6 +40,8 @@ class Harness:
             base_url="http://127.0.0.1:9", api_key="unused", connect_timeout=1, read_timeout=1
         )
         runner = JobRunner(settings, self.store, limiter, client, clock=lambda: self.now)
+        # Jobs of the fair line given slots are "sent" like the sweeper's re-sends.
+        runner.send = lambda state, _countdown: self.resent.append((state.id, {}))
         self.sweeper = Sweeper(
             self.store,
             runner,
@@ -298,37 +301,40 @@ def test_entries_a_pass_cannot_handle_never_hide_the_ones_behind(harness: Harnes
     assert all(r is not None and r.status is JobStatus.QUEUED for r in states)
 
 
-def test_parked_jobs_are_woken_when_slots_are_free(harness: Harness) -> None:
-    """A job refused for the in-flight cap parks with no message; if the wake from the run
-    that freed a slot is lost (it died), the sweeper sends parked jobs again, oldest
-    first, up to the free slots."""
+def test_jobs_in_line_are_given_free_slots_by_the_sweeper(harness: Harness) -> None:
+    """A job refused for the in-flight cap waits in the fair line with no message; if the
+    run that freed a slot died before giving it out, the sweeper gives the free slots to
+    the jobs in line, oldest first, and sends them."""
     limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
     fillers = [f"filler-{i}" for i in range(10)]
     for filler in fillers:
         assert limiter.acquire(filler, images=1, slot_ttl=600).granted
     job_ids = harness.create_many(3, deadline=600)
-    for job_id in job_ids:
-        permit = limiter.acquire(job_id, images=1, slot_ttl=600)
+    for order, job_id in enumerate(job_ids):
+        member = line_member(job_id, order=order)  # enqueued in this order
+        permit = limiter.acquire(job_id, images=1, slot_ttl=600, member=member)
         assert (permit.granted, permit.reason) == (False, "in_flight")
-    assert limiter.parked() == 3
+    assert limiter.waiting() == 3
 
-    assert harness.sweep_later(1) == []  # no slot free: they stay parked
-    assert limiter.parked() == 3
+    assert harness.sweep_later(1) == []  # no slot free: they stay in line
+    assert limiter.waiting() == 3
     limiter.release(fillers[0])
     limiter.release(fillers[1])
     assert harness.sweep_later(1) == [(job_ids[0], {}), (job_ids[1], {})]
-    assert limiter.parked() == 1
-    # A woken job that gets its slot leaves the parked set.
+    assert limiter.waiting() == 1
+    # A job given a slot uses it; the one still in line gets nothing (no room).
     assert limiter.acquire(job_ids[0], images=1, slot_ttl=600).granted
-    assert limiter.unpark(5) == [job_ids[2]]
+    assert limiter.give_out() == ()
+    assert limiter.waiting() == 1
 
 
 def _park(limiter: AccountLimiter, job_ids: list[str]) -> list[str]:
     """Fill the cap with fillers, then have each job refused (and so parked)."""
     for i in range(limiter.max_in_flight - limiter.in_flight()):
         assert limiter.acquire(f"filler-{i}", images=1, slot_ttl=600).granted
-    for job_id in job_ids:
-        assert limiter.acquire(job_id, images=1, slot_ttl=600).reason == "in_flight"
+    for order, job_id in enumerate(job_ids):
+        member = line_member(job_id, order=order)  # enqueued in this order
+        assert limiter.acquire(job_id, images=1, slot_ttl=600, member=member).reason == "in_flight"
     return [f"filler-{i}" for i in range(limiter.max_in_flight)]
 
 
@@ -343,28 +349,31 @@ def test_a_job_parked_after_a_failed_submit_is_woken(harness: Harness) -> None:
     assert harness.sweep_later(1) == [(job_id, {})]
 
 
-def test_a_wake_that_never_arrived_is_parked_again_and_sent(harness: Harness) -> None:
-    """The run that took a parked job died before sending it: the job waits in the waking
-    set; past the wake grace the sweeper parks it again, at the front, and sends it."""
+def test_a_slot_whose_job_never_came_goes_back_in_line_at_the_front(harness: Harness) -> None:
+    """The run that gave a job its slot died before sending its message: the slot lapses
+    after the limiter's window and the job goes back to the front of its line."""
     limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
     first, second = harness.create_many(2, deadline=600)
     fillers = _park(limiter, [first, second])
-    assert limiter.unpark(1) == [first]  # ... and the waker dies here
-    assert limiter.parked() == 1
-    limiter.release(fillers[0])
-    # Not yet past the grace: the free slot goes to the next parked job.
-    assert harness.sweep_later(1) == [(second, {})]
     redis_now = float(harness.store.client.time()[0])
-    # Neither run came (the harness only records sends): both are parked again, the one
-    # taken first at the front.
-    assert limiter.requeue_stale_wakes(WAKE_GRACE, now=redis_now + WAKE_GRACE + 1) == 2
-    assert limiter.unpark(2, now=redis_now) == [first, second]
+    limiter.release(fillers[0])
+    (given,) = limiter.give_out(now=redis_now)  # ... and the sender dies here
+    assert given.job_id == first and limiter.waiting() == 1
+    limiter.release(fillers[1])
+    # Within the window its slot is kept (the message may be late): one slot for second.
+    assert [a.job_id for a in limiter.give_out(now=redis_now + 1)] == [second]
+    limiter.release(fillers[2])
+    # Past the window the slot lapses: first is back in line, ahead of anyone, and gets it.
+    later = redis_now + limiter.window + 0.5  # first's slot lapsed, second's not yet
+    assert [a.job_id for a in limiter.give_out(now=later)] == [first]
 
 
-def test_an_ended_job_leaves_the_parked_line(harness: Harness) -> None:
+def test_an_ended_job_leaves_the_line(harness: Harness) -> None:
     limiter = AccountLimiter(harness.store.client, per_minute=1_000_000, max_in_flight=10)
     ended, waiting = harness.create_many(2, deadline=600)
-    _park(limiter, [ended, waiting])
+    fillers = _park(limiter, [ended, waiting])
     assert harness.store.transition(ended, updates={"status": "failed"})
-    assert limiter.parked() == 1
-    assert limiter.unpark(5) == [waiting]
+    assert limiter.waiting() == 1
+    for filler in fillers[:5]:
+        limiter.release(filler)
+    assert [a.job_id for a in limiter.give_out()] == [waiting]

@@ -26,6 +26,7 @@ from kombu.transport.redis import PRIORITY_STEPS
 from ops.exporter.catalogue import FAILURE_CODES, OTHER_CODE
 from ops.exporter.snapshot import UNACKED_INDEX_KEY, UNACKED_KEY, priority_list
 from worker.constants import (
+    BALANCE_KEY,
     DEADLINES_KEY,
     IN_FLIGHT_KEY,
     LATENCY_BUCKETS,
@@ -67,6 +68,9 @@ class Facts:
     """Everything the truth is computed from."""
 
     records: Sequence[JobRecord]
+    #: Every job of the UTC day (the workload's and those run before it): what the daily
+    #: budget figures count.
+    day_records: Sequence[JobRecord]
     #: The emulator's stats counters during the workload (after minus before).
     submissions_created: int
     polls: int
@@ -211,6 +215,81 @@ def run_time_p95(facts: Facts) -> Figures:
     return one(histogram_quantile(0.95, times, facts.flower_runtime_buckets))
 
 
+MICROS = 1_000_000
+#: Statuses of a job holding a submission slot (the exporter's in-flight count).
+HOLDING_A_SLOT = frozenset({JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.PROCESSING})
+
+
+def _sum_by_tenant(
+    facts: Facts,
+    keep: Callable[[JobRecord], bool],
+    value: Callable[[JobRecord], float],
+    *,
+    whole_day: bool = False,
+) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for r in facts.day_records if whole_day else facts.records:
+        if keep(r):
+            totals[r.tenant] = totals.get(r.tenant, 0.0) + value(r)
+    return totals
+
+
+def billed(facts: Facts, *, whole_day: bool = False) -> dict[str, float]:
+    """US dollars billed (completed jobs' final cost), by tenant."""
+    return _sum_by_tenant(
+        facts,
+        lambda r: bool(r.cost_micros),
+        lambda r: (r.cost_micros or 0) / MICROS,
+        whole_day=whole_day,
+    )
+
+
+def unconfirmed(facts: Facts, *, whole_day: bool = False) -> dict[str, float]:
+    """Estimates of jobs that ended while their prediction might still be billed."""
+    return _sum_by_tenant(
+        facts,
+        lambda r: r.cost_unconfirmed,
+        lambda r: (r.estimated_cost_micros or 0) / MICROS,
+        whole_day=whole_day,
+    )
+
+
+def reserved(facts: Facts) -> dict[str, float]:
+    """Estimates of live jobs claimed for submission (their reservation), by tenant."""
+    return _sum_by_tenant(
+        facts,
+        lambda r: r.status not in TERMINAL_STATUSES and bool(r.estimated_cost_micros),
+        lambda r: (r.estimated_cost_micros or 0) / MICROS,
+    )
+
+
+def budget_used(facts: Facts) -> dict[str, float]:
+    """What the daily caps count, by tenant: billed, possibly billed, reserved."""
+    used: dict[str, float] = {}
+    for part in (
+        billed(facts, whole_day=True),
+        unconfirmed(facts, whole_day=True),
+        reserved(facts),
+    ):
+        for tenant, value in part.items():
+            used[tenant] = used.get(tenant, 0.0) + value
+    return used
+
+
+def by_tenant(values: Mapping[str, float]) -> Figures:
+    return {(("tenant", tenant),): value for tenant, value in values.items() if value}
+
+
+def hourly(values: Mapping[str, float], window: float = 300) -> dict[str, float]:
+    """A total over the rate window as $/h (``rate(...[5m]) * 3600``)."""
+    return {tenant: value / window * 3600 for tenant, value in values.items()}
+
+
+def balance(facts: Facts) -> Figures:
+    micros = facts.redis.hget(BALANCE_KEY, "micros")
+    return one(int(micros) / MICROS) if micros is not None else {}
+
+
 #: (panel title, refId) -> the truth of that query after the workload.
 TRUTH: dict[tuple[str, str], Callable[[Facts], Figures]] = {
     # Queues: read from Redis itself (and the records), now.
@@ -269,6 +348,43 @@ TRUTH: dict[tuple[str, str], Callable[[Facts], Figures]] = {
     ("Task runs /s by worker", "A"): runs_per_worker,
     ("Task runs /s by worker", "B"): failed_runs_per_worker,
     ("Task run time p95", "A"): run_time_p95,
+    # Cost: the records' costs (no cap is set, no job keeps its outputs, one tenant).
+    ("Account budget used today", "A"): lambda f: one(sum(budget_used(f).values())),
+    ("Account budget left today", "A"): lambda f: {},  # no cap: no figure
+    ("Reserved by jobs in flight", "A"): lambda f: one(sum(reserved(f).values())),
+    ("Jobs held for a budget", "A"): lambda f: one(0.0),
+    ("Account balance", "A"): balance,
+    ("Paused: low balance", "A"): lambda f: one(0.0),
+    ("Spend $/h by tenant", "A"): lambda f: by_tenant(hourly(billed(f))),
+    ("Spend $/h by tenant", "B"): lambda f: by_tenant(hourly(unconfirmed(f))),
+    ("Daily budget used and cap by tenant", "A"): lambda f: by_tenant(budget_used(f)),
+    ("Daily budget used and cap by tenant", "B"): lambda f: {},  # no tenant cap
+    ("Images billed /s by model", "A"): lambda f: per_second(
+        by("model", (r.model for r in f.records if r.cost_micros for _ in r.outputs)), 300
+    ),
+    # Tenants.
+    ("Waiting in the fair line by tenant", "A"): lambda f: {},
+    ("In flight by tenant", "A"): lambda f: by_tenant(
+        _sum_by_tenant(f, lambda r: r.status in HOLDING_A_SLOT, lambda r: 1.0)
+    ),
+    ("Submission slots granted /s by tenant", "A"): lambda f: by_tenant(
+        _sum_by_tenant(f, lambda r: r.attempts > 0, lambda r: r.attempts / 300)
+    ),
+    ("Completions /s by tenant", "A"): lambda f: by_tenant(
+        _sum_by_tenant(f, lambda r: r.status is JobStatus.COMPLETED, lambda r: 1 / 300)
+    ),
+    ("Completions /s by tenant", "B"): lambda f: by_tenant(
+        _sum_by_tenant(
+            f,
+            lambda r: r.status in TERMINAL_STATUSES and r.status is not JobStatus.COMPLETED,
+            lambda r: 1 / 300,
+        )
+    ),
+    ("Spend by tenant, last hour ($/h)", "A"): lambda f: by_tenant(billed(f)),
+    ("Keeping outputs", "A"): lambda f: one(0.0),
+    ("Keeping outputs", "B"): lambda f: one(0.0),
+    ("Keeping outputs", "C"): lambda f: one(0.0),
+    ("Keeping outputs", "D"): lambda f: one(0.0),
 }
 
 

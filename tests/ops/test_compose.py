@@ -26,6 +26,7 @@ from emulator.cli import emulator_command
 from ops.exporter.cli import exporter_command
 from ops.healthcheck import port_of, role_of
 from ops.localstack.redis_server import free_port
+from worker.keep_outputs import BOTO3_ENV_VARS
 from worker.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,6 +230,8 @@ def test_environment_is_read_by_the_code(service: str) -> None:
         | flower_envvars()
         | envvars_of(emulator_command)
         | envvars_of(exporter_command)
+        # The S3 target's credentials: boto3 reads them (worker.keep_outputs).
+        | set(BOTO3_ENV_VARS)
     )
     variables = set(SERVICES[service].get("environment", {}))
     assert variables <= allowed, f"{service} sets unknown {sorted(variables - allowed)}"

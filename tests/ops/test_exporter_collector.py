@@ -235,15 +235,16 @@ def test_unlabelled_families_are_exported_with_no_data(redis_url: str) -> None:
     # jobs_live carries labels that only data gives it (status, model); counters are
     # exported from 0 for every known label set.
     missing = {name for name in exported_names() if name not in found}
-    # A backend's HTTP status and tenants take any value: their counters start at their first
-    # count; caps only once set; the balance once the sweeper has read it.
+    # A backend's HTTP status takes any value: its counter starts at its first count.
+    # Tenant counters start at 0 for every tenant the store has seen (here only the
+    # default tenant); per-tenant gauges need data; caps only once set; the balance once
+    # the sweeper has read it.
     assert missing == {
         "wavequeue_jobs_live",
         "wavequeue_callback_attempts_failed_total",
-        "wavequeue_spend_usd_total",
-        "wavequeue_spend_unconfirmed_usd_total",
-        "wavequeue_images_billed_total",
-        "wavequeue_jobs_held_total",
+        "wavequeue_tenant_jobs_live",
+        "wavequeue_tenant_waiting",
+        "wavequeue_tenant_in_flight",
         "wavequeue_budget_cap_usd",
         "wavequeue_budget_remaining_usd",
         "wavequeue_account_balance_usd",
@@ -345,8 +346,15 @@ def test_spend_is_exported_in_dollars_and_budgets_per_scope(redis_url: str) -> N
             found.setdefault(sample.name, []).append((sample.labels, sample.value))
     client.close()
 
-    assert found["wavequeue_spend_usd_total"] == [(labels, 0.12)]
-    assert found["wavequeue_images_billed_total"] == [(labels, 3.0)]
+    def counted(name: str) -> list[tuple[dict[str, str], float]]:
+        return [(sample_labels, value) for sample_labels, value in found[name] if value]
+
+    assert counted("wavequeue_spend_usd_total") == [(labels, 0.12)]
+    assert counted("wavequeue_images_billed_total") == [(labels, 3.0)]
+    # The default tenant's series are there from 0, for rate() to count a first step.
+    zero = {"model": "flux-kontext-pro", "tenant": "default"}
+    assert (zero, 0.0) in found["wavequeue_spend_usd_total"]
+    assert (zero, 0.0) in found["wavequeue_spend_unconfirmed_usd_total"]
     caps = {(d["scope"], d["tenant"]): v for d, v in found["wavequeue_budget_cap_usd"]}
     assert caps == {("account", ""): 10.0, ("tenant", "acme"): 0.5, ("tenant", "beta"): 1.0}
     left = {(d["scope"], d["tenant"]): v for d, v in found["wavequeue_budget_remaining_usd"]}

@@ -135,10 +135,10 @@ def test_dashboard_uses_only_exported_metrics(known: set[str]) -> None:
     assert any(name.startswith("flower_") for name in used)  # the workers row
 
 
-def test_dashboard_covers_queues_throughput_latency_failures_workers_cost() -> None:
+def test_dashboard_covers_queues_throughput_latency_failures_workers_cost_tenants() -> None:
     board = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers", "Cost"]
+    assert rows == ["Queues", "Throughput", "Latency", "Failures", "Workers", "Cost", "Tenants"]
     datasource = yaml.safe_load(
         (ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]

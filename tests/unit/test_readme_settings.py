@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def _table() -> dict[str, str]:
     text = README.read_text()
     body = text.split("<!-- settings-table -->")[1].split("<!-- /settings-table -->")[0]
-    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", body, flags=re.MULTILINE)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]+) \|", body, flags=re.MULTILINE)
     return {name: default.strip() for name, default in rows}
 
 

@@ -18,6 +18,7 @@ import click
 
 from worker.celery_config import make_app
 from worker.errors import ConfigError, PermanentError, TransientError
+from worker.keep_outputs import OutputKeeper
 from worker.ratelimit import AccountLimiter
 from worker.settings import Settings
 from worker.store import JobStore
@@ -61,17 +62,16 @@ def fetch_secret(settings: Settings) -> str:
 
 def build_receiver(settings: Settings, secret: str) -> WebhookReceiver:
     store = JobStore.from_settings(settings)
-    limiter = AccountLimiter(
-        store.client,
-        per_minute=settings.rate_limit_per_minute,
-        max_in_flight=settings.max_in_flight,
-    )
+    limiter = AccountLimiter.from_settings(store.client, settings)
     return WebhookReceiver(
         store=store,
         limiter=limiter,
         verifier=Verifier(signing_key(secret), clock=time.time),
         url_key=settings.require_webhook_url_key(),
         sender=Sender(make_app(settings), store),
+        longest_countdown=settings.longest_countdown,
+        keeps=OutputKeeper(settings).wants,
+        persist_retry_for=settings.persist_retry_for,
     )
 
 

@@ -31,20 +31,20 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from worker import parking
+from worker.admission import admit_waiting
 from worker.chains import continue_chain, send_job_and_rest
 from worker.clock import Clock
 from worker.constants import PREDICTION_OWNER_KEY, WEBHOOK_SEEN_KEY, WEBHOOK_SEEN_TTL
 from worker.errors import JobNotFoundError, PermanentError, UnreadableRecordError
-from worker.models import JobStatus
+from worker.models import JobState, JobStatus
 from worker.ratelimit import AccountLimiter
-from worker.settle import Finished, Settler
+from worker.settle import Finished, Persisting, Settler
 from worker.store import Claim, JobSnapshot, JobStore, Moved, counter_field
 from worker.wavespeed import MAX_ERROR_TEXT, Prediction, parse_prediction, redact
 from worker.webhooks.signature import SignatureError, Verifier
@@ -74,6 +74,10 @@ class Sender:
     def resend(self, snap: JobSnapshot) -> None:
         send_job_and_rest(self.app, self.store, snap.state, {})
 
+    def admit(self, state: JobState, countdown: float) -> None:
+        """A job of the fair line given a submission slot: its message, due at the slot."""
+        send_job_and_rest(self.app, self.store, state, {}, countdown=countdown)
+
 
 class WebhookReceiver:
     def __init__(
@@ -85,6 +89,9 @@ class WebhookReceiver:
         url_key: bytes,
         sender: Sender,
         clock: Clock | None = None,
+        longest_countdown: float = 60.0,
+        keeps: Callable[[JobState], bool] | None = None,
+        persist_retry_for: float = 86400.0,
     ) -> None:
         self.store = store
         self.limiter = limiter
@@ -92,7 +99,11 @@ class WebhookReceiver:
         self.url_key = url_key
         self.sender = sender
         self.clock: Clock = clock or store.clock
-        self.settler = Settler(store, clock=self.clock)
+        self.settler = Settler(
+            store, clock=self.clock, keeps=keeps, persist_retry_for=persist_retry_for
+        )
+        #: A message for a slot further off comes back early and waits again.
+        self.longest_countdown = longest_countdown
 
     def receive(self, job_id: str, mac: str, headers: Mapping[str, str], body: bytes) -> Reply:
         self._count("webhooks_received")
@@ -133,6 +144,12 @@ class WebhookReceiver:
         settled = self.settler.settle(snap, prediction, path="webhook")
         if settled is None:
             return self._ignored("left_to_poll")
+        if isinstance(settled, Persisting):
+            # Completed; its outputs are to be kept first: a worker copies them (the job's
+            # message, with the rest of its chain, which goes on once the job completes).
+            self._count("webhooks_applied")
+            self._send_for_copy(settled)
+            return Reply(200, settled.state.status.value)
         if not isinstance(settled, Finished):
             return self._ignored("job_ended")
         self._count("webhooks_applied")
@@ -223,7 +240,22 @@ class WebhookReceiver:
                 finished.state.id,
                 exc,
             )
-        parking.wake_parked(self.store, self.limiter, 1, self.sender.resend)
+        # An in-flight slot may have freed: the next job of the line gets it.
+        admit_waiting(
+            self.store, self.limiter, self.sender.admit, longest_countdown=self.longest_countdown
+        )
+
+    def _send_for_copy(self, persisting: Persisting) -> None:
+        """Never fails the callback: the job waits in ``persisting`` indexed for the
+        sweeper, which sends it if this message is lost."""
+        try:
+            self.sender.admit(persisting.state, 0.0)
+        except Exception as exc:  # noqa: BLE001 - the sweeper re-sends an overdue job
+            log.warning(
+                "job %s: could not send it to keep its outputs (%s); the sweeper will",
+                persisting.state.id,
+                exc,
+            )
 
     # counting -----------------------------------------------------------------
 

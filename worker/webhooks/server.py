@@ -63,6 +63,9 @@ class CallbackHandler(tornado.web.RequestHandler):
         self._answer(reply)
 
     async def _too_large(self) -> None:
+        # The connection cannot carry another request (a declared body was never read):
+        # say so, or a sender's pooled connection is reused and reset.
+        self.set_header("Connection", "close")
         self._answer(await self._run(self.receiver.too_large))
 
     async def _run(self, call: Callable[[], Any]) -> Any:
