@@ -80,7 +80,7 @@ class RunJobMessages:
             ignore_result=True,
             origin=self._origin,
             create_sent_event=self.sends_sent_events,
-            # What Flower shows: "wavequeue.run_job: submit", the job id, the model.
+            # What Flower shows: the job id, the model and "submit".
             **run_label(job_id, 0, model),
         )
         signals.before_task_publish.send(
@@ -114,7 +114,6 @@ class RunJobMessages:
                     "exchange": ANONYMOUS_EXCHANGE,
                     "routing_key": queue,
                     # What the worker's events show too (worker.messages.run_label).
-                    "name": headers.get("shadow") or RUN_JOB_TASK,
                     "args": headers.get("argsrepr", sent_event.get("args")),
                     "kwargs": headers.get("kwargsrepr", sent_event.get("kwargs")),
                 }

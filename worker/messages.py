@@ -8,10 +8,11 @@ Celery writes every header of its protocol into every message, most of them empt
 waits for, ``origin``). The worker reads each of them with a default, so leaving them
 out changes nothing but the size: about 1.2 KB down to about 0.7 KB.
 
-What Flower shows of a run (``run_label``): its task name says which run it is
-(``wavequeue.run_job: submit``, ``wavequeue.run_job: poll 3``; Celery's ``shadow``
-header, for display only: the worker still runs ``wavequeue.run_job``), its args the job
-id, its kwargs the model. Flower's columns put them side by side (ops/flower/guard.py).
+What Flower shows of a run (``run_label``): its args are the job id, its kwargs the
+model and which run it is (``flux-kontext-pro poll 3``, ``... submit``); Flower's columns
+put them beside the name (ops/flower/guard.py). The task name stays ``wavequeue.run_job``:
+Flower labels its Prometheus series by task name, and a name per poll would make a new
+series per poll number, whose first count ``rate()`` cannot see.
 """
 
 from __future__ import annotations
@@ -48,13 +49,9 @@ def run_phase(poll_seq: int) -> str:
 
 
 def run_label(job_id: str, poll_seq: int = 0, model: str | None = None) -> dict[str, str]:
-    """The send options that make a ``run_job`` message readable in Flower and the worker's
-    log: name with the phase, args the job id, kwargs the model ("?" when unknown)."""
-    return {
-        "shadow": f"{RUN_JOB_TASK}: {run_phase(poll_seq)}",
-        "argsrepr": job_id,
-        "kwargsrepr": model or "?",
-    }
+    """The send options that make a ``run_job`` message readable in Flower: args the job
+    id, kwargs the model ("?" when unknown) and the run (``submit``, ``poll 3``)."""
+    return {"argsrepr": job_id, "kwargsrepr": f"{model or '?'} {run_phase(poll_seq)}"}
 
 
 def slim(headers: dict[str, Any], properties: dict[str, Any], body: Any) -> None:
@@ -75,8 +72,8 @@ def slim(headers: dict[str, Any], properties: dict[str, Any], body: Any) -> None
         properties.pop(name, None)
     if isinstance(body, tuple | list) and len(body) == 3 and isinstance(body[1], dict):
         kwargs, embed = body[1], body[2]
-        if not headers.get("shadow"):
-            # Sent without a label (run_label): name and id at least, never kwargs' repr.
+        if headers.get("argsrepr") in (None, "()"):
+            # Sent without a label (run_label): the id and the run, never kwargs' repr.
             label = run_label(str(kwargs.get("job_id", "?")), int(kwargs.get("poll_seq", 0)))
             headers.update(label)
         if isinstance(embed, dict):

@@ -27,10 +27,9 @@ STATE_SAVE_INTERVAL_MS = 60_000
 #: Forget workers offline this long (seconds): scaled-down containers would
 #: otherwise stay on the workers page forever.
 PURGE_OFFLINE_WORKERS = 600
-#: Columns of the tasks page, what an operator looks for first: the run (the name says
-#: submit or poll N), the job id (args) and its model (kwargs) as ``worker.messages``
-#: labels every run_job message, then its state and queue. Arguments are ids only, never
-#: secrets.
+#: Columns of the tasks page, what an operator looks for first: the job id (args) and its
+#: model and run (kwargs: ``flux-kontext-pro poll 3``) as ``worker.messages`` labels every
+#: run_job message, then its state and queue. Arguments are ids only, never secrets.
 TASKS_COLUMNS = "name,args,kwargs,state,routing_key,received,started,runtime,worker,uuid"
 
 EX_CONFIG = 78

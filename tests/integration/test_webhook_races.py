@@ -98,12 +98,12 @@ class Harness:
         return self.receiver.receive(job_id, job_mac(URL_KEY.encode(), job_id), headers, body)
 
     def queued_messages(self) -> list[str]:
-        """The run_job messages waiting in the normal queue, as Flower names them: the run
-        (``wavequeue.run_job: submit``) and the job id (``worker.messages.run_label``)."""
+        """The run_job messages waiting in the normal queue, as Flower shows them: the job
+        id and which run it is (``worker.messages.run_label``)."""
         found: list[str] = []
         for raw in self.store.client.lrange(QUEUE_NORMAL, 0, -1):
             headers = json.loads(raw)["headers"]
-            found.append(f"{headers.get('shadow')} {headers.get('argsrepr')}")
+            found.append(f"{headers.get('argsrepr')} {headers.get('kwargsrepr')}")
         return found
 
     def terminal_events(self, job_id: str) -> list[str]:
@@ -168,7 +168,7 @@ def test_a_webhook_during_the_polls_get_ends_the_job_once_and_advances_the_chain
     assert replies == [Reply(200, "completed")]
     # The poll lost: no chain callback from its run; the receiver sent step 2 once.
     assert isinstance(outcome, Duplicate)
-    assert harness.queued_messages() == [f"wavequeue.run_job: submit {second}"]
+    assert harness.queued_messages() == [f"{second} flux-kontext-pro submit"]
     assert harness.terminal_events(first) == ["completed"]
     assert harness.counter("jobs_completed", model=MODEL) == 1
     assert harness.counter("jobs_ended_by", path="webhook") == 1
@@ -261,7 +261,7 @@ def test_an_unknown_submit_adopts_the_prediction_its_webhook_proves(harness: Har
     assert (record.status, record.prediction_id) == (JobStatus.COMPLETED, "p9")
     assert harness.store.prediction_owner("p9") == first
     assert harness.counter("orphans_adopted", model=MODEL) == 1
-    assert harness.queued_messages() == [f"wavequeue.run_job: submit {second}"]
+    assert harness.queued_messages() == [f"{second} flux-kontext-pro submit"]
     # The message that waited out the window finds the job ended by its webhook.
     harness.clock.advance(waiting.due_at - harness.clock() + 0.1)
     assert isinstance(harness.runner.run(first, poll_seq=0), Duplicate)

@@ -287,14 +287,14 @@ class RunMonitor:
                 receiver.capture(limit=None, timeout=None, wakeup=True)
 
     def chained_runs(self, job_id: str) -> int:
-        """Messages that started ``job_id`` (Flower's ``wavequeue.run_job: submit`` with the
-        job id as args: every later run carries its poll number). For a chain step after
-        the first, in a run without faults (no submit is retried), each is a chain advance
-        to it."""
+        """Messages that started ``job_id`` (Flower's args is the job id, its kwargs end in
+        ``submit``: every later run carries its poll number). For a chain step after the
+        first, in a run without faults (no submit is retried), each is a chain advance to
+        it."""
         return sum(
             1
             for event in list(self.received)
-            if event.get("name") == "wavequeue.run_job: submit" and event.get("args") == job_id
+            if event.get("args") == job_id and str(event.get("kwargs", "")).endswith(" submit")
         )
 
 

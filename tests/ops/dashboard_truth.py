@@ -40,9 +40,7 @@ Figures = dict[Labels, float]
 TOLERANCE = 0.05
 
 #: Celery's per-run log lines (``--loglevel DEBUG`` keeps them; see worker/run_logs.py).
-#: Celery names a run by its display name: ``wavequeue.run_job: submit`` / ``: poll 3``
-#: (``worker.messages.run_label``), or the bare task name for a message sent unlabelled.
-_RUN = r"Task wavequeue\.run_job(?:: (?:submit|poll \d+))?\[[^\]]+\]"
+_RUN = r"Task wavequeue\.run_job\[[^\]]+\]"
 _SUCCEEDED = re.compile(_RUN + r" succeeded in ([0-9.e-]+)s")
 _FAILED = re.compile(_RUN + r" raised expected: JobFailedError")
 

@@ -92,6 +92,6 @@ def test_the_setting_sends_one_task_sent_event_per_job(redis_url: str) -> None:
     assert len(sent) == len(job_ids)
     # Labelled as the worker's events are (worker.messages.run_label): the job id as args.
     assert sorted(e["args"] for e in sent) == sorted(job_ids)
-    assert {e["name"] for e in sent} == {"wavequeue.run_job: submit"}
-    assert {e["kwargs"] for e in sent} == {"flux-kontext-max/text-to-image"}
+    assert {e["name"] for e in sent} == {"wavequeue.run_job"}
+    assert {e["kwargs"] for e in sent} == {"flux-kontext-max/text-to-image submit"}
     assert {e["queue"] for e in sent} == {"wavequeue.normal"}
