@@ -29,12 +29,14 @@ from tests.chaos.workload import Enqueued, Enqueuer
 from tests.support.worker_process import WorkerProcess
 from worker.constants import (
     DEADLINES_KEY,
+    DUE_POLLS_KEY,
     JOB_KEY,
     NEXT_RUN_KEY,
     QUEUE_NORMAL,
     REQUEST_KEY,
     RUN_JOB_TASK,
 )
+from worker.fairness import LINE_INDEX_KEY
 from worker.models import JobRecord, JobStatus
 from worker.store import JobStore, Request, encode_state
 
@@ -229,12 +231,22 @@ def _stranded(ctx: FaultContext, held: set[str], since: float) -> dict[str, str]
         pipe = client.pipeline(transaction=False)
         for job_id in ordered:
             pipe.hget(JOB_KEY.format(job_id=job_id), "status")
-        statuses = dict(zip(ordered, pipe.execute(), strict=True))
+            # A job may wait with no message by design: its next poll deferred (sent by a
+            # dispatcher when due), or its submit waiting in the fair line for a slot.
+            pipe.zscore(DUE_POLLS_KEY, job_id)
+            pipe.hexists(LINE_INDEX_KEY, job_id)
+        replies = pipe.execute()
+        statuses = dict(zip(ordered, replies[0::3], strict=True))
+        waiting_by_design = {
+            job_id
+            for job_id, due, in_line in zip(ordered, replies[1::3], replies[2::3], strict=True)
+            if due is not None or in_line
+        }
     finally:
         client.close()
     stranded: dict[str, str] = {}
     for job_id in ordered:
-        if statuses[job_id] in TERMINAL:
+        if statuses[job_id] in TERMINAL or job_id in waiting_by_design:
             continue
         carriers = [m for m in messages if job_id in m.job_ids]
         if not any(m.waiting or (m.delivered_at or 0) >= since for m in carriers):
