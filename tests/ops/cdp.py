@@ -167,12 +167,23 @@ class Browser:
     def wait_until(self, expression: str, timeout: float = 30) -> Any:
         """Evaluate until the expression is truthy; its value."""
         deadline = time.monotonic() + timeout
+        last_error: CdpError | None = None
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except CdpError as exc:
+                # The page may be between two documents (it reloads itself as a job moves
+                # on): an expression that throws is not true yet.
+                value, last_error = None, exc
+            else:
+                last_error = None
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise CdpError(f"still false after {timeout}s: {expression}")
+                raise CdpError(
+                    f"still false after {timeout}s: {expression}"
+                    + (f" (last error: {last_error})" if last_error else "")
+                )
             self._run(asyncio.sleep(0.2))
 
     def click(self, selector: str) -> None:
