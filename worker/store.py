@@ -139,7 +139,13 @@ from worker.constants import (
 from worker.errors import IdempotencyConflictError, JobNotFoundError, UnreadableRecordError
 from worker.fairness import CREDIT_KEY, DEPTH_KEY, LINE_INDEX_KEY, LINE_KEY
 from worker.inline_images import INLINE_FIELD, split_inline
-from worker.models import TERMINAL_STATUSES, JobRecord, JobState, JobStatus
+from worker.models import (
+    TERMINAL_STATUSES,
+    JobRecord,
+    JobState,
+    JobStatus,
+    to_the_millisecond,
+)
 from worker.redis_connection import redis_client
 from worker.settings import Settings
 from worker.timeline import (
@@ -823,7 +829,7 @@ def _encode(value: Any, field: str) -> str:
     if isinstance(value, float) and field.endswith(TIME_FIELD_SUFFIXES):
         # A time to the millisecond: 4 bytes less than a float's full repr for each of a
         # record's times, which keeps an in-flight record in a smaller allocation.
-        return repr(round(value, 3))
+        return repr(to_the_millisecond(value))
     return str(value)
 
 
