@@ -18,6 +18,7 @@ from worker.heartbeat import WorkerHeartbeat
 from worker.memory_trace import start as start_memory_trace
 from worker.reconnect import RestoreHeldMessages
 from worker.recycle import RecycleLimits, Recycler
+from worker.run_cleanup import drop_tracebacks
 from worker.run_logs import PER_RUN_LOGGERS
 from worker.settings import Settings
 from worker.task_events import UnbufferedTaskEvents
@@ -42,6 +43,7 @@ __all__ = [
     "PER_RUN_LOGGERS",  # imported for its signal handler: one log line per job
     "app",
     "celery_config",
+    "drop_tracebacks",  # imported for its signal handler: a run that raised leaves no cycle
     "make_app",
     "settings",
     "transport_options",

@@ -6,13 +6,16 @@ writes ``<dir>/<role>-<pid>.json``: its Python heap blocks
 (``sys.getallocatedblocks``, cheap) and the bytes ``tracemalloc`` sees. A snapshot
 of every allocation is costly (it copies each trace), so it is taken only when
 asked: a label written as a line of ``<dir>/snapshot-requests`` makes each traced
-process dump ``<dir>/<role>-<pid>-<label>.tracemalloc`` once. The reader (the soak
+process run a full garbage collection and dump
+``<dir>/<role>-<pid>-<label>.tracemalloc`` once (and, beside it, how many objects
+that collection freed). The reader (the soak
 benchmark, another process) diffs two of them to name the allocation sites that
 grew; nothing here interprets them.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -58,8 +61,16 @@ class MemoryTrace:
                 path = self.directory / f"{self.stem}-{label}{SNAPSHOT_SUFFIX}"
                 # Dumped to a temporary name first: the reader sees whole files only.
                 partial = path.with_name(path.name + ".partial")
+                # Only what is still reachable: cyclic garbage would pass for a leak. How
+                # much there was is a figure of its own (objects kept alive by cycles
+                # until a full collection: heap and RSS that refcounting would not need).
+                freed = gc.collect()
                 tracemalloc.take_snapshot().dump(str(partial))
                 partial.replace(path)
+                _write_atomically(
+                    self.directory / f"{self.stem}-{label}.gc.json",
+                    json.dumps({"collected": freed, "at": time.time()}).encode(),
+                )
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
