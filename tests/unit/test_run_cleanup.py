@@ -35,7 +35,7 @@ def collector_off() -> Iterator[None]:
 def _tracer() -> object:
     app = Celery("run-cleanup-test", set_as_current=False)
 
-    @app.task(bind=True, throws=(JobEndedError,), name="cleanup.run")
+    @app.task(bind=True, throws=(JobEndedError,), name="cleanup.run")  # type: ignore[untyped-decorator]
     def run(self: object, outcome: str) -> str:
         record = {"outputs": [f"https://x/{n}.png" for n in range(50)]}  # a run's locals
         if outcome == "failed":
