@@ -29,9 +29,13 @@ def top_growth(before: Path, after: Path, top: int = TOP) -> list[str]:
     old = tracemalloc.Snapshot.load(str(before)).filter_traces(IGNORED)
     new = tracemalloc.Snapshot.load(str(after)).filter_traces(IGNORED)
     lines = []
-    for diff in new.compare_to(old, "traceback")[:top]:
-        if diff.size_diff <= 0:
-            break
+    # compare_to orders by absolute change: the sites that shrank most would come first.
+    grown = sorted(
+        (diff for diff in new.compare_to(old, "traceback") if diff.size_diff > 0),
+        key=lambda diff: diff.size_diff,
+        reverse=True,
+    )
+    for diff in grown[:top]:
         lines.append(
             f"{diff.size_diff / 1024:+.1f} KiB, {diff.count_diff:+d} blocks "
             f"(now {diff.size / 1024:.1f} KiB in {diff.count}):"
