@@ -17,7 +17,7 @@ REQUEST_KEY: Final = KEY_PREFIX + "job:{job_id}:request"
 #: The list index (``JobStore.list_jobs``): one sorted set per (status, model, tenant), named
 #: ``<status>|<model>|<tenant>`` after the prefix, holding ``<time>:<job id>`` members, all of
 #: score 0 so that they sort by text: ``<time>`` is when the job entered that status, as
-#: ``%017.6f`` seconds. The store's scripts keep them: a job is in exactly one, moved at
+#: ``%014.3f`` seconds. The store's scripts keep them: a job is in exactly one, moved at
 #: every status change; ended jobs are trimmed with their records' TTL.
 JOBS_INDEX_PREFIX: Final = KEY_PREFIX + "jobs:"
 JOBS_INDEX_KEY: Final = JOBS_INDEX_PREFIX + "{place}"

@@ -3,7 +3,7 @@
 The index (``JOBS_INDEX_KEY``) is one sorted set per (status, model, tenant); the
 (model, tenant) pairs that have had a job are named in ``JOBS_REGISTRY_KEY``. Every
 member is ``<time>:<job id>``, score 0, so a set sorts by text: by when the job entered
-its status (``%017.6f`` seconds), then by id.
+its status (``%014.3f`` seconds), then by id.
 A job is in exactly one set; ``JobStore.transition`` moves it at every status change and
 trims ended jobs with their records' TTL.
 
@@ -35,13 +35,14 @@ from worker.store import JobStore
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
 #: ``<time>:<job id>``: what the index holds and what a cursor is (no character a shell
-#: would read: a cursor is pasted into commands).
-_MEMBER = re.compile(r"\d{10}\.\d{6}:[0-9a-f]{1,64}")
+#: would read: a cursor is pasted into commands). Six decimals: a member (and a cursor)
+#: written before times were kept to the millisecond.
+_MEMBER = re.compile(r"\d{10}\.\d{3}(?:\d{3})?:[0-9a-f]{1,64}")
 
 
 def index_time(seconds: float) -> str:
-    """A time as the index spells it (``%017.6f``: fixed width, so text order is time order)."""
-    return f"{seconds:017.6f}"
+    """A time as the index spells it (``%014.3f``: fixed width, so text order is time order)."""
+    return f"{seconds:014.3f}"
 
 
 @dataclass(frozen=True)

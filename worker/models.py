@@ -353,6 +353,11 @@ def check_tenant(value: str) -> str:
     return value
 
 
+def to_the_millisecond(seconds: float) -> float:
+    """A time as records keep it: to the millisecond (a shorter text in Redis)."""
+    return round(seconds, 3)
+
+
 class JobState(BaseModel):
     """A job without its request: what the worker reads on every run. Stored in the job's
     hash, small fields only, so Redis keeps it in its compact (listpack) encoding."""
@@ -416,6 +421,19 @@ class JobState(BaseModel):
     #: job that ended without its copy: see ``worker.keep_outputs``).
     persist_attempts: int = 0
     persist_error: JobError | None = None
+
+    @field_validator(
+        "created_at",
+        "submitted_at",
+        "completed_at",
+        "deadline_at",
+        "callback_delivered_at",
+        "callback_failed_at",
+    )
+    @classmethod
+    def _to_the_millisecond(cls, value: float | None) -> float | None:
+        # As the store keeps them: a record equals itself read back.
+        return None if value is None else to_the_millisecond(value)
 
     @property
     def is_terminal(self) -> bool:

@@ -78,6 +78,7 @@ from worker.store import (
     JobStore,
     Moved,
     counter_field,
+    new_write_id,
 )
 from worker.wavespeed import Prediction, failure_of
 from worker.webhooks.urls import callback_url
@@ -500,7 +501,6 @@ class JobRunner:
                 "submit_token": "",
                 "submit_lease_until": "",
                 "poll_seq": 1,
-                "poll_due_at": due,
                 "next_run_at": due,
             },
             count=[counter_field("submissions", model=state.model)],
@@ -543,7 +543,7 @@ class JobRunner:
         is away (or full), keep trying, the same write (one write id), until shortly before
         the submit lease ends — giving up earlier would throw the prediction id away and
         leave a billed prediction nobody polls. After that the lease's expiry decides."""
-        write_id = uuid.uuid4().hex[:16]
+        write_id = new_write_id()
         while True:
             try:
                 return self.store.transition(job_id, write_id=write_id, **change)
@@ -603,7 +603,9 @@ class JobRunner:
         state = snap.state
         current_seq = int(snap.number("poll_seq"))
         if my_seq != current_seq:
-            overdue = now - snap.number("poll_due_at")
+            # next_run_at is when the current poll was due: only a poll claim moves it
+            # while a prediction is being polled.
+            overdue = now - snap.number("next_run_at")
             if my_seq > current_seq or overdue < self.takeover_grace:
                 return Duplicate(f"poll {my_seq} superseded by poll {current_seq}")
             log.warning(
@@ -690,7 +692,6 @@ class JobRunner:
             expect={"poll_seq": str(my_seq), "prediction_id": snap.field("prediction_id")},
             updates={
                 "poll_seq": my_seq + 1,
-                "poll_due_at": due,
                 "next_run_at": due,
                 **(extra or {}),
             },

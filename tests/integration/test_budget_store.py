@@ -290,9 +290,24 @@ def test_a_cost_recorded_before_the_end_is_billed_once(store: JobStore) -> None:
     )
     assert _spend(store)["billed"] == "40000"
     assert store.client.hget(RESERVED_KEY, "total") == "0"
-    assert not store.snapshot(job_id).field("reserved_micros")
+    assert not store.snapshot(job_id).field("reserved")
     assert store.transition(job_id, updates={"status": "timed_out"})
     assert _spend(store)["billed"] == "40000" and "unconfirmed" not in _spend(store)
     assert store.client.hget(RESERVED_KEY, "total") == "0"
     record = store.get(job_id)
     assert record.cost_micros == CENTS_4 and not record.cost_unconfirmed
+
+
+def test_a_reservation_recorded_by_an_earlier_release_is_given_back(store: JobStore) -> None:
+    """Records written before the field was renamed hold ``reserved_micros``: an ending
+    gives that reservation back."""
+    budgets = _budgets(store, daily_budget_micros=1_000_000)
+    job_id = _job(store)
+    assert _claim(store, budgets, job_id)
+    # As an earlier release left it: the reservation under its old name.
+    store.client.hdel(f"wq:job:{job_id}", "reserved")
+    store.client.hset(f"wq:job:{job_id}", "reserved_micros", CENTS_4)
+    assert store.client.hget(RESERVED_KEY, "total") == str(CENTS_4)
+    assert store.transition(job_id, updates={"status": "failed"})
+    assert store.client.hget(RESERVED_KEY, "total") == "0"
+    assert not store.client.hexists(f"wq:job:{job_id}", "reserved_micros")

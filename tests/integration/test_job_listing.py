@@ -91,6 +91,20 @@ def test_each_job_is_in_one_set_that_follows_its_status(
     assert _entries(store)[third.id] == f"queued|{T2I}|default"
 
 
+def test_a_job_created_between_two_milliseconds_leaves_its_queued_set(
+    store: JobStore, clock: ManualClock
+) -> None:
+    """The record keeps times to the millisecond; the entry its creation made must be the
+    one its first move takes out (a creation time with more digits left it behind)."""
+    record = _record(clock.advance(0.123456789))
+    store.create_job(record)
+    clock.advance(1.0004321)
+    put_in_status(store, record.id, JobStatus.SUBMITTING)
+    put_in_status(store, record.id, JobStatus.COMPLETED)
+    assert _entries(store) == {record.id: f"completed|{T2I}|default"}
+    assert store.client.hget(JOB_KEY.format(job_id=record.id), "created_at") == "1800000000.123"
+
+
 def test_filters_by_model_tenant_and_time(store: JobStore, clock: ManualClock) -> None:
     edit = _record(clock(), model=EDIT, tenant="shop")
     t2i = _record(clock(), tenant="shop")

@@ -49,7 +49,6 @@ def _as_if_its_poll_message_was_lost(stack: WorkerStack, job_id: str, prediction
         prediction_id=prediction_id,
         submitted_at=overdue,
         poll_seq=1,
-        poll_due_at=overdue,
         next_run_at=overdue,
     )
 

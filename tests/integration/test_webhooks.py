@@ -130,7 +130,7 @@ def test_forged_stale_and_replayed_callbacks_change_nothing(hooked: HookedStack)
     job_a = hooked.stack.jobs.create(T2I, prompt="forgery target")
     put_in_status(
         store, job_a, JobStatus.SUBMITTED,
-        prediction_id="pred-a", poll_seq=1, poll_due_at=later, next_run_at=later,
+        prediction_id="pred-a", poll_seq=1, next_run_at=later,
     )  # fmt: skip
     assert store.transition(
         job_a,

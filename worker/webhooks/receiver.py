@@ -206,7 +206,6 @@ class WebhookReceiver:
                 # The message waiting out the orphan window carries poll number 0: it polls
                 # this prediction if the callback does not end the job.
                 "poll_seq": 0,
-                "poll_due_at": snap.field("next_run_at"),
             },
             count_if_applied=[counter_field("orphans_adopted", model=state.model)],
             claim=Claim(PREDICTION_OWNER_KEY.format(prediction_id=prediction_id), state.id, ttl),

@@ -38,6 +38,8 @@ class Plan:
     scaling: tuple[int, ...]
     #: Jobs the blocking SDK runs (as many as the main scenario in the full run).
     sdk_jobs: int
+    #: Jobs at 0 s run with ``MONITOR`` on, to count what clients send.
+    monitor_jobs: int = 300
     #: Worker settings that differ from the defaults in this plan only.
     worker_env: tuple[tuple[str, str], ...] = ()
 
@@ -68,6 +70,7 @@ QUICK = Plan(
     warmup_jobs=6,
     scaling=(1, 2, 4),
     sdk_jobs=16,
+    monitor_jobs=30,
     # Polls every 0.5 s at least (2 s by default) and a first poll after 1 s for a model
     # with no history (5 s): the defaults would make the waits most of a quick run.
     worker_env=(

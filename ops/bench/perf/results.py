@@ -32,6 +32,15 @@ class WorkerRun:
 
 
 @dataclass(frozen=True)
+class SentCommandsRun:
+    """Commands clients sent (MONITOR), apart from those scripts ran, per job."""
+
+    jobs: int
+    sent_per_job: float
+    run_by_scripts_per_job: float
+
+
+@dataclass(frozen=True)
 class CeleryFloor:
     """A trivial self-retrying task: ``runs`` executions, ``countdown`` apart."""
 
@@ -114,6 +123,7 @@ class BenchResults:
     enqueue: EnqueueRates | None = None
     zero: WorkerRun | None = None
     celery_floor: CeleryFloor | None = None
+    sent: SentCommandsRun | None = None
     main: WorkerRun | None = None
     async_floor: AsyncFloorRun | None = None
     sdk: SdkRun | None = None

@@ -2,7 +2,8 @@
 
 1. enqueue rates (own Redis, nothing consuming): ``submit`` loop, ``submit_many``,
    raw ``send_task``;
-2. 0 s latency: wavequeue, then the raw Celery floor of the same shape;
+2. 0 s latency: wavequeue, then the raw Celery floor of the same shape, then a smaller
+   run with MONITOR on (commands clients send, apart from those scripts run);
 3. warm-up: a latency history for each model, so polls follow it as in production;
    while the long model's warm-up finishes, the async floors and the blocking SDK
    (they talk to the emulator only);
@@ -20,6 +21,7 @@ import io
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,9 +39,11 @@ from ops.bench.perf.results import (
     InFlight,
     Rate,
     SdkRun,
+    SentCommandsRun,
     WebhookRun,
 )
 from ops.bench.perf.sdk_baseline import sdk_available
+from ops.bench.perf.sent_commands import SentCommands, sent_between
 from producer import JobClient, PreparedJob, TextToImage
 from worker.cli import DEFAULT_CONCURRENCY
 from worker.constants import QUEUES
@@ -122,6 +126,32 @@ def zero_latency(stack: Stack, plan: Plan, results: BenchResults) -> None:
     countdown = stack.worker_settings().first_poll_default
     stack.say(f"raw Celery floor: {plan.zero_jobs} jobs of {runs} runs, {countdown:g} s apart")
     results.celery_floor = stack.run_celery_floor(plan.zero_jobs, runs, countdown)
+    commands_sent(stack, plan, results)
+
+
+def commands_sent(stack: Stack, plan: Plan, results: BenchResults) -> None:
+    """The 0 s workload again, on a smaller scale, with MONITOR counting what clients send
+    (each command of a pipeline counts) apart from what scripts run inside Redis."""
+    fleet = stack.fleet(1)
+    stack.say(f"commands sent: {plan.monitor_jobs} jobs at 0 s with MONITOR on")
+    prepared = text_jobs(stack.client, SIDE_MODEL, plan.monitor_jobs, "monitor")
+    with SentCommands(stack.probe.url) as monitor:
+        monitor.catch_up()
+        own_before = Counter(stack.probe.own)
+        before = monitor.snapshot()
+        job_ids = stack.submit_all(prepared)
+        stack.wait_drained(
+            QUEUES, fleet, stack.jobs_ended(job_ids), timeout=600 + plan.monitor_jobs
+        )
+        monitor.catch_up()
+        sent, by_scripts = sent_between(
+            before, monitor.snapshot(), Counter(stack.probe.own) - own_before
+        )
+    jobs = len(job_ids)
+    stack.command_breakdowns["commands sent by clients, 0 s"] = {
+        name: round(count / jobs, 2) for name, count in sent.most_common()
+    }
+    results.sent = SentCommandsRun(jobs, sum(sent.values()) / jobs, by_scripts / jobs)
 
 
 # 3 ---------------------------------------------------------------------------------
