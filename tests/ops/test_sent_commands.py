@@ -29,7 +29,8 @@ def test_script_commands_are_counted_apart_from_sent_ones(redis_url: str) -> Non
             before = monitor.snapshot()
             client.eval("for i = 1, 10 do redis.call('INCR', KEYS[1]) end", 1, "counter")
             pipe = client.pipeline(transaction=False)
-            pipe.set("a", 1).get("a")
+            pipe.set("a", 1)
+            pipe.get("a")
             pipe.execute()
             client.llen("queue")  # the harness's own, taken out by count
             monitor.catch_up()
