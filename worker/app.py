@@ -15,6 +15,7 @@ from celery import signals
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.heartbeat import WorkerHeartbeat
+from worker.malloc_arenas import limit_malloc_arenas
 from worker.memory_trace import start as start_memory_trace
 from worker.reconnect import RestoreHeldMessages
 from worker.recycle import RecycleLimits, Recycler
@@ -63,6 +64,8 @@ def _refuse_to_start_misconfigured(**_: object) -> None:
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _watch_long_runs(sender: object = None, **_: object) -> None:
+    # Before the pool's threads exist: their arenas are the ones capped.
+    limit_malloc_arenas(settings.malloc_arenas)
     if settings.memory_trace_dir:
         start_memory_trace(settings.memory_trace_dir, "worker")
     limits = RecycleLimits(settings.recycle_after_runs, settings.recycle_above_rss_mb)

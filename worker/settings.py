@@ -101,6 +101,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_RECYCLE_AFTER_RUNS": "recycle_after_runs",
     "WAVEQUEUE_RECYCLE_ABOVE_RSS_MB": "recycle_above_rss_mb",
     "WAVEQUEUE_MEMORY_TRACE": "memory_trace_dir",
+    "WAVEQUEUE_MALLOC_ARENAS": "malloc_arenas",
 }
 
 #: The standard proxy variables; when none is set at start, WaveSpeed calls and
@@ -232,6 +233,10 @@ class Settings(BaseModel):
     #: its heap figures there, and snapshots when asked (the soak benchmark does). Costs
     #: CPU and memory per allocation: for measurements, not production.
     memory_trace_dir: str | None = None
+    #: glibc malloc arenas a worker process may use (``worker.malloc_arenas``); 0: glibc's
+    #: default (8 per core). Threads that share the GIL gain little from more arenas,
+    #: and each keeps its own free memory.
+    malloc_arenas: int = Field(2, ge=0)
 
     @field_validator("redis_url")
     @classmethod
