@@ -17,6 +17,7 @@ from worker.errors import ConfigError
 from worker.heartbeat import WorkerHeartbeat
 from worker.malloc_arenas import limit_malloc_arenas
 from worker.memory_trace import start as start_memory_trace
+from worker.pool_threads import start_pool_threads
 from worker.reconnect import RestoreHeldMessages
 from worker.recycle import RecycleLimits, Recycler
 from worker.run_cleanup import drop_tracebacks
@@ -82,3 +83,9 @@ def _watch_long_runs(sender: object = None, **_: object) -> None:
 
     # weak=False: the closure has no other reference and must live as long as the worker.
     signals.task_postrun.connect(_run_ended, weak=False)
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_pool_threads(sender: object = None, **_: object) -> None:
+    # sender: the consumer; its pool is the worker's (threads: every thread now).
+    start_pool_threads(getattr(sender, "pool", None))

@@ -1,7 +1,10 @@
 """The soak's producer, a process of its own so that its memory is measured like the
 workers': ``python -m ops.bench.soak.load '<json plan>'``.
 
-It enqueues text-to-image jobs at a steady rate through ``JobClient`` (as a backend
+It first enqueues a burst (``burst`` jobs at once, so that every pool the workers
+grow on demand, their threads and their Redis and broker connections, reaches the size
+the load can ever need while the run is still warming up), then enqueues text-to-image
+jobs at a steady rate through ``JobClient`` (as a backend
 does) and, on a thread, waits for one job in ``wait_every`` with ``wait_all``, in
 batches, as a backend that reports results would. Every second it writes its progress
 (jobs enqueued, jobs waited for) to ``progress_path``; at the end it adds the ids of
@@ -90,6 +93,8 @@ def run(plan: dict[str, Any]) -> None:
     rate, seconds, wait_every = float(plan["rate"]), float(plan["seconds"]), int(plan["wait_every"])
     client = JobClient(settings)
     waiter = SampleWaiter(client)
+    for n in range(int(plan.get("burst", 0))):
+        client.text_to_image(f"soak burst {n}", model=MODEL)
     started = time.monotonic()
     enqueued, next_report = 0, 0.0
     while (now := time.monotonic() - started) < seconds:

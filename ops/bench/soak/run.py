@@ -33,6 +33,11 @@ FAULT_MIX: dict[str, dict[str, Any]] = {
     "result_slow": {"probability": 0.01, "delay": 2},
     "prediction_failed": {"probability": 0.01},
 }
+#: Jobs enqueued at once before the steady load, per worker process: eight per pool
+#: thread (the default 16), so that every pool thread, Redis connection and broker
+#: connection a worker opens on demand is opened during the warm-up half, not in the
+#: judged one (a pool reaching a new high-water mark is not a leak, but looks like one).
+BURST_PER_WORKER = 8 * 16
 #: One job in this many is waited for by the producer.
 WAIT_EVERY = 20
 #: After the load, every job must end and every message be acked within this.
@@ -75,6 +80,7 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
                 "rate": options.rate,
                 "seconds": options.minutes * 60,
                 "wait_every": WAIT_EVERY,
+                "burst": BURST_PER_WORKER * options.workers,
                 "memory_trace_dir": str(trace_dir) if options.trace else None,
             }
             producer = Producer.start(plan, work, log_dir)
