@@ -15,9 +15,8 @@ from celery import signals
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.heartbeat import WorkerHeartbeat
-from worker.malloc_arenas import limit_malloc_arenas
+from worker.malloc_tuning import limit_malloc_arenas, start_trimming
 from worker.memory_trace import start as start_memory_trace
-from worker.pool_threads import start_pool_threads
 from worker.reconnect import RestoreHeldMessages
 from worker.recycle import RecycleLimits, Recycler
 from worker.run_cleanup import drop_tracebacks
@@ -67,6 +66,7 @@ def _refuse_to_start_misconfigured(**_: object) -> None:
 def _watch_long_runs(sender: object = None, **_: object) -> None:
     # Before the pool's threads exist: their arenas are the ones capped.
     limit_malloc_arenas(settings.malloc_arenas)
+    start_trimming(settings.malloc_trim_interval)
     if settings.memory_trace_dir:
         start_memory_trace(settings.memory_trace_dir, "worker")
     limits = RecycleLimits(settings.recycle_after_runs, settings.recycle_above_rss_mb)
@@ -83,9 +83,3 @@ def _watch_long_runs(sender: object = None, **_: object) -> None:
 
     # weak=False: the closure has no other reference and must live as long as the worker.
     signals.task_postrun.connect(_run_ended, weak=False)
-
-
-@signals.worker_ready.connect  # type: ignore[untyped-decorator]
-def _start_pool_threads(sender: object = None, **_: object) -> None:
-    # sender: the consumer; its pool is the worker's (threads: every thread now).
-    start_pool_threads(getattr(sender, "pool", None))

@@ -8,7 +8,11 @@ them all at once makes a worker's threads a constant from its first minute (``ma
 soak`` judges threads flat after warm-up; README "Memory over long runs").
 
 Each thread is made busy with a wait on one barrier: a submit finds no idle thread
-and adds one, until all ``limit`` exist; then the barrier lets them all go.
+and adds one, until all ``limit`` exist; then the barrier lets them all go. The same
+meeting warms the Redis connection pool: each thread takes a connection and holds it
+until every thread has one, so the pool opens as many as the threads can ever use at
+once now, not one more at each new high of concurrent runs for hours (open files
+that creep up look like a leak too).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 log = logging.getLogger(__name__)
 
 #: Longest wait for the pool's threads to meet (a worker that cannot start threads this
@@ -25,26 +31,44 @@ log = logging.getLogger(__name__)
 MEET_TIMEOUT = 10.0
 
 
-def start_all_threads(executor: ThreadPoolExecutor, limit: int) -> int:
-    """Make ``executor`` start ``limit`` threads now; returns how many it has."""
+def start_all_threads(
+    executor: ThreadPoolExecutor, limit: int, redis_pool: redis.ConnectionPool | None = None
+) -> int:
+    """Make ``executor`` start ``limit`` threads now (and ``redis_pool`` open a
+    connection for each); returns how many threads it has."""
     missing = limit - len(executor._threads)
     if missing <= 0:
         return len(executor._threads)
-    barrier = threading.Barrier(limit)
+    started, holding = threading.Barrier(limit), threading.Barrier(limit)
 
     def meet() -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(MEET_TIMEOUT)
+            started.wait(MEET_TIMEOUT)
+            if redis_pool is not None:
+                _hold_a_connection(redis_pool, holding)
 
     for _ in range(limit):
         executor.submit(meet)
     return len(executor._threads)
 
 
-def start_pool_threads(pool: object) -> None:
+def _hold_a_connection(pool: redis.ConnectionPool, holding: threading.Barrier) -> None:
+    try:
+        connection = pool.get_connection()
+    except redis.RedisError as exc:  # Redis away at start: the pool grows on demand
+        log.debug("redis pool not warmed (%s)", exc)
+        holding.abort()
+        return
+    try:
+        holding.wait(MEET_TIMEOUT)
+    finally:
+        pool.release(connection)
+
+
+def start_pool_threads(pool: object, redis_pool: redis.ConnectionPool | None = None) -> None:
     """For Celery's threads pool (anything else is left alone)."""
     executor = getattr(pool, "executor", None)
     limit = getattr(pool, "limit", None)
     if isinstance(executor, ThreadPoolExecutor) and isinstance(limit, int) and limit > 0:
-        started = start_all_threads(executor, limit)
+        started = start_all_threads(executor, limit, redis_pool)
         log.debug("threads pool: %d threads started", started)

@@ -102,6 +102,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_RECYCLE_ABOVE_RSS_MB": "recycle_above_rss_mb",
     "WAVEQUEUE_MEMORY_TRACE": "memory_trace_dir",
     "WAVEQUEUE_MALLOC_ARENAS": "malloc_arenas",
+    "WAVEQUEUE_MALLOC_TRIM_INTERVAL": "malloc_trim_interval",
 }
 
 #: The standard proxy variables; when none is set at start, WaveSpeed calls and
@@ -233,10 +234,13 @@ class Settings(BaseModel):
     #: its heap figures there, and snapshots when asked (the soak benchmark does). Costs
     #: CPU and memory per allocation: for measurements, not production.
     memory_trace_dir: str | None = None
-    #: glibc malloc arenas a worker process may use (``worker.malloc_arenas``); 0: glibc's
+    #: glibc malloc arenas a worker process may use (``worker.malloc_tuning``); 0: glibc's
     #: default (8 per core). Threads that share the GIL gain little from more arenas,
     #: and each keeps its own free memory.
     malloc_arenas: int = Field(2, ge=0)
+    #: Seconds between two ``malloc_trim`` calls in a worker (free memory given back to the
+    #: system: ``worker.malloc_tuning``); 0: never.
+    malloc_trim_interval: float = Field(60.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod

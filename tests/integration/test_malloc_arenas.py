@@ -1,4 +1,4 @@
-"""A worker process caps glibc's malloc arenas (``worker.malloc_arenas``) before its pool
+"""A worker process caps glibc's malloc arenas (``worker.malloc_tuning``) before its pool
 threads start: with the default (2), sixteen busy threads share one arena besides the
 main one; with glibc's own default (``WAVEQUEUE_MALLOC_ARENAS=0``) they get one each.
 
