@@ -82,6 +82,14 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m ops.bench.perf --quick $(BENCH_ARGS)
 
+# issue #17: steady load (15 jobs/s, 2 workers, emulator 1-3 s and ~5% faults, exporter,
+# Flower) for 10 minutes, every process sampled; fails when one keeps growing after
+# warm-up (the rule is in ops/bench/soak/trend.py and the README). Table in
+# out/soak/latest.md. Shorter: make soak SOAK_ARGS="--minutes 1".
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m ops.bench.soak $(SOAK_ARGS)
+
 # The full chaos suite (tests/chaos): each fault alone, then all mixed, 1,100+ jobs,
 # 10-20 minutes; one table per scenario at the end. `make test` runs only its small
 # version. Extra pytest flags: make chaos CHAOS_ARGS="-k redis".

@@ -15,7 +15,11 @@ from celery import signals
 from worker.celery_config import celery_config, make_app, transport_options
 from worker.errors import ConfigError
 from worker.heartbeat import WorkerHeartbeat
+from worker.malloc_tuning import limit_malloc_arenas, start_trimming
+from worker.memory_trace import start as start_memory_trace
 from worker.reconnect import RestoreHeldMessages
+from worker.recycle import RecycleLimits, Recycler
+from worker.run_cleanup import drop_tracebacks
 from worker.run_logs import PER_RUN_LOGGERS
 from worker.settings import Settings
 from worker.task_events import UnbufferedTaskEvents
@@ -40,6 +44,7 @@ __all__ = [
     "PER_RUN_LOGGERS",  # imported for its signal handler: one log line per job
     "app",
     "celery_config",
+    "drop_tracebacks",  # imported for its signal handler: a run that raised leaves no cycle
     "make_app",
     "settings",
     "transport_options",
@@ -55,3 +60,26 @@ def _refuse_to_start_misconfigured(**_: object) -> None:
         sys.stderr.write(f"wavequeue worker: {exc}\n")
         sys.stderr.flush()
         raise SystemExit(78) from None  # EX_CONFIG
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _watch_long_runs(sender: object = None, **_: object) -> None:
+    # Before the pool's threads exist: their arenas are the ones capped.
+    limit_malloc_arenas(settings.malloc_arenas)
+    start_trimming(settings.malloc_trim_interval)
+    if settings.memory_trace_dir:
+        start_memory_trace(settings.memory_trace_dir, "worker")
+    limits = RecycleLimits(settings.recycle_after_runs, settings.recycle_above_rss_mb)
+    if not limits.enabled:
+        return
+    if "prefork" in str(getattr(sender, "pool_cls", "")):
+        # SIGTERM from a pool child would stop only that child: prefork has its own knob.
+        sys.stderr.write("wavequeue worker: recycle limits apply to the threads and solo pools\n")
+        return
+    recycler = Recycler(limits)
+
+    def _run_ended(**_: object) -> None:
+        recycler.run_ended()
+
+    # weak=False: the closure has no other reference and must live as long as the worker.
+    signals.task_postrun.connect(_run_ended, weak=False)

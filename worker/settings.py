@@ -98,6 +98,11 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_TENANT_BUDGETS": "tenant_budgets_micros",
     "WAVEQUEUE_LOW_BALANCE": "low_balance_micros",
     "WAVEQUEUE_BALANCE_CHECK_INTERVAL": "balance_check_interval",
+    "WAVEQUEUE_RECYCLE_AFTER_RUNS": "recycle_after_runs",
+    "WAVEQUEUE_RECYCLE_ABOVE_RSS_MB": "recycle_above_rss_mb",
+    "WAVEQUEUE_MEMORY_TRACE": "memory_trace_dir",
+    "WAVEQUEUE_MALLOC_ARENAS": "malloc_arenas",
+    "WAVEQUEUE_MALLOC_TRIM_INTERVAL": "malloc_trim_interval",
 }
 
 #: The standard proxy variables; when none is set at start, WaveSpeed calls and
@@ -216,6 +221,26 @@ class Settings(BaseModel):
     redis_socket_timeout: float = Field(5.0, ge=2)
     #: A call that loses Redis reconnects and retries for this long, then raises.
     redis_retry_window: float = Field(10.0, ge=0)
+
+    # Long runs (``worker.recycle``, ``worker.memory_trace``).
+    #: A worker stops itself gracefully after this many task runs (a job is a submit
+    #: and its polls, about 3 runs): Celery's warm shutdown, exit status 0, and its
+    #: supervisor starts a fresh one. Unset: never. The threads pool has no
+    #: ``worker_max_tasks_per_child`` (prefork only); this stands in for it.
+    recycle_after_runs: int | None = Field(None, ge=1)
+    #: ... or once its resident memory is above this many MB (read after each run).
+    recycle_above_rss_mb: float | None = Field(None, gt=0)
+    #: A directory: the process traces Python allocations (``tracemalloc``) and writes
+    #: its heap figures there, and snapshots when asked (the soak benchmark does). Costs
+    #: CPU and memory per allocation: for measurements, not production.
+    memory_trace_dir: str | None = None
+    #: glibc malloc arenas a worker process may use (``worker.malloc_tuning``); 0: glibc's
+    #: default (8 per core). Threads that share the GIL gain little from more arenas,
+    #: and each keeps its own free memory.
+    malloc_arenas: int = Field(2, ge=0)
+    #: Seconds between two ``malloc_trim`` calls in a worker (free memory given back to the
+    #: system: ``worker.malloc_tuning``); 0: never.
+    malloc_trim_interval: float = Field(60.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod

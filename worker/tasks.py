@@ -33,6 +33,7 @@ from worker.errors import (
 from worker.messages import run_label
 from worker.models import JobState
 from worker.nudge import Nudger
+from worker.pool_threads import start_pool_threads
 from worker.ratelimit import AccountLimiter
 from worker.reconnect import after_reconnect
 from worker.runner import Deferred, Duplicate, Finished, JobRunner, Parked
@@ -283,6 +284,13 @@ def _start_sweeper(**_: object) -> None:
     threading.Thread(
         target=parts.due_polls.run, args=(_sweeper_stop,), name="wavequeue-due-polls", daemon=True
     ).start()
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_pool_threads(sender: object = None, **_: object) -> None:
+    # sender: the consumer; its pool is the worker's (threads: every thread now, each
+    # with a connection of the job store's pool).
+    start_pool_threads(getattr(sender, "pool", None), job_runner().store.client.connection_pool)
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -1,0 +1,222 @@
+"""One soak run: the perf harness's stack (private Redis, the emulator, ``wavequeue
+worker`` processes) under a steady load for ``minutes``, every process sampled every
+``sample_every`` seconds, then drained and judged (``ops.bench.soak.report``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from ops.bench.perf.harness import Stack
+from ops.bench.soak.allocations import snapshot_path, top_growth
+from ops.bench.soak.report import Report, process_trends, redis_figures
+from ops.bench.soak.sampling import Sample, read_process
+from ops.bench.soak.sidecars import Child, Producer, Scraper, start_exporter, start_flower
+from worker.constants import JOB_KEY, LIVE_KEY, QUEUES, REQUEST_KEY
+from worker.memory_trace import request_snapshots
+
+Say = Callable[[str], None]
+
+#: The emulator of an operator's long run: 1-3 s per prediction and ~5% faults, mixed.
+LATENCY = "uniform:1:3"
+FAULT_MIX: dict[str, dict[str, Any]] = {
+    "submit_503": {"probability": 0.01},
+    "submit_429": {"probability": 0.005},
+    "result_503": {"probability": 0.01},
+    "result_drop": {"probability": 0.005},
+    "result_slow": {"probability": 0.01, "delay": 2},
+    "prediction_failed": {"probability": 0.01},
+}
+#: Jobs enqueued at once before the steady load, per worker process: eight per pool
+#: thread (the default 16), so that every pool thread, Redis connection and broker
+#: connection a worker opens on demand is opened during the warm-up half, not in the
+#: judged one (a pool reaching a new high-water mark is not a leak, but looks like one).
+BURST_PER_WORKER = 8 * 16
+#: One job in this many is waited for by the producer.
+WAIT_EVERY = 20
+#: After the load, every job must end and every message be acked within this.
+DRAIN_TIMEOUT = 180.0
+#: Snapshots are taken at a quarter of the run (warm-up done, before the judged half
+#: starts, so the snapshot's own allocations do not tilt it) and after the load.
+WARM, END = "warm", "end"
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    minutes: float
+    rate: float
+    workers: int
+    sample_every: float
+    out_dir: Path
+    trace: bool
+    flower: bool
+
+
+def run_soak(options: SoakOptions, say: Say) -> Report:
+    work = options.out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    log_dir, trace_dir = work / "logs", work / "trace"
+    trace_dir.mkdir(parents=True)
+    worker_env = {"WAVEQUEUE_MEMORY_TRACE": str(trace_dir)} if options.trace else {}
+    with Stack(worker_env=worker_env, log_dir=log_dir, data_dir=work / "data", say=say) as stack:
+        stack.emulator.configure(latency=LATENCY, faults=FAULT_MIX)
+        fleet = stack.fleet(options.workers)
+        env = {"REDIS_URL": stack.settings.require_redis_url()}
+        sidecars: list[Child] = []
+        try:
+            exporter, metrics_url = start_exporter(env, log_dir)
+            sidecars.append(exporter)
+            scraper = Scraper(metrics_url).start()
+            if options.flower:
+                sidecars.append(start_flower(env, log_dir))
+            plan = {
+                "redis_url": env["REDIS_URL"],
+                "rate": options.rate,
+                "seconds": options.minutes * 60,
+                "wait_every": WAIT_EVERY,
+                "burst": BURST_PER_WORKER * options.workers,
+                "memory_trace_dir": str(trace_dir) if options.trace else None,
+            }
+            producer = Producer.start(plan, work, log_dir)
+            sidecars.append(producer.child)
+            pids = {f"worker-{i}": pid for i, pid in enumerate(fleet.pids)}
+            judged = set(pids) | {"producer"}
+            pids["producer"] = producer.child.pid
+            pids.update({child.name: child.pid for child in sidecars if child.name != "producer"})
+            say(f"load: {options.rate:g} jobs/s for {options.minutes:g} min; sampling {pids}")
+            samples = _sample_load(
+                stack, producer=producer, pids=pids, trace_dir=trace_dir, options=options, say=say
+            )
+            if options.trace:
+                request_snapshots(trace_dir, END)
+                _wait_for_snapshots(trace_dir, [pids[name] for name in judged], END)
+            final = producer.progress()
+            producer.release()
+            scraper.stop()
+            drained_in = _drain(stack.probe.client)
+            record_bytes = _record_bytes(stack.probe.client, final.get("sample_ids", []))
+        finally:
+            for child in sidecars:
+                child.stop()
+    processes = [
+        found
+        for name in pids
+        if (found := process_trends(name, samples, judged=name in judged)) is not None
+    ]
+    report = Report(
+        title=f"Soak: {options.minutes:g} min at {options.rate:g} jobs/s, "
+        f"{options.workers} worker processes",
+        processes=processes,
+        redis=redis_figures(samples, record_bytes),
+        facts=[
+            f"{final.get('enqueued', 0)} jobs enqueued; the producer waited for "
+            f"{final.get('waited', 0)} (one in {WAIT_EVERY}), "
+            f"{final.get('unfinished_waits', 0)} of them not finished in time",
+            f"emulator latency {LATENCY}, faults {', '.join(FAULT_MIX)} (~5% together); "
+            f"exporter scraped every 5 s ({scraper.scrapes} scrapes, {scraper.failures} failed)"
+            + ("; Flower running" if options.flower else ""),
+            f"after the load: every job ended and every message acked in {drained_in:.1f} s",
+            f"{len(samples)} samples, one every {options.sample_every:g} s; heap blocks are "
+            "sys.getallocatedblocks() with tracemalloc on (WAVEQUEUE_MEMORY_TRACE)"
+            if options.trace
+            else f"{len(samples)} samples, one every {options.sample_every:g} s",
+        ],
+    )
+    if options.trace:
+        for proc in processes:
+            if proc.grows or (proc.judged and proc.heap_grows()):
+                before = snapshot_path(trace_dir, pids[proc.name], WARM)
+                after = snapshot_path(trace_dir, pids[proc.name], END)
+                if before and after:
+                    report.allocations[proc.name] = top_growth(before, after)
+    return report
+
+
+def _sample_load(
+    stack: Stack,
+    *,
+    producer: Producer,
+    pids: dict[str, int],
+    trace_dir: Path,
+    options: SoakOptions,
+    say: Say,
+) -> list[Sample]:
+    samples: list[Sample] = []
+    started = time.monotonic()
+    warm_asked = False
+    next_say = 0.0
+    while True:
+        progress = producer.progress()
+        samples.append(_sample(stack.probe.client, int(progress["enqueued"]), pids, trace_dir))
+        elapsed = time.monotonic() - started
+        if options.trace and not warm_asked and elapsed >= options.minutes * 60 / 4:
+            request_snapshots(trace_dir, WARM)
+            warm_asked = True
+        if elapsed >= next_say:
+            rss = {name: f"{p.rss_mb:.1f}" for name, p in samples[-1].processes.items()}
+            say(f"{elapsed:5.0f}s {progress['enqueued']} jobs, RSS MB {rss}")
+            next_say = elapsed + 60
+        if progress.get("done"):
+            return samples
+        if not producer.child.alive():
+            raise RuntimeError(f"the producer stopped; see {producer.child.log_path}")
+        time.sleep(max(0.0, started + len(samples) * options.sample_every - time.monotonic()))
+
+
+def _sample(client: redis.Redis, jobs: int, pids: dict[str, int], trace_dir: Path) -> Sample:
+    memory = client.info("memory")
+    processes = {
+        name: found
+        for name, pid in pids.items()
+        if (found := read_process(pid, trace_dir)) is not None
+    }
+    return Sample(
+        at=time.time(),
+        jobs=jobs,
+        redis_bytes=int(memory["used_memory"]),
+        redis_keys=int(client.dbsize()),
+        processes=processes,
+    )
+
+
+def _wait_for_snapshots(trace_dir: Path, pids: list[int], label: str) -> None:
+    deadline = time.monotonic() + 120
+    while any(snapshot_path(trace_dir, pid, label) is None for pid in pids):
+        if time.monotonic() > deadline:
+            return  # the report says which process has no diff
+        time.sleep(0.5)
+
+
+def _drain(client: redis.Redis) -> float:
+    """Seconds until no message is queued or unacked and no job is live."""
+    started = time.monotonic()
+    while True:
+        pipe = client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+        pipe.hlen("unacked")
+        pipe.hvals(LIVE_KEY)
+        *counts, live = pipe.execute()
+        if sum(counts) == 0 and sum(int(v) for v in live) == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > DRAIN_TIMEOUT:
+            raise TimeoutError(f"not drained in {DRAIN_TIMEOUT:.0f}s: {counts}, live {live}")
+        time.sleep(0.5)
+
+
+def _record_bytes(client: redis.Redis, job_ids: list[str]) -> float | None:
+    """Mean MEMORY USAGE of a finished job's record and request."""
+    if not job_ids:
+        return None
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.memory_usage(JOB_KEY.format(job_id=job_id), samples=0)
+        pipe.memory_usage(REQUEST_KEY.format(job_id=job_id), samples=0)
+    sizes = [int(size or 0) for size in pipe.execute()]
+    return sum(sizes) / len(job_ids)

@@ -1,0 +1,108 @@
+"""Heap figures and allocation snapshots of one process, for long-run measurements.
+
+With ``WAVEQUEUE_MEMORY_TRACE=<dir>`` a process (a worker, the soak's producer)
+starts ``tracemalloc`` and a thread that, every ``FIGURES_INTERVAL`` seconds,
+writes ``<dir>/<role>-<pid>.json``: its Python heap blocks
+(``sys.getallocatedblocks``, cheap) and the bytes ``tracemalloc`` sees. A snapshot
+of every allocation is costly (it copies each trace), so it is taken only when
+asked: a label written as a line of ``<dir>/snapshot-requests`` makes each traced
+process run a full garbage collection and dump
+``<dir>/<role>-<pid>-<label>.tracemalloc`` once (and, beside it, how many objects
+that collection freed). The reader (the soak
+benchmark, another process) diffs two of them to name the allocation sites that
+grew; nothing here interprets them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two writes of the figures file (and looks at the requests file).
+FIGURES_INTERVAL = 2.0
+#: Frames kept per allocation: enough to see which caller of a generic site grows.
+TRACE_FRAMES = 8
+REQUESTS_FILE = "snapshot-requests"
+SNAPSHOT_SUFFIX = ".tracemalloc"
+
+
+class MemoryTrace:
+    def __init__(self, directory: Path, role: str) -> None:
+        self.directory = directory
+        self.stem = f"{role}-{os.getpid()}"
+        self._served: set[str] = set()
+
+    def write_figures(self) -> None:
+        figures = {
+            "pid": os.getpid(),
+            "at": time.time(),
+            "blocks": sys.getallocatedblocks(),
+            "traced_bytes": tracemalloc.get_traced_memory()[0],
+        }
+        _write_atomically(self.directory / f"{self.stem}.json", json.dumps(figures).encode())
+
+    def serve_requests(self) -> None:
+        try:
+            labels = (self.directory / REQUESTS_FILE).read_text().split()
+        except FileNotFoundError:
+            return
+        for label in labels:
+            if label not in self._served:
+                self._served.add(label)
+                path = self.directory / f"{self.stem}-{label}{SNAPSHOT_SUFFIX}"
+                # Dumped to a temporary name first: the reader sees whole files only.
+                partial = path.with_name(path.name + ".partial")
+                # Only what is still reachable: cyclic garbage would pass for a leak. How
+                # much there was is a figure of its own (objects kept alive by cycles
+                # until a full collection: heap and RSS that refcounting would not need).
+                freed = gc.collect()
+                tracemalloc.take_snapshot().dump(str(partial))
+                partial.replace(path)
+                _write_atomically(
+                    self.directory / f"{self.stem}-{label}.gc.json",
+                    json.dumps({"collected": freed, "at": time.time()}).encode(),
+                )
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.write_figures()
+                self.serve_requests()
+            except OSError as exc:  # a full disk must not stop the process it watches
+                log.warning("memory trace not written (%s)", exc)
+            stop.wait(FIGURES_INTERVAL)
+
+
+def start(directory: str, role: str) -> threading.Event:
+    """Trace this process's allocations into ``directory``; set the event to stop."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(TRACE_FRAMES)
+    stop = threading.Event()
+    threading.Thread(
+        target=MemoryTrace(path, role).run, args=(stop,), name="wavequeue-memory-trace", daemon=True
+    ).start()
+    log.warning("tracing memory into %s (WAVEQUEUE_MEMORY_TRACE): slower, for measurements", path)
+    return stop
+
+
+def request_snapshots(directory: Path, label: str) -> None:
+    """Ask every process tracing into ``directory`` for a snapshot named ``label``."""
+    with (directory / REQUESTS_FILE).open("a") as requests:
+        requests.write(label + "\n")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
