@@ -47,6 +47,9 @@ class MemoryTrace:
             "at": time.time(),
             "blocks": sys.getallocatedblocks(),
             "traced_bytes": tracemalloc.get_traced_memory()[0],
+            # What tracing itself holds (its traces and tracebacks): part of the resident
+            # memory, and growing with the heap it traces; the soak takes it out.
+            "tracing_bytes": tracemalloc.get_tracemalloc_memory(),
         }
         _write_atomically(self.directory / f"{self.stem}.json", json.dumps(figures).encode())
 

@@ -123,7 +123,14 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
             + ("; Flower running" if options.flower else ""),
             f"after the load: every job ended and every message acked in {drained_in:.1f} s",
             f"{len(samples)} samples, one every {options.sample_every:g} s; heap blocks are "
-            "sys.getallocatedblocks() with tracemalloc on (WAVEQUEUE_MEMORY_TRACE)"
+            "sys.getallocatedblocks() with tracemalloc on (WAVEQUEUE_MEMORY_TRACE); a traced "
+            "process's RSS is read without tracemalloc's own memory ("
+            + ", ".join(
+                f"{name} {p.tracing_mb:.1f} MB at the end"
+                for name, p in samples[-1].processes.items()
+                if p.tracing_mb
+            )
+            + ")"
             if options.trace
             else f"{len(samples)} samples, one every {options.sample_every:g} s",
         ],

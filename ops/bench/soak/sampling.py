@@ -1,6 +1,10 @@
 """What the soak reads every few seconds: each process's resident memory, threads and
 open files from ``/proc``, its Python heap blocks from its memory-trace file, and
-Redis's memory and key count."""
+Redis's memory and key count.
+
+A traced process's resident memory is read without what ``tracemalloc`` itself holds
+(its traces grow with the heap they trace, and an untraced worker has none of it): the
+memory judged is the process's own."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ class ProcessSample:
     threads: int
     fds: int
     heap_blocks: int | None  # None: the process does not trace its memory
+    #: Of ``rss_mb`` as read from /proc, what tracemalloc held (already taken out).
+    tracing_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,20 +44,26 @@ def read_process(pid: int, trace_dir: Path | None) -> ProcessSample | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
+    figures = _trace_figures(trace_dir, pid)
+    blocks = figures.get("blocks")
+    tracing_mb = float(figures.get("tracing_bytes", 0)) / MB
     return ProcessSample(
-        rss_mb=int(fields[21]) * PAGE_SIZE / MB,
+        rss_mb=int(fields[21]) * PAGE_SIZE / MB - tracing_mb,
         threads=int(fields[17]),
         fds=fds,
-        heap_blocks=_heap_blocks(trace_dir, pid),
+        heap_blocks=None if blocks is None else int(blocks),
+        tracing_mb=tracing_mb,
     )
 
 
-def _heap_blocks(trace_dir: Path | None, pid: int) -> int | None:
+def _trace_figures(trace_dir: Path | None, pid: int) -> dict[str, float]:
+    """The process's last memory-trace figures ({} when it does not trace)."""
     if trace_dir is None:
-        return None
+        return {}
     for path in trace_dir.glob(f"*-{pid}.json"):
         try:
-            return int(json.loads(path.read_text())["blocks"])
-        except (OSError, ValueError, KeyError):
-            return None
-    return None
+            figures = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in figures.items() if isinstance(v, int | float)}
+    return {}
