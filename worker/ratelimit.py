@@ -257,7 +257,10 @@ local function answer(granted, wait, reason)
         grant()
         granted, wait, reason = 1, '0', 'granted'
       else
-        local waits_out_pause = paused_until > now and now + tonumber(picked[i + 1]) <= paused_until
+        -- Within a millisecond of the pause's end is the pause (the wait is rounded to
+        -- the microsecond: a slot at the end of the pause came out a hair later).
+        local waits_out_pause = paused_until > now
+          and now + tonumber(picked[i + 1]) <= paused_until + 0.001
         granted, wait, reason = 0, picked[i + 1], waits_out_pause and 'paused' or 'rate'
       end
     else
