@@ -16,6 +16,12 @@ free pieces between live ones stay resident, and a long-running process's reside
 size drifts up with them. ``malloc_trim(0)`` releases every free page of every arena
 (``madvise``) and takes about a millisecond here, so a thread calls it once a minute
 (``WAVEQUEUE_MALLOC_TRIM_INTERVAL``).
+
+**Figures.** ``malloc_figures`` reads glibc's own account (``mallinfo2``): bytes in
+live blocks and bytes free inside its heaps. Resident memory that grows while the live
+bytes stay flat is free space malloc cannot give back; live bytes that grow while
+Python's heap stays flat are allocations made outside Python (C or Rust extensions).
+The soak's memory trace writes them (``worker.memory_trace``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+from dataclasses import dataclass
 from functools import cache
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,53 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(name)
     except OSError:
         return None
+
+
+class _MallInfo2(ctypes.Structure):
+    """``struct mallinfo2`` (malloc.h, glibc 2.33+): every field a ``size_t``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes of the heaps (sbrk'd main heap and mmap'd arena heaps)
+            "ordblks",  # free chunks
+            "smblks",  # free fastbin chunks
+            "hblks",  # chunks mmap'd on their own
+            "hblkhd",  # bytes in those
+            "usmblks",
+            "fsmblks",  # bytes in free fastbin chunks
+            "uordblks",  # bytes in live chunks (heaps only)
+            "fordblks",  # bytes free inside the heaps
+            "keepcost",  # free bytes at the top of the main heap (trimmable by sbrk)
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class MallocFigures:
+    heap_bytes: int  # the heaps' size, free space included
+    in_use_bytes: int  # live blocks: in the heaps and mmap'd on their own
+    free_bytes: int  # free inside the heaps
+    mmap_bytes: int  # live blocks mmap'd on their own (counted in in_use_bytes too)
+
+
+def malloc_figures() -> MallocFigures | None:
+    """glibc's account of this process's malloc, summed over its arenas; None where
+    there is no ``mallinfo2`` (another C library, or glibc before 2.33). It takes every
+    arena's lock in turn: cheap every few seconds, not for a hot path."""
+    libc = _libc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return None
+    mallinfo2.argtypes = ()
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return MallocFigures(
+        heap_bytes=info.arena,
+        in_use_bytes=info.uordblks + info.hblkhd,
+        free_bytes=info.fordblks,
+        mmap_bytes=info.hblkhd,
+    )
 
 
 def limit_malloc_arenas(arenas: int) -> bool:

@@ -3,7 +3,8 @@
 With ``WAVEQUEUE_MEMORY_TRACE=<dir>`` a process (a worker, the soak's producer)
 starts ``tracemalloc`` and a thread that, every ``FIGURES_INTERVAL`` seconds,
 writes ``<dir>/<role>-<pid>.json``: its Python heap blocks
-(``sys.getallocatedblocks``, cheap) and the bytes ``tracemalloc`` sees. A snapshot
+(``sys.getallocatedblocks``, cheap), the bytes ``tracemalloc`` sees and glibc's
+account of malloc (bytes live and bytes free in its heaps, ``mallinfo2``). A snapshot
 of every allocation is costly (it copies each trace), so it is taken only when
 asked: a label written as a line of ``<dir>/snapshot-requests`` makes each traced
 process run a full garbage collection and dump
@@ -24,6 +25,8 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+
+from worker.malloc_tuning import malloc_figures
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ class MemoryTrace:
             # memory, and growing with the heap it traces; the soak takes it out.
             "tracing_bytes": tracemalloc.get_tracemalloc_memory(),
         }
+        malloc = malloc_figures()
+        if malloc is not None:
+            # tracemalloc's own memory is among malloc's live blocks: the reader takes
+            # it out as it does from the resident size.
+            figures["malloc_in_use_bytes"] = malloc.in_use_bytes
+            figures["malloc_free_bytes"] = malloc.free_bytes
         _write_atomically(self.directory / f"{self.stem}.json", json.dumps(figures).encode())
 
     def serve_requests(self) -> None:

@@ -45,9 +45,15 @@ def process_trends(name: str, samples: Sequence[Sample], judged: bool) -> Proces
         trend("threads", jobs, [float(f.threads) for f in figures], count_floor),
         trend("fds", jobs, [float(f.fds) for f in figures], count_floor),
     ]
-    blocks = [f.heap_blocks for f in figures]
-    if all(b is not None for b in blocks):
-        trends.append(trend("heap blocks", jobs, [float(b or 0) for b in blocks], None))
+    shown: dict[str, Sequence[float | None]] = {
+        "heap blocks": [f.heap_blocks for f in figures],
+        "Python MB": [f.python_mb for f in figures],
+        "malloc live MB": [f.malloc_live_mb for f in figures],
+        "malloc free MB": [f.malloc_free_mb for f in figures],
+    }
+    for measure, values in shown.items():
+        if all(v is not None for v in values):
+            trends.append(trend(measure, jobs, [float(v or 0) for v in values], None))
     return ProcessTrends(name, judged, trends, figures[0].rss_mb, figures[-1].rss_mb)
 
 

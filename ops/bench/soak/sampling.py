@@ -25,6 +25,12 @@ class ProcessSample:
     heap_blocks: int | None  # None: the process does not trace its memory
     #: Of ``rss_mb`` as read from /proc, what tracemalloc held (already taken out).
     tracing_mb: float = 0.0
+    #: Where resident memory lies, for a traced process (None otherwise): what Python
+    #: allocated (tracemalloc), what glibc's malloc has in live blocks (tracemalloc's
+    #: own taken out) and free inside its heaps (``worker.malloc_tuning``).
+    python_mb: float | None = None
+    malloc_live_mb: float | None = None
+    malloc_free_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,18 @@ def read_process(pid: int, trace_dir: Path | None) -> ProcessSample | None:
     figures = _trace_figures(trace_dir, pid)
     blocks = figures.get("blocks")
     tracing_mb = float(figures.get("tracing_bytes", 0)) / MB
+    live = figures.get("malloc_in_use_bytes")
+    free = figures.get("malloc_free_bytes")
+    traced = figures.get("traced_bytes")
     return ProcessSample(
         rss_mb=int(fields[21]) * PAGE_SIZE / MB - tracing_mb,
         threads=int(fields[17]),
         fds=fds,
         heap_blocks=None if blocks is None else int(blocks),
         tracing_mb=tracing_mb,
+        python_mb=None if traced is None else traced / MB,
+        malloc_live_mb=None if live is None else live / MB - tracing_mb,
+        malloc_free_mb=None if free is None else free / MB,
     )
 
 
