@@ -68,7 +68,7 @@ def _watch_long_runs(sender: object = None, **_: object) -> None:
     limit_malloc_arenas(settings.malloc_arenas)
     start_trimming(settings.malloc_trim_interval)
     if settings.memory_trace_dir:
-        start_memory_trace(settings.memory_trace_dir, "worker")
+        start_memory_trace(settings.memory_trace_dir, "worker", sites=settings.memory_trace_sites)
     limits = RecycleLimits(settings.recycle_after_runs, settings.recycle_above_rss_mb)
     if not limits.enabled:
         return

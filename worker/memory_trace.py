@@ -1,17 +1,21 @@
 """Heap figures and allocation snapshots of one process, for long-run measurements.
 
 With ``WAVEQUEUE_MEMORY_TRACE=<dir>`` a process (a worker, the soak's producer)
-starts ``tracemalloc`` and a thread that, every ``FIGURES_INTERVAL`` seconds,
-writes ``<dir>/<role>-<pid>.json``: its Python heap blocks
-(``sys.getallocatedblocks``, cheap), the bytes ``tracemalloc`` sees and glibc's
-account of malloc (bytes live and bytes free in its heaps, ``mallinfo2``). A snapshot
-of every allocation is costly (it copies each trace), so it is taken only when
-asked: a label written as a line of ``<dir>/snapshot-requests`` makes each traced
-process run a full garbage collection and dump
-``<dir>/<role>-<pid>-<label>.tracemalloc`` once (and, beside it, how many objects
-that collection freed). The reader (the soak
-benchmark, another process) diffs two of them to name the allocation sites that
-grew; nothing here interprets them.
+starts a thread that, every ``FIGURES_INTERVAL`` seconds, writes
+``<dir>/<role>-<pid>.json``: its Python heap blocks (``sys.getallocatedblocks``) and
+glibc's account of malloc (bytes live and bytes free in its heaps, ``mallinfo2``).
+Both are cheap, and neither moves the resident memory the reader judges.
+
+Allocation sites cost more: with ``WAVEQUEUE_MEMORY_TRACE_SITES`` the process also
+runs ``tracemalloc`` (the figures then add the bytes it sees and what tracing itself
+holds), and a label written as a line of ``<dir>/snapshot-requests`` makes it run a
+full garbage collection and dump ``<dir>/<role>-<pid>-<label>.tracemalloc`` once (and,
+beside it, how many objects that collection freed). Tracing allocates for every
+allocation the process makes, and those allocations leave free space of their own in
+malloc's heaps: a traced worker's resident memory rose ~0.04 MB per 1,000 jobs faster
+than an untraced one's in the same soak (README "Memory over long runs"), so the soak
+judges untraced processes and traces only to name sites. The reader (the soak
+benchmark, another process) diffs two snapshots; nothing here interprets them.
 """
 
 from __future__ import annotations
@@ -39,21 +43,23 @@ SNAPSHOT_SUFFIX = ".tracemalloc"
 
 
 class MemoryTrace:
-    def __init__(self, directory: Path, role: str) -> None:
+    def __init__(self, directory: Path, role: str, *, sites: bool) -> None:
         self.directory = directory
         self.stem = f"{role}-{os.getpid()}"
+        self.sites = sites
         self._served: set[str] = set()
 
     def write_figures(self) -> None:
-        figures = {
+        figures: dict[str, float] = {
             "pid": os.getpid(),
             "at": time.time(),
             "blocks": sys.getallocatedblocks(),
-            "traced_bytes": tracemalloc.get_traced_memory()[0],
+        }
+        if self.sites:
+            figures["traced_bytes"] = tracemalloc.get_traced_memory()[0]
             # What tracing itself holds (its traces and tracebacks): part of the resident
             # memory, and growing with the heap it traces; the soak takes it out.
-            "tracing_bytes": tracemalloc.get_tracemalloc_memory(),
-        }
+            figures["tracing_bytes"] = tracemalloc.get_tracemalloc_memory()
         malloc = malloc_figures()
         if malloc is not None:
             # tracemalloc's own memory is among malloc's live blocks: the reader takes
@@ -63,6 +69,8 @@ class MemoryTrace:
         _write_atomically(self.directory / f"{self.stem}.json", json.dumps(figures).encode())
 
     def serve_requests(self) -> None:
+        if not self.sites:
+            return
         try:
             labels = (self.directory / REQUESTS_FILE).read_text().split()
         except FileNotFoundError:
@@ -94,17 +102,22 @@ class MemoryTrace:
             stop.wait(FIGURES_INTERVAL)
 
 
-def start(directory: str, role: str) -> threading.Event:
-    """Trace this process's allocations into ``directory``; set the event to stop."""
+def start(directory: str, role: str, *, sites: bool = False) -> threading.Event:
+    """Write this process's heap figures into ``directory`` (and, with ``sites``,
+    trace its allocations for snapshots); set the event to stop."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    if not tracemalloc.is_tracing():
+    if sites and not tracemalloc.is_tracing():
         tracemalloc.start(TRACE_FRAMES)
     stop = threading.Event()
-    threading.Thread(
-        target=MemoryTrace(path, role).run, args=(stop,), name="wavequeue-memory-trace", daemon=True
-    ).start()
-    log.warning("tracing memory into %s (WAVEQUEUE_MEMORY_TRACE): slower, for measurements", path)
+    trace = MemoryTrace(path, role, sites=sites)
+    thread = threading.Thread(target=trace.run, args=(stop,), name="wavequeue-memory-trace")
+    thread.daemon = True
+    thread.start()
+    if sites:
+        log.warning("tracing allocations into %s: slower, for measurements", path)
+    else:
+        log.info("writing heap figures into %s (WAVEQUEUE_MEMORY_TRACE)", path)
     return stop
 
 

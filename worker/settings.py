@@ -101,6 +101,7 @@ ENV_VARS: dict[str, str] = {
     "WAVEQUEUE_RECYCLE_AFTER_RUNS": "recycle_after_runs",
     "WAVEQUEUE_RECYCLE_ABOVE_RSS_MB": "recycle_above_rss_mb",
     "WAVEQUEUE_MEMORY_TRACE": "memory_trace_dir",
+    "WAVEQUEUE_MEMORY_TRACE_SITES": "memory_trace_sites",
     "WAVEQUEUE_MALLOC_ARENAS": "malloc_arenas",
     "WAVEQUEUE_MALLOC_TRIM_INTERVAL": "malloc_trim_interval",
 }
@@ -230,10 +231,14 @@ class Settings(BaseModel):
     recycle_after_runs: int | None = Field(None, ge=1)
     #: ... or once its resident memory is above this many MB (read after each run).
     recycle_above_rss_mb: float | None = Field(None, gt=0)
-    #: A directory: the process traces Python allocations (``tracemalloc``) and writes
-    #: its heap figures there, and snapshots when asked (the soak benchmark does). Costs
-    #: CPU and memory per allocation: for measurements, not production.
+    #: A directory: the process writes its heap figures there every 2 s (Python's heap
+    #: blocks, glibc's malloc figures; cheap). The soak benchmark sets it.
     memory_trace_dir: str | None = None
+    #: With ``memory_trace_dir``, also trace every Python allocation (``tracemalloc``)
+    #: and dump snapshots when asked, to name allocation sites. Costs CPU and memory per
+    #: allocation, and its own allocations move the resident size it would judge: for
+    #: measurements, not production.
+    memory_trace_sites: bool = False
     #: glibc malloc arenas a worker process may use (``worker.malloc_tuning``); 0: glibc's
     #: default (8 per core). Threads that share the GIL gain little from more arenas,
     #: and each keeps its own free memory.

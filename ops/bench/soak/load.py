@@ -20,6 +20,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,30 +86,70 @@ def write_progress(path: Path, progress: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+def steady_load(
+    client: JobClient,
+    waiter: SampleWaiter,
+    *,
+    rate: float,
+    seconds: float,
+    wait_every: int,
+    report: Callable[[int], None],
+    label: str,
+) -> int:
+    """Enqueue ``rate`` jobs a second for ``seconds``, handing one in ``wait_every`` to
+    the waiter and reporting the count every second; the jobs enqueued."""
+    started = time.monotonic()
+    enqueued, next_report = 0, 0.0
+    while (now := time.monotonic() - started) < seconds:
+        due = min(int(now * rate) + 1, int(seconds * rate))  # jobs due by now
+        while enqueued < due:
+            job_id = client.text_to_image(f"{label} {enqueued}", model=MODEL)
+            if enqueued % wait_every == 0:
+                waiter.add(job_id)
+            enqueued += 1
+        if now >= next_report:
+            report(enqueued)
+            next_report = now + 1.0
+        time.sleep(max(0.0, (enqueued / rate) - (time.monotonic() - started)))
+    report(enqueued)
+    return enqueued
+
+
 def run(plan: dict[str, Any]) -> None:
     settings = Settings(redis_url=plan["redis_url"])
     if plan.get("memory_trace_dir"):
-        start_memory_trace(plan["memory_trace_dir"], "producer")
+        start_memory_trace(
+            plan["memory_trace_dir"], "producer", sites=bool(plan.get("memory_trace_sites"))
+        )
     progress_path = Path(plan["progress_path"])
     rate, seconds, wait_every = float(plan["rate"]), float(plan["seconds"]), int(plan["wait_every"])
     client = JobClient(settings)
     waiter = SampleWaiter(client)
     for n in range(int(plan.get("burst", 0))):
         client.text_to_image(f"soak burst {n}", model=MODEL)
-    started = time.monotonic()
-    enqueued, next_report = 0, 0.0
-    while (now := time.monotonic() - started) < seconds:
-        due = int(now * rate) + 1  # jobs that should be enqueued by now
-        while enqueued < due:
-            job_id = client.text_to_image(f"soak job {enqueued}", model=MODEL)
-            if enqueued % wait_every == 0:
-                waiter.add(job_id)
-            enqueued += 1
-        if now >= next_report:
-            write_progress(progress_path, {"enqueued": enqueued, "waited": waiter.waited})
-            next_report = now + 1.0
-        time.sleep(max(0.0, (enqueued / rate) - (time.monotonic() - started)))
-    write_progress(progress_path, {"enqueued": enqueued, "waited": waiter.waited})
+    warmup_jobs = int(plan.get("warmup_jobs", 0))
+    if warmup_jobs:
+        warmup_seconds = warmup_jobs / float(plan["warmup_rate"])
+        steady_load(
+            client,
+            waiter,
+            rate=float(plan["warmup_rate"]),
+            seconds=warmup_seconds,
+            wait_every=wait_every,
+            report=lambda n: write_progress(progress_path, {"warmup": n, "enqueued": 0}),
+            label="soak warm-up",
+        )
+    enqueued = steady_load(
+        client,
+        waiter,
+        rate=rate,
+        seconds=seconds,
+        wait_every=wait_every,
+        report=lambda n: write_progress(
+            progress_path, {"enqueued": n, "waited": waiter.waited, "measured": True}
+        ),
+        label="soak job",
+    )
     waiter.finish()
     write_progress(
         progress_path,
@@ -117,6 +158,7 @@ def run(plan: dict[str, Any]) -> None:
             "waited": waiter.waited,
             "unfinished_waits": waiter.unfinished,
             "sample_ids": waiter.recent,
+            "measured": True,
             "done": True,
         },
     )

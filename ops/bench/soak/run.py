@@ -4,6 +4,8 @@ worker`` processes) under a steady load for ``minutes``, every process sampled e
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -40,6 +42,12 @@ FAULT_MIX: dict[str, dict[str, Any]] = {
 BURST_PER_WORKER = 8 * 16
 #: One job in this many is waited for by the producer.
 WAIT_EVERY = 20
+#: Jobs run at 60 a second after the burst and before the measured load. The workers'
+#: resident memory settles with the jobs they churn through (malloc's free space and
+#: Python's arenas reach their working shape), not with time: measured from the start,
+#: a worker still rose ~0.05 MB per 1,000 jobs between 4,500 and 9,000 jobs and half
+#: that between 13,500 and 27,000 (README "Memory over long runs").
+DEFAULT_WARMUP_JOBS = 6000
 #: After the load, every job must end and every message be acked within this.
 DRAIN_TIMEOUT = 180.0
 #: Snapshots are taken at a quarter of the run (warm-up done, before the judged half
@@ -56,6 +64,12 @@ class SoakOptions:
     out_dir: Path
     trace: bool
     flower: bool
+    #: Jobs enqueued at ``warmup_rate`` after the burst and before the measured load.
+    warmup_jobs: int = DEFAULT_WARMUP_JOBS
+    warmup_rate: float = 60.0
+    #: A traced run names the allocation sites of these processes (None: of those that
+    #: grow in it).
+    sites_for: frozenset[str] | None = None
 
 
 def run_soak(options: SoakOptions, say: Say) -> Report:
@@ -63,7 +77,10 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
     shutil.rmtree(work, ignore_errors=True)
     log_dir, trace_dir = work / "logs", work / "trace"
     trace_dir.mkdir(parents=True)
-    worker_env = {"WAVEQUEUE_MEMORY_TRACE": str(trace_dir)} if options.trace else {}
+    # Every process writes its heap figures; only a traced run traces allocation sites.
+    worker_env = {"WAVEQUEUE_MEMORY_TRACE": str(trace_dir)}
+    if options.trace:
+        worker_env["WAVEQUEUE_MEMORY_TRACE_SITES"] = "true"
     with Stack(worker_env=worker_env, log_dir=log_dir, data_dir=work / "data", say=say) as stack:
         stack.emulator.configure(latency=LATENCY, faults=FAULT_MIX)
         fleet = stack.fleet(options.workers)
@@ -81,7 +98,10 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
                 "seconds": options.minutes * 60,
                 "wait_every": WAIT_EVERY,
                 "burst": BURST_PER_WORKER * options.workers,
-                "memory_trace_dir": str(trace_dir) if options.trace else None,
+                "warmup_jobs": options.warmup_jobs,
+                "warmup_rate": options.warmup_rate,
+                "memory_trace_dir": str(trace_dir),
+                "memory_trace_sites": options.trace,
             }
             producer = Producer.start(plan, work, log_dir)
             sidecars.append(producer.child)
@@ -104,6 +124,10 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
         finally:
             for child in sidecars:
                 child.stop()
+    # The samples behind the table, for a second look at a trend (``samples.json``).
+    (options.out_dir / "samples.json").write_text(
+        json.dumps([dataclasses.asdict(sample) for sample in samples])
+    )
     processes = [
         found
         for name in pids
@@ -122,22 +146,34 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
             f"exporter scraped every 5 s ({scraper.scrapes} scrapes, {scraper.failures} failed)"
             + ("; Flower running" if options.flower else ""),
             f"after the load: every job ended and every message acked in {drained_in:.1f} s",
-            f"{len(samples)} samples, one every {options.sample_every:g} s; heap blocks are "
-            "sys.getallocatedblocks() with tracemalloc on (WAVEQUEUE_MEMORY_TRACE); a traced "
-            "process's RSS is read without tracemalloc's own memory ("
-            + ", ".join(
-                f"{name} {p.tracing_mb:.1f} MB at the end"
-                for name, p in samples[-1].processes.items()
-                if p.tracing_mb
-            )
-            + ")"
-            if options.trace
-            else f"{len(samples)} samples, one every {options.sample_every:g} s",
+            f"{len(samples)} samples of the measured load, one every "
+            f"{options.sample_every:g} s; heap blocks are sys.getallocatedblocks(), malloc "
+            "figures glibc's mallinfo2 (WAVEQUEUE_MEMORY_TRACE)"
+            + (
+                "; allocations traced (tracemalloc, WAVEQUEUE_MEMORY_TRACE_SITES): a traced "
+                "process's RSS and malloc figures are read without tracemalloc's own memory ("
+                + ", ".join(
+                    f"{name} {p.tracing_mb:.1f} MB at the end"
+                    for name, p in samples[-1].processes.items()
+                    if p.tracing_mb
+                )
+                + ")"
+                if options.trace
+                else "; allocations not traced"
+            ),
         ],
     )
+    if options.warmup_jobs:
+        report.facts.insert(
+            1,
+            f"before the measured load: a burst of {BURST_PER_WORKER * options.workers} jobs, "
+            f"then a warm-up of {options.warmup_jobs} jobs at {options.warmup_rate:g} jobs/s "
+            "(not sampled)",
+        )
     if options.trace:
         for proc in processes:
-            if proc.grows or (proc.judged and proc.heap_grows()):
+            wanted = proc.name in options.sites_for if options.sites_for is not None else None
+            if wanted or (wanted is None and (proc.grows or (proc.judged and proc.heap_grows()))):
                 before = snapshot_path(trace_dir, pids[proc.name], WARM)
                 after = snapshot_path(trace_dir, pids[proc.name], END)
                 if before and after:
@@ -158,22 +194,35 @@ def _sample_load(
     started = time.monotonic()
     warm_asked = False
     next_say = 0.0
+    ticks = 0
+    measured_since: float | None = None
     while True:
         progress = producer.progress()
-        samples.append(_sample(stack.probe.client, int(progress["enqueued"]), pids, trace_dir))
+        sample = _sample(stack.probe.client, int(progress["enqueued"]), pids, trace_dir)
+        if progress.get("measured"):  # the warm-up's samples are not judged
+            samples.append(sample)
         elapsed = time.monotonic() - started
-        if options.trace and not warm_asked and elapsed >= options.minutes * 60 / 4:
+        if progress.get("measured") and measured_since is None:
+            measured_since = time.monotonic()
+        measured_for = 0.0 if measured_since is None else time.monotonic() - measured_since
+        if options.trace and not warm_asked and measured_for >= options.minutes * 60 / 4:
             request_snapshots(trace_dir, WARM)
             warm_asked = True
         if elapsed >= next_say:
-            rss = {name: f"{p.rss_mb:.1f}" for name, p in samples[-1].processes.items()}
-            say(f"{elapsed:5.0f}s {progress['enqueued']} jobs, RSS MB {rss}")
+            rss = {name: f"{p.rss_mb:.1f}" for name, p in sample.processes.items()}
+            jobs = (
+                f"{progress['enqueued']} jobs"
+                if progress.get("measured")
+                else (f"warm-up, {progress.get('warmup', 0)} jobs")
+            )
+            say(f"{elapsed:5.0f}s {jobs}, RSS MB {rss}")
             next_say = elapsed + 60
         if progress.get("done"):
             return samples
         if not producer.child.alive():
             raise RuntimeError(f"the producer stopped; see {producer.child.log_path}")
-        time.sleep(max(0.0, started + len(samples) * options.sample_every - time.monotonic()))
+        ticks += 1
+        time.sleep(max(0.0, started + ticks * options.sample_every - time.monotonic()))
 
 
 def _sample(client: redis.Redis, jobs: int, pids: dict[str, int], trace_dir: Path) -> Sample:

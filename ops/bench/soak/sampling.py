@@ -31,6 +31,8 @@ class ProcessSample:
     python_mb: float | None = None
     malloc_live_mb: float | None = None
     malloc_free_mb: float | None = None
+    #: Open files by kind (socket, pipe, anon_inode, file): what an fd trend is made of.
+    fd_kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def read_process(pid: int, trace_dir: Path | None) -> ProcessSample | None:
     """None when the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        fd_kinds = _fd_kinds(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -59,13 +61,27 @@ def read_process(pid: int, trace_dir: Path | None) -> ProcessSample | None:
     return ProcessSample(
         rss_mb=int(fields[21]) * PAGE_SIZE / MB - tracing_mb,
         threads=int(fields[17]),
-        fds=fds,
+        fds=sum(fd_kinds.values()),
         heap_blocks=None if blocks is None else int(blocks),
         tracing_mb=tracing_mb,
         python_mb=None if traced is None else traced / MB,
         malloc_live_mb=None if live is None else live / MB - tracing_mb,
         malloc_free_mb=None if free is None else free / MB,
+        fd_kinds=fd_kinds,
     )
+
+
+def _fd_kinds(pid: int) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    directory = f"/proc/{pid}/fd"
+    for fd in os.listdir(directory):
+        try:
+            target = os.readlink(f"{directory}/{fd}")
+        except FileNotFoundError:  # closed between the listing and the read
+            continue
+        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def _trace_figures(trace_dir: Path | None, pid: int) -> dict[str, float]:
