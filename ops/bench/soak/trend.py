@@ -96,5 +96,7 @@ RULE = (
     f"a process fails when a measure's second-half slope is above its floor "
     f"(RSS {RSS_FLOOR_MB} MB, threads and fds {COUNT_FLOOR} per 1,000 jobs) and above "
     f"{NOISE_SIGMAS:g} standard errors of the fitted slope (the samples' own noise); "
-    "heap blocks are shown, and name the allocation sites when they or RSS grow"
+    "the halves are of the measured load, after the burst and the warm-up; heap blocks "
+    "and malloc figures are shown, not judged; when a process grows, a traced run of the "
+    "same load names the allocation sites that grew"
 )
