@@ -83,8 +83,9 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m ops.bench.perf --quick $(BENCH_ARGS)
 
 # issue #17: steady load (15 jobs/s, 2 workers, emulator 1-3 s and ~5% faults, exporter,
-# Flower) for 10 minutes, every process sampled; fails when one keeps growing after
-# warm-up (the rule is in ops/bench/soak/trend.py and the README). Table in
+# Flower) for 10 minutes after a warm-up of 6,000 jobs, every process sampled; fails
+# when one keeps growing (the rule is in ops/bench/soak/trend.py and the README), and
+# then runs the load again traced to name the allocation sites. Table in
 # out/soak/latest.md. Shorter: make soak SOAK_ARGS="--minutes 1".
 .PHONY: soak
 soak: $(STAMP)
