@@ -17,7 +17,7 @@ import redis
 
 from ops.bench.perf.harness import Stack
 from ops.bench.soak.allocations import snapshot_path, top_growth
-from ops.bench.soak.report import Report, process_trends, redis_figures
+from ops.bench.soak.report import ProcessTrends, Report, process_trends, redis_figures
 from ops.bench.soak.sampling import Sample, read_process
 from ops.bench.soak.sidecars import Child, Producer, Scraper, start_exporter, start_flower
 from worker.constants import JOB_KEY, LIVE_KEY, QUEUES, REQUEST_KEY
@@ -172,13 +172,20 @@ def run_soak(options: SoakOptions, say: Say) -> Report:
         )
     if options.trace:
         for proc in processes:
-            wanted = proc.name in options.sites_for if options.sites_for is not None else None
-            if wanted or (wanted is None and (proc.grows or (proc.judged and proc.heap_grows()))):
+            if _wants_sites(proc, options.sites_for):
                 before = snapshot_path(trace_dir, pids[proc.name], WARM)
                 after = snapshot_path(trace_dir, pids[proc.name], END)
                 if before and after:
                     report.allocations[proc.name] = top_growth(before, after)
     return report
+
+
+def _wants_sites(proc: ProcessTrends, sites_for: frozenset[str] | None) -> bool:
+    """Whether a traced run names ``proc``'s allocation sites: those asked for (a run
+    that follows a judged one), else those that grow in this run."""
+    if sites_for is not None:
+        return proc.name in sites_for
+    return proc.grows or (proc.judged and proc.heap_grows())
 
 
 def _sample_load(
