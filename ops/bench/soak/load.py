@@ -98,10 +98,11 @@ def steady_load(
 ) -> int:
     """Enqueue ``rate`` jobs a second for ``seconds``, handing one in ``wait_every`` to
     the waiter and reporting the count every second; the jobs enqueued."""
+    total = round(seconds * rate)  # 100 jobs at 30/s: 3.33 s, and 100 jobs, not 99
     started = time.monotonic()
     enqueued, next_report = 0, 0.0
     while (now := time.monotonic() - started) < seconds:
-        due = min(int(now * rate) + 1, int(seconds * rate))  # jobs due by now
+        due = min(int(now * rate) + 1, total)  # jobs due by now
         while enqueued < due:
             job_id = client.text_to_image(f"{label} {enqueued}", model=MODEL)
             if enqueued % wait_every == 0:
