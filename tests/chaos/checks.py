@@ -34,7 +34,7 @@ SAFE_REFUSALS = ("submit_503", "submit_429")
 #: Faults that can lose a submit answer the emulator did deliver: the worker dies, or
 #: cannot store the prediction id, between the answer and the store. (A connection cut
 #: before the answer, by a kill or the gate, the emulator records as ``client_left``.)
-INTERRUPTIONS = ("worker_kill", "redis_restart", "redis_down")
+INTERRUPTIONS = ("worker_kill", "redis_restart", "redis_down", "emulator_down")
 #: Seconds between a delivered answer and the worker storing the id, on a busy machine.
 STORE_SLACK = 2.0
 
@@ -108,9 +108,10 @@ def submitted_once(facts: RunFacts) -> list[Violation]:
     - both policies: the earlier prediction failed with a 5xxx task code (the service
       broke, not the request; a new prediction is the documented answer);
     - ``resubmit`` only: the earlier prediction's answer never reached the worker
-      (the emulator recorded ``submit_answer`` other than ``delivered``), or an
-      interruption (worker SIGKILL, emulator or Redis outage) fell between its
-      creation and the worker storing its id.
+      (the emulator recorded ``submit_answer`` other than ``delivered``, or the gate
+      in front of it cut the connections within ``STORE_SLACK`` of its creation), or an
+      interruption (worker SIGKILL, Redis outage) fell between its creation and the
+      worker storing its id.
 
     Under ``fail``, a job also may not see two ambiguous submits (a re-send after a
     500/502/dropped connection/lost answer is exactly what the policy forbids).
@@ -178,6 +179,12 @@ def _why_again(
         end = event.end or event.start
         if event.kind == "worker_kill":
             hit = created <= event.start <= created + STORE_SLACK
+        elif event.kind == "emulator_down":
+            # The gate resets every connection at once: an answer the emulator had
+            # written (``delivered`` to it) but the gate had not passed on never reached
+            # the worker. The event's start is taken as the gate is told, so a
+            # prediction the emulator created a moment later can still be cut.
+            hit = abs(event.start - created) <= STORE_SLACK
         else:  # Redis gone while the POST was out: its answer could not be stored
             hit = event.start - read_timeout <= created <= end + STORE_SLACK
         if hit:

@@ -137,6 +137,27 @@ def test_a_second_prediction_needs_a_reason() -> None:
     assert checks.submitted_once(_facts([job], lost_answer, "fail"))
 
 
+def test_an_answer_cut_by_the_emulator_gate_justifies_a_resubmit_only() -> None:
+    # The emulator wrote its answer ("delivered" to it) a millisecond after the gate was
+    # told to reset every connection: the worker saw the connection drop, no answer.
+    job = _job("a", "completed")
+    created = datetime.fromisoformat("2026-01-01T00:00:01+00:00").timestamp()
+    cut = FaultEvent("emulator_down", "emulator unreachable 10s", created - 0.001, created + 10)
+    far = FaultEvent("emulator_down", "emulator unreachable 10s", created + 30, created + 40)
+    both = [_prediction(1), _prediction(2)]
+
+    def facts(policy: str, event: FaultEvent) -> RunFacts:
+        found = _facts([job], both, policy)
+        found.events.append(event)
+        return found
+
+    assert checks.submitted_once(facts("resubmit", cut)) == []
+    assert checks.second_prediction_reasons(facts("resubmit", cut)) == {"interrupted": 1}
+    # An outage long after the answer explains nothing; under fail nothing does.
+    assert checks.submitted_once(facts("resubmit", far))
+    assert checks.submitted_once(facts("fail", cut))
+
+
 def test_log_records_group_a_traceback_with_its_line(tmp_path: Path) -> None:
     log = (
         "[2026-01-01 00:00:00,000: ERROR/MainProcess] Task x raised: boom\n"
